@@ -1,0 +1,5 @@
+"""`python -m knowacq` runs the command line."""
+
+from knowacq.cli import main
+
+main()

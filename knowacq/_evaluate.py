@@ -1,0 +1,41 @@
+"""Evaluating a fine-tuned model folder on a labelled file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from knowacq._data import LabelledData
+from knowacq._metrics import EvalReport, classification_report, reliability_diagram
+from knowacq._model import load_classifier, predict_logits
+from knowacq.errors import DataError
+
+__all__ = ["evaluate"]
+
+
+def evaluate(
+    model_dir: str | Path,
+    data: LabelledData,
+    *,
+    batch_size: int = 128,
+    reliability_png: str | Path | None = None,
+) -> EvalReport:
+    """Task and calibration metrics of the model in `model_dir` on `data`.
+
+    `data` must use the model's label map (load it with `label_names=read_model_card(dir).labels`).
+    Probabilities use the temperature stored with the model; `ece_uncalibrated` uses none.
+    """
+    model, tokenizer, card = load_classifier(model_dir)
+    if data.label_names != card.labels:
+        raise DataError(
+            f"{data.source} uses labels {list(data.label_names)} but the model predicts "
+            f"{list(card.labels)}"
+        )
+    if len(data) == 0:
+        raise DataError(f"{data.source}: nothing to evaluate")
+    logits = predict_logits(
+        model, tokenizer, data.texts, max_length=card.max_length, batch_size=batch_size
+    )
+    if reliability_png is not None:
+        reliability_diagram(logits, data.labels, card.temperature, reliability_png,
+                            title=f"{Path(model_dir).name} on {data.source} (n={len(data)})")
+    return classification_report(logits, data.labels, card.labels, card.temperature)

@@ -1,0 +1,162 @@
+"""The `knowacq` command line: one sub-command per stage, errors as one clear line and exit code 2."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, Optional, TypeVar
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from knowacq._config import TRAIN_PRESETS, train_preset
+from knowacq._data import load_tsv
+from knowacq.errors import ConfigError, KnowacqError
+
+app = typer.Typer(
+    help="Fine-tune, optimise, serve and actively improve transformer text classifiers.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+out = Console(highlight=False)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _friendly(fn: F) -> F:
+    """Turn the kit's own errors into one 'error: ...' message on stderr and exit code 2."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except KnowacqError as exc:
+            err.print(f"[red]error:[/] {exc}", markup=True)
+            raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            err.print("interrupted")
+            raise typer.Exit(130) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+ExistingFile = Annotated[Path, typer.Option(exists=True, dir_okay=False, readable=True)]
+
+
+@app.command()
+@_friendly
+def train(
+    train_tsv: Annotated[Path, typer.Option("--train", exists=True, dir_okay=False, help="Training TSV.")],
+    dev_tsv: Annotated[Path, typer.Option("--dev", exists=True, dir_okay=False,
+                                          help="Dev TSV: early stopping and calibration.")],
+    out_dir: Annotated[Path, typer.Option("--out", file_okay=False, help="Output model folder.")],
+    base: Annotated[Optional[Path], typer.Option(
+        file_okay=False, help="Local Hugging Face encoder folder [default: all-MiniLM-L6-v2].")] = None,
+    preset: Annotated[str, typer.Option(help=f"One of: {', '.join(TRAIN_PRESETS)}.")] = "demo",
+    epochs: Annotated[Optional[int], typer.Option(help="Override the preset's epochs.")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Override the preset's batch size.")] = None,
+    lr: Annotated[Optional[float], typer.Option(help="Override the preset's learning rate.")] = None,
+    max_train_examples: Annotated[Optional[int], typer.Option(
+        help="Train on a seeded sample of this many rows (0: all rows).")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Override the preset's seed.")] = None,
+    labels: Annotated[Optional[Path], typer.Option(
+        exists=True, dir_okay=False, help="labels.txt: one class name per line, line i = id i.")] = None,
+    label_names: Annotated[Optional[str], typer.Option(
+        help="Class names for ids 0,1,..., comma-separated (instead of --labels).")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace a non-empty --out folder.")] = False,
+    progress: Annotated[bool, typer.Option(help="Show the progress bar.")] = True,
+) -> None:
+    """Fine-tune a pretrained encoder into a calibrated text classifier."""
+    from knowacq._train import fine_tune
+
+    config = train_preset(preset)
+    overrides = {"epochs": epochs, "batch_size": batch_size, "learning_rate": lr, "seed": seed}
+    changes = {k: v for k, v in overrides.items() if v is not None}
+    if max_train_examples is not None:
+        changes["max_train_examples"] = max_train_examples or None
+    config = dataclasses.replace(config, **changes)
+    if labels is not None and label_names is not None:
+        raise ConfigError("give --labels or --label-names, not both")
+    names = _split_names(label_names) if label_names is not None else None
+    train_data = load_tsv(train_tsv, label_names=names, labels_file=labels)
+    dev_data = load_tsv(dev_tsv, label_names=train_data.label_names)
+    result = fine_tune(train_data, dev_data, out_dir, base=base, config=config,
+                       progress=progress, overwrite=overwrite)
+    _print_report(result.report, title=f"dev: {dev_tsv}")
+    out.print(
+        f"trained in {result.seconds:.0f} s ({result.steps} steps, best at step {result.best_step}"
+        f"{', stopped early' if result.stopped_early else ''})\n"
+        f"model:       {result.out_dir}\n"
+        f"metrics:     {result.out_dir / 'metrics.json'}\n"
+        f"reliability: {result.out_dir / 'reliability.png'}"
+    )
+
+
+@app.command("eval")
+@_friendly
+def eval_(
+    model: Annotated[Path, typer.Argument(exists=True, file_okay=False, help="Fine-tuned model folder.")],
+    data: Annotated[Path, typer.Option(exists=True, dir_okay=False, help="Labelled TSV.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    reliability: Annotated[Optional[Path], typer.Option(
+        dir_okay=False, help="Also write a reliability diagram PNG here.")] = None,
+    batch_size: Annotated[int, typer.Option(min=1)] = 128,
+) -> None:
+    """Accuracy, macro-F1, per-class recall, confusion matrix and ECE of MODEL on --data."""
+    from knowacq._evaluate import evaluate
+    from knowacq._model import read_model_card
+
+    card = read_model_card(model)
+    dataset = load_tsv(data, label_names=card.labels)
+    report = evaluate(model, dataset, batch_size=batch_size, reliability_png=reliability)
+    if as_json:
+        sys.stdout.write(json.dumps(report.to_dict()) + "\n")
+        return
+    if not card.calibrated:
+        err.print(f"warning: {model} has no knowacq.json; probabilities are not calibrated (T = 1)")
+    _print_report(report, title=f"{model} on {data}")
+    if reliability is not None:
+        out.print(f"reliability diagram: {reliability}")
+
+
+def _split_names(text: str) -> tuple[str, ...]:
+    names = tuple(n.strip() for n in text.split(","))
+    if len(names) < 2 or not all(names):
+        raise ConfigError(f"--label-names needs at least two non-empty comma-separated names, got {text!r}")
+    return names
+
+
+def _print_report(report: Any, title: str) -> None:
+    summary = Table(title=title, show_header=False)
+    summary.add_row("examples", str(report.n))
+    summary.add_row("accuracy", f"{report.accuracy:.4f}")
+    summary.add_row("macro-F1", f"{report.macro_f1:.4f}")
+    summary.add_row("temperature", f"{report.temperature:.4f}")
+    summary.add_row("ECE (15 bins), uncalibrated", f"{report.ece_uncalibrated:.4f}")
+    summary.add_row("ECE (15 bins), calibrated", f"{report.ece:.4f}")
+    summary.add_row("NLL uncalibrated / calibrated", f"{report.nll_uncalibrated:.4f} / {report.nll:.4f}")
+    out.print(summary)
+    matrix = Table(title="confusion matrix (rows: true, columns: predicted)")
+    matrix.add_column("true \\ predicted")
+    for name in report.labels:
+        matrix.add_column(name, justify="right")
+    matrix.add_column("recall", justify="right")
+    for name, row in zip(report.labels, report.confusion_matrix):
+        matrix.add_row(name, *map(str, row), f"{report.per_class_recall[name]:.4f}")
+    out.print(matrix)
+
+
+def main() -> None:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,121 @@
+"""Shared fixtures: a tiny randomly initialised BERT (no download), small data sets, the shared data."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("KNOWACQ_DATA_DIR", REPO.parent / "shared" / "data"))
+
+# Words that carry the label in the synthetic sets, and words that carry nothing.
+CLASS_WORDS = (
+    ("awful", "bad", "dull", "boring", "terrible", "weak"),
+    ("great", "good", "lovely", "superb", "brilliant", "fine"),
+    ("match", "goal", "team", "coach", "league", "score"),
+    ("market", "stock", "bank", "profit", "shares", "trade"),
+)
+FILLER = ("the", "a", "film", "was", "really", "quite", "story", "and", "it", "very", "this", "plot")
+
+
+def synthetic_rows(n: int, num_labels: int, seed: int) -> list[tuple[str, int]]:
+    """Separable sentences: each holds two words of its class among filler words."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for _ in range(n):
+        label = int(rng.integers(num_labels))
+        words = list(rng.choice(FILLER, size=int(rng.integers(3, 12))))
+        for word in rng.choice(CLASS_WORDS[label], size=2):
+            words.insert(int(rng.integers(len(words) + 1)), str(word))
+        rows.append((" ".join(words), label))
+    return rows
+
+
+def write_tsv(path: Path, rows: list[tuple[str, object]]) -> Path:
+    import csv
+
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle, delimiter="\t", lineterminator="\n")
+        writer.writerow(["sentence", "label"])
+        writer.writerows(rows)
+    return path
+
+
+def _agnews_slice(n: int) -> list[str]:
+    path = SHARED_DATA / "agnews" / "test.tsv"
+    if not path.is_file():
+        return []
+    from knowacq import load_tsv
+
+    return list(load_tsv(path).texts[:n])
+
+
+@pytest.fixture(scope="session")
+def tiny_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 2-layer, 32-wide BERT encoder with a WordPiece vocabulary trained here, saved as an HF folder."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    corpus = [text for text, _ in synthetic_rows(400, 4, seed=0)] + _agnews_slice(400)
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.decoder = decoders.WordPiece()
+    tok.train_from_iterator(corpus, trainers.WordPieceTrainer(vocab_size=2000, special_tokens=specials))
+    tokenizer = BertTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]",
+                                  cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]",
+                                  model_max_length=128)
+    # The BERT post-processor adds [CLS] ... [SEP] like a real BERT tokenizer does.
+    from tokenizers.processors import TemplateProcessing
+
+    tokenizer.backend_tokenizer.post_processor = TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", tok.token_to_id("[CLS]")), ("[SEP]", tok.token_to_id("[SEP]"))],
+    )
+    import torch
+
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=tok.get_vocab_size(), hidden_size=32, num_hidden_layers=2,
+                        num_attention_heads=2, intermediate_size=64, max_position_embeddings=128)
+    out = tmp_path_factory.mktemp("tiny-bert")
+    BertModel(config).save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def binary_sets(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    folder = tmp_path_factory.mktemp("binary")
+    train = write_tsv(folder / "train.tsv", synthetic_rows(320, 2, seed=1))
+    dev = write_tsv(folder / "dev.tsv", synthetic_rows(96, 2, seed=2))
+    return train, dev
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    if not (SHARED_DATA / "sst2" / "dev.tsv").is_file():
+        pytest.skip(f"shared data not found at {SHARED_DATA} (set KNOWACQ_DATA_DIR)")
+    return SHARED_DATA
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_torch_thread() -> None:
+    """Tiny models run fastest on one thread, and two test workers must not oversubscribe 2 cores."""
+    import torch
+
+    torch.set_num_threads(1)
+
+
+# Hypothesis keeps no example database in the working tree.
+from hypothesis import settings as _hypothesis_settings  # noqa: E402
+
+_hypothesis_settings.register_profile("knowacq", database=None)
+_hypothesis_settings.load_profile("knowacq")
