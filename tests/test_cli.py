@@ -19,7 +19,7 @@ def cli_model(tiny_base: Path, binary_sets, tmp_path_factory: pytest.TempPathFac
     out = tmp_path_factory.mktemp("cli") / "model"
     result = runner.invoke(app, [
         "train", "--train", str(binary_sets[0]), "--dev", str(binary_sets[1]), "--out", str(out),
-        "--base", str(tiny_base), "--epochs", "3", "--batch-size", "16", "--lr", "3e-3",
+        "--base", str(tiny_base), "--epochs", "8", "--batch-size", "16", "--lr", "3e-3",
         "--label-names", "negative,positive", "--no-progress",
     ])
     assert result.exit_code == 0, result.output

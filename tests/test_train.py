@@ -98,7 +98,7 @@ def test_four_classes_end_to_end(tiny_base: Path, tmp_path: Path) -> None:
     dev = write_tsv(tmp_path / "dev.tsv", [(t, names[y]) for t, y in synthetic_rows(120, 4, seed=6)])
     train_data = load_tsv(train, label_names=names)
     result = fine_tune(train_data, load_tsv(dev, label_names=names), tmp_path / "m", base=tiny_base,
-                       config=dataclasses.replace(FAST, epochs=8), progress=False, log=lambda _: None)
+                       config=dataclasses.replace(FAST, epochs=12), progress=False, log=lambda _: None)
     assert result.report.labels == list(names)
     assert np.asarray(result.report.confusion_matrix).shape == (4, 4)
     assert np.asarray(result.report.confusion_matrix).sum() == 120
