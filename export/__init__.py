@@ -1,0 +1,1 @@
+"""Optimisation and export stage: pruning, quantisation, ONNX export, gates, runtime."""
