@@ -6,14 +6,11 @@ import importlib.util
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from knowacq.errors import MissingDependencyError, ModelError
-
-if TYPE_CHECKING:  # pragma: no cover
-    import torch
 
 __all__ = ["ModelCard", "default_base_model", "predict_logits", "read_model_card", "require_torch"]
 

@@ -7,6 +7,7 @@ import math
 import platform
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -34,7 +35,7 @@ from knowacq._model import (
 )
 from knowacq.errors import ConfigError, DataError, ModelError
 
-__all__ = ["TrainResult", "fine_tune"]
+__all__ = ["FitResult", "TrainResult", "fine_tune", "fit"]
 
 METRICS_FILE = "metrics.json"
 RELIABILITY_FILE = "reliability.png"
@@ -76,14 +77,8 @@ def fine_tune(
     require_torch("Fine-tuning")
     import torch
     from rich.console import Console
-    from transformers import (
-        AutoModelForSequenceClassification,
-        AutoTokenizer,
-        DataCollatorWithPadding,
-        get_linear_schedule_with_warmup,
-    )
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
     from transformers import logging as hf_logging
-    from transformers.trainer_pt_utils import LengthGroupedSampler
 
     console = Console(stderr=True, soft_wrap=True)
     say = log or (lambda line: console.print(line, highlight=False))
@@ -108,10 +103,8 @@ def fine_tune(
     if absent:
         say(f"[yellow]warning:[/] no training examples for label(s) {absent}")
 
-    # Weight init of the new head and dropout draw from torch's global generator; seed it here.
-    # Batch order has its own generator.
+    # Weight init of the new head draws from torch's global generator; seed it here.
     torch.manual_seed(config.seed)
-    sampler_gen = torch.Generator().manual_seed(config.seed)
     names = list(train.label_names)
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # "newly initialized classifier weights" is expected here
@@ -130,6 +123,89 @@ def fine_tune(
     finally:
         hf_logging.set_verbosity(verbosity)
 
+    say(f"fine-tuning {base}")
+    fitted = fit(model, tokenizer, train, dev, config, progress=progress, say=say, console=console,
+                 checkpoint_dir=out_dir / "checkpoints" if config.save_checkpoints else None)
+    step, best_step, stopped_early, seen, history = (
+        fitted.steps, fitted.best_step, fitted.stopped_early, fitted.examples_seen, list(fitted.history)
+    )
+    logits = predict_logits(
+        model, tokenizer, dev.texts, max_length=config.max_length, batch_size=config.eval_batch_size
+    )
+    temperature = fit_temperature(logits, dev.labels)
+    report = classification_report(logits, dev.labels, names, temperature)
+    seconds = time.perf_counter() - started
+
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    versions = _versions()
+    sidecar = {
+        "format": 1,
+        "labels": names,
+        "temperature": temperature,
+        "max_length": config.max_length,
+        "base_model": str(base),
+        "train_config": config.to_dict(),
+        "train_data": {"path": train.source, "rows": len(train), "label_counts": train.label_counts()},
+        "dev_data": {"path": dev.source, "rows": len(dev)},
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "versions": versions,
+    }
+    (out_dir / SIDECAR).write_text(json.dumps(sidecar, indent=2) + "\n")
+    metrics = {
+        "dev": report.to_dict(),
+        "ece_calibrated_crossfit": _crossfit_ece(logits, dev.labels, config.seed),
+        "training": {"seconds": round(seconds, 1), "steps": step, "best_step": best_step,
+                     "stopped_early": stopped_early, "examples_seen": seen, "history": history},
+        "versions": versions,
+    }
+    (out_dir / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
+    reliability_diagram(logits, dev.labels, temperature, out_dir / RELIABILITY_FILE,
+                        title=f"{dev.source} (n={len(dev)})")
+    return TrainResult(out_dir, report, temperature, best_step, step, stopped_early, seconds, tuple(history))
+
+
+@dataclass(frozen=True)
+class FitResult:
+    """What the training loop did; the model it was given now holds the best dev weights."""
+
+    steps: int
+    best_step: int
+    stopped_early: bool
+    examples_seen: int
+    history: tuple[dict[str, Any], ...]
+
+
+def fit(
+    model: Any,
+    tokenizer: Any,
+    train: LabelledData,
+    dev: LabelledData,
+    config: TrainConfig,
+    *,
+    loss_fn: Callable[[Any, dict[str, Any]], Any] | None = None,
+    progress: bool = True,
+    say: Callable[[str], None] | None = None,
+    console: Any = None,
+    checkpoint_dir: Path | None = None,
+) -> FitResult:
+    """Train `model` in place on `train`, early-stopping on `dev` accuracy; leave it at its best.
+
+    Length-grouped batches with dynamic padding, AdamW with weight decay (none on biases and LayerNorm)
+    and linear warmup then decay, gradient clipping. `loss_fn(model, batch)` replaces the model's own
+    cross-entropy (distillation uses this). Seeds torch's global generator with `config.seed`: weight
+    init and dropout draw from it.
+    """
+    import torch
+    from rich.console import Console
+    from transformers import DataCollatorWithPadding, get_linear_schedule_with_warmup
+    from transformers.trainer_pt_utils import LengthGroupedSampler
+
+    console = console or Console(stderr=True, soft_wrap=True)
+    say = say or (lambda line: console.print(line, highlight=False))
+    started = time.perf_counter()
+    torch.manual_seed(config.seed)
+    sampler_gen = torch.Generator().manual_seed(config.seed)
     encoded = tokenizer(list(train.texts), truncation=True, max_length=config.max_length)
     features = [
         {**{k: encoded[k][i] for k in encoded.keys()}, "labels": int(train.labels[i])}
@@ -158,7 +234,7 @@ def fine_tune(
     )
 
     say(
-        f"fine-tuning {base} on {len(train)} examples ({len(names)} labels), dev {len(dev)}; "
+        f"training on {len(train)} examples ({train.num_labels} labels), dev {len(dev)}; "
         f"{config.epochs} epoch(s) x {steps_per_epoch} steps, batch {config.batch_size}"
     )
     history: list[dict[str, Any]] = []
@@ -175,7 +251,7 @@ def fine_tune(
         model.train()
         for epoch in range(1, config.epochs + 1):
             for batch_in_epoch, batch in enumerate(loader, start=1):
-                loss = model(**batch).loss
+                loss = model(**batch).loss if loss_fn is None else loss_fn(model, batch)
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
                 optimizer.step()
@@ -229,8 +305,8 @@ def fine_tune(
                 if bad_evals >= config.patience:
                     stopped_early = True
                     break
-            if config.save_checkpoints:
-                checkpoint = out_dir / "checkpoints" / f"epoch-{epoch}"
+            if checkpoint_dir is not None:
+                checkpoint = checkpoint_dir / f"epoch-{epoch}"
                 model.save_pretrained(checkpoint)
                 tokenizer.save_pretrained(checkpoint)
             if stopped_early:
@@ -239,40 +315,7 @@ def fine_tune(
 
     assert best_state is not None  # every epoch ends with a dev evaluation
     model.load_state_dict(best_state)
-    logits = predict_logits(
-        model, tokenizer, dev.texts, max_length=config.max_length, batch_size=config.eval_batch_size
-    )
-    temperature = fit_temperature(logits, dev.labels)
-    report = classification_report(logits, dev.labels, names, temperature)
-    seconds = time.perf_counter() - started
-
-    model.save_pretrained(out_dir)
-    tokenizer.save_pretrained(out_dir)
-    versions = _versions()
-    sidecar = {
-        "format": 1,
-        "labels": names,
-        "temperature": temperature,
-        "max_length": config.max_length,
-        "base_model": str(base),
-        "train_config": config.to_dict(),
-        "train_data": {"path": train.source, "rows": len(train), "label_counts": train.label_counts()},
-        "dev_data": {"path": dev.source, "rows": len(dev)},
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "versions": versions,
-    }
-    (out_dir / SIDECAR).write_text(json.dumps(sidecar, indent=2) + "\n")
-    metrics = {
-        "dev": report.to_dict(),
-        "ece_calibrated_crossfit": _crossfit_ece(logits, dev.labels, config.seed),
-        "training": {"seconds": round(seconds, 1), "steps": step, "best_step": best_step,
-                     "stopped_early": stopped_early, "examples_seen": seen, "history": history},
-        "versions": versions,
-    }
-    (out_dir / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
-    reliability_diagram(logits, dev.labels, temperature, out_dir / RELIABILITY_FILE,
-                        title=f"{dev.source} (n={len(dev)})")
-    return TrainResult(out_dir, report, temperature, best_step, step, stopped_early, seconds, tuple(history))
+    return FitResult(step, best_step, stopped_early, seen, tuple(history))
 
 
 def _eval_steps(steps_per_epoch: int, evals_per_epoch: int) -> set[int]:

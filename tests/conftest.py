@@ -60,7 +60,14 @@ def _agnews_slice(n: int) -> list[str]:
 @pytest.fixture(scope="session")
 def tiny_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 2-layer, 32-wide BERT encoder with a WordPiece vocabulary trained here, saved as an HF folder."""
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+    from tokenizers import (
+        Tokenizer,
+        decoders,
+        models,
+        normalizers,
+        pre_tokenizers,
+        trainers,
+    )
     from transformers import BertConfig, BertModel, BertTokenizerFast
 
     corpus = [text for text, _ in synthetic_rows(400, 4, seed=0)] + _agnews_slice(400)

@@ -6,9 +6,9 @@ import json
 from pathlib import Path
 
 import pytest
+from conftest import write_tsv
 from typer.testing import CliRunner
 
-from conftest import write_tsv
 from knowacq.cli import app
 
 runner = CliRunner()

@@ -10,7 +10,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from knowacq import DataError, LabelledData, MalformedDataError, load_tsv, read_label_names
+from knowacq import (
+    DataError,
+    LabelledData,
+    MalformedDataError,
+    load_tsv,
+    read_label_names,
+)
 
 
 def write(path: Path, text: str) -> Path:

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import synthetic_rows, write_tsv
+
 from knowacq import ConfigError, DataError, TrainConfig, fine_tune, load_tsv
 from knowacq._model import load_classifier, predict_logits, read_model_card
 
