@@ -1,1 +1,57 @@
-"""Optimisation and export stage: pruning, quantisation, ONNX export, gates, runtime."""
+"""Optimisation and export stage: pruning, quantisation, ONNX export, gates, runtime.
+
+`import export` is cheap: torch, transformers, optimum and onnxruntime load when a function needs them.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from export._manifest import MANIFEST_FILE, GateResult, Manifest, read_manifest
+from export._presets import (
+    PRESETS,
+    GateConfig,
+    OptimizeConfig,
+    RecoveryConfig,
+    cpu_isa,
+    preset,
+)
+from export._prune import PruneConfig
+
+if TYPE_CHECKING:  # pragma: no cover
+    from export._optimize import OptimizeResult, optimize
+    from export._runtime import Prediction, Predictor
+
+__all__ = [
+    "MANIFEST_FILE",
+    "PRESETS",
+    "GateConfig",
+    "GateResult",
+    "Manifest",
+    "OptimizeConfig",
+    "OptimizeResult",
+    "Prediction",
+    "Predictor",
+    "PruneConfig",
+    "RecoveryConfig",
+    "cpu_isa",
+    "optimize",
+    "preset",
+    "read_manifest",
+]
+
+_LAZY = {
+    "optimize": "export._optimize",
+    "OptimizeResult": "export._optimize",
+    "Predictor": "export._runtime",
+    "Prediction": "export._runtime",
+}
+
+
+def __getattr__(name: str) -> Any:
+    """Names whose modules import heavy libraries load on first use."""
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'export' has no attribute {name!r}")

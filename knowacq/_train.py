@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import platform
 import shutil
 import time
 from collections.abc import Callable
@@ -33,6 +32,7 @@ from knowacq._model import (
     predict_logits,
     require_torch,
 )
+from knowacq._versions import library_versions
 from knowacq.errors import ConfigError, DataError, ModelError
 
 __all__ = ["FitResult", "TrainResult", "fine_tune", "fit"]
@@ -138,7 +138,7 @@ def fine_tune(
 
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
-    versions = _versions()
+    versions = library_versions("knowacq", "torch", "transformers", "tokenizers")
     sidecar = {
         "format": 1,
         "labels": names,
@@ -374,15 +374,3 @@ def _progress(console: Any, disable: bool) -> Any:
         console=console,
         disable=disable,
     )
-
-
-def _versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {"python": platform.python_version()}
-    for package in ("knowacq", "torch", "transformers", "tokenizers"):
-        try:
-            out[package] = version(package)
-        except PackageNotFoundError:
-            out[package] = "not installed"
-    return out

@@ -109,21 +109,69 @@ def eval_(
         dir_okay=False, help="Also write a reliability diagram PNG here.")] = None,
     batch_size: Annotated[int, typer.Option(min=1)] = 128,
 ) -> None:
-    """Accuracy, macro-F1, per-class recall, confusion matrix and ECE of MODEL on --data."""
-    from knowacq._evaluate import evaluate
-    from knowacq._model import read_model_card
+    """Accuracy, macro-F1, per-class recall, confusion matrix and ECE of MODEL on --data.
 
-    card = read_model_card(model)
-    dataset = load_tsv(data, label_names=card.labels)
-    report = evaluate(model, dataset, batch_size=batch_size, reliability_png=reliability)
+    MODEL is a fine-tuned Hugging Face folder or an exported variant folder (with manifest.json).
+    """
+    if (model / "manifest.json").exists():
+        from export._runtime import evaluate_variant
+
+        report = evaluate_variant(model, data, batch_size=batch_size, reliability_png=reliability)
+    else:
+        from knowacq._evaluate import evaluate
+        from knowacq._model import read_model_card
+
+        card = read_model_card(model)
+        dataset = load_tsv(data, label_names=card.labels)
+        report = evaluate(model, dataset, batch_size=batch_size, reliability_png=reliability)
+        if not card.calibrated and not as_json:
+            err.print(f"warning: {model} has no knowacq.json; probabilities are not calibrated (T = 1)")
     if as_json:
         sys.stdout.write(json.dumps(report.to_dict()) + "\n")
         return
-    if not card.calibrated:
-        err.print(f"warning: {model} has no knowacq.json; probabilities are not calibrated (T = 1)")
     _print_report(report, title=f"{model} on {data}")
     if reliability is not None:
         out.print(f"reliability diagram: {reliability}")
+
+
+@app.command()
+@_friendly
+def optimize(
+    model: Annotated[Path, typer.Argument(exists=True, file_okay=False, help="Fine-tuned model folder.")],
+    preset: Annotated[str, typer.Option(help="cpu-fp32, cpu-int8, cpu-int8-pruned or gpu-fp16.")],
+    out_dir: Annotated[Path, typer.Option("--out", file_okay=False, help="Variant folder to write.")],
+    dev: Annotated[Optional[Path], typer.Option(
+        exists=True, dir_okay=False, help="Dev TSV for the gates [default: the model's recorded dev file].")] = None,
+    train_tsv: Annotated[Optional[Path], typer.Option(
+        "--train", exists=True, dir_okay=False,
+        help="Training TSV for pruning and recovery [default: the model's recorded training file].")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace a non-empty --out folder.")] = False,
+    progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+) -> None:
+    """Export MODEL to ONNX as the variant PRESET (pruned, fused, quantised) and gate it."""
+    from export._optimize import optimize as run
+    from export._presets import preset as find_preset
+    from knowacq._model import read_model_card
+
+    config = find_preset(preset)
+    card = read_model_card(model)
+    dev_data = load_tsv(dev, label_names=card.labels) if dev is not None else None
+    train_data = load_tsv(train_tsv, label_names=card.labels) if train_tsv is not None else None
+    result = run(model, config, out_dir, dev=dev_data, train=train_data, overwrite=overwrite,
+                 progress=progress, log=lambda line: err.print(line))
+    table = Table(title=f"variant {config.name}: gates passed", show_header=True)
+    table.add_column("gate")
+    table.add_column("value", justify="right")
+    table.add_column("limit", justify="right")
+    for gate in result.manifest.gates:
+        table.add_row(gate.name, f"{gate.value:.6g}", f"{gate.limit:.6g}")
+    out.print(table)
+    m = result.manifest.metrics
+    out.print(
+        f"dev accuracy {m['accuracy']:.4f} (source {m['source_accuracy']:.4f}); parameters "
+        f"{m['params_before']:,} -> {m['params_after']:,}; model.onnx {m['size_mb']:.1f} MB\n"
+        f"variant:  {result.out_dir}\nmanifest: {result.out_dir / 'manifest.json'}"
+    )
 
 
 def _split_names(text: str) -> tuple[str, ...]:

@@ -5,7 +5,11 @@
     ├── MissingDependencyError        an optional library is not installed (names the extra to install)
     ├── DataError                     a data file that cannot be used
     │   └── MalformedDataError        rows that cannot be parsed; carries every problem with its line number
-    └── ModelError                    a model folder that cannot be loaded or used
+    ├── ModelError                    a model folder that cannot be loaded or used
+    │   └── ProviderError             the requested ONNX Runtime execution provider is not available
+    └── GateError                     an optimised variant failed one or more quality gates
+        ├── ParityError               ONNX logits differ from PyTorch's by more than the tolerance
+        └── QualityError              label agreement or task accuracy below the gate
 
 Messages say what is wrong and what to do about it.
 """
@@ -20,7 +24,11 @@ __all__ = [
     "KnowacqError",
     "MalformedDataError",
     "MissingDependencyError",
+    "GateError",
     "ModelError",
+    "ParityError",
+    "ProviderError",
+    "QualityError",
     "RowProblem",
 ]
 
@@ -76,3 +84,25 @@ class MalformedDataError(DataError):
 
 class ModelError(KnowacqError):
     """A model folder that cannot be loaded or used."""
+
+
+class ProviderError(ModelError):
+    """The requested ONNX Runtime execution provider is not available."""
+
+
+class GateError(KnowacqError):
+    """An optimised variant failed its gates; `failures` holds every failed gate with its numbers."""
+
+    def __init__(self, variant: str, failures: list[str]) -> None:
+        self.variant = variant
+        self.failures = tuple(failures)
+        lines = "\n".join(f"  {f}" for f in self.failures)
+        super().__init__(f"variant {variant!r} failed {len(self.failures)} gate(s); not written:\n{lines}")
+
+
+class ParityError(GateError):
+    """fp32 ONNX logits differ from the PyTorch model's by more than the tolerance."""
+
+
+class QualityError(GateError):
+    """Reduced precision or pruning changed too many labels or cost too much task accuracy."""
