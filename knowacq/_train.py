@@ -146,8 +146,9 @@ def fine_tune(
         "max_length": config.max_length,
         "base_model": str(base),
         "train_config": config.to_dict(),
-        "train_data": {"path": train.source, "rows": len(train), "label_counts": train.label_counts()},
-        "dev_data": {"path": dev.source, "rows": len(dev)},
+        "train_data": {"path": _absolute(train.source), "rows": len(train),
+                       "label_counts": train.label_counts()},
+        "dev_data": {"path": _absolute(dev.source), "rows": len(dev)},
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "versions": versions,
     }
@@ -337,6 +338,12 @@ def _crossfit_ece(logits: np.ndarray, labels: np.ndarray, seed: int) -> float:
     for fit, held in (halves, halves[::-1]):
         probs[held] = softmax(logits[held], fit_temperature(logits[fit], labels[fit]))
     return expected_calibration_error(probs, labels)
+
+
+def _absolute(source: str) -> str:
+    """A data file's absolute path (later stages find it from any working directory)."""
+    path = Path(source)
+    return str(path.resolve()) if path.exists() else source
 
 
 def _prepare_out_dir(out_dir: Path, overwrite: bool) -> Path:

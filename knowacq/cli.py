@@ -174,6 +174,26 @@ def optimize(
     )
 
 
+@app.command()
+@_friendly
+def bench(
+    model: Annotated[Path, typer.Option(exists=True, file_okay=False, help="Fine-tuned HF folder (the baseline).")],
+    variants: Annotated[list[Path], typer.Option(exists=True, file_okay=False, help="Variant folders (repeat).")],
+    data: Annotated[Path, typer.Option(exists=True, dir_okay=False, help="Labelled TSV to time and score on.")],
+    out_file: Annotated[Path, typer.Option("--out", dir_okay=False, help="JSON results (.md and .png beside).")],
+    latency_examples: Annotated[int, typer.Option(min=1, help="Sentences timed one at a time.")] = 200,
+    rounds: Annotated[int, typer.Option(min=1, help="Interleaved timing rounds (median kept).")] = 3,
+    threads: Annotated[Optional[int], typer.Option(min=1, help="Threads [default: CPUs allowed].")] = None,
+) -> None:
+    """Time PyTorch fp32 and each variant on the same sentences; write JSON, Markdown and a plot."""
+    from export._bench import bench as run
+
+    run(model, variants, data, out_file, latency_examples=latency_examples, rounds=rounds,
+        threads=threads, log=lambda line: err.print(line))
+    out.print(out_file.with_suffix(".md").read_text())
+    out.print(f"results: {out_file} (+ .md, .png)")
+
+
 def _split_names(text: str) -> tuple[str, ...]:
     names = tuple(n.strip() for n in text.split(","))
     if len(names) < 2 or not all(names):

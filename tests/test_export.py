@@ -221,3 +221,25 @@ def test_pruning_preset_is_a_real_prune() -> None:
     config = PRESETS["cpu-int8-pruned"]
     assert isinstance(config.prune, PruneConfig) and config.prune.head_fraction > 0
     assert config.quantize == "dynamic-int8"
+
+
+def test_bench_writes_json_markdown_and_plot(model_dir: Path, variants: dict[str, Path], binary_sets,
+                                             tmp_path: Path) -> None:
+    out = tmp_path / "bench" / "results.json"
+    result = CliRunner().invoke(app, [
+        "bench", "--model", str(model_dir), "--variants", str(variants["cpu-fp32"]),
+        "--variants", str(variants["cpu-int8"]), "--data", str(binary_sets[1]), "--out", str(out),
+        "--latency-examples", "20", "--rounds", "1", "--threads", "1",
+    ])
+    assert result.exit_code == 0, result.output
+    data = json.loads(out.read_text())
+    assert [v["name"] for v in data["variants"]] == ["pytorch-fp32", "cpu-fp32", "cpu-int8"]
+    baseline, fp32, _ = data["variants"]
+    assert baseline["throughput_ratio"] == 1.0 and baseline["params"] > 0
+    assert fp32["accuracy"] == pytest.approx(baseline["accuracy"])  # parity: same labels
+    for row in data["variants"]:
+        assert row["throughput_per_s"] > 0 and 0 < row["latency_p50_ms"] <= row["latency_p95_ms"]
+        assert row["size_mb"] > 0
+    assert data["machine"]["threads"] == 1 and data["latency_sentences"] == 20
+    assert "| cpu-int8 |" in out.with_suffix(".md").read_text()
+    assert out.with_suffix(".png").read_bytes()[:4] == b"\x89PNG"
