@@ -145,6 +145,10 @@ def optimize(
     train_tsv: Annotated[Optional[Path], typer.Option(
         "--train", exists=True, dir_okay=False,
         help="Training TSV for pruning and recovery [default: the model's recorded training file].")] = None,
+    min_agreement: Annotated[Optional[float], typer.Option(
+        help="Override the preset's label-agreement gate (recorded in the manifest).")] = None,
+    max_accuracy_drop: Annotated[Optional[float], typer.Option(
+        help="Override the preset's dev-accuracy-drop gate, as a fraction (0.01 = 1 point).")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace a non-empty --out folder.")] = False,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
 ) -> None:
@@ -154,6 +158,11 @@ def optimize(
     from knowacq._model import read_model_card
 
     config = find_preset(preset)
+    gate_changes = {k: v for k, v in (("min_agreement", min_agreement),
+                                      ("max_accuracy_drop", max_accuracy_drop)) if v is not None}
+    if gate_changes:
+        config = dataclasses.replace(config, gates=dataclasses.replace(config.gates, **gate_changes))
+        err.print(f"gates changed from the preset's: {gate_changes}")
     card = read_model_card(model)
     dev_data = load_tsv(dev, label_names=card.labels) if dev is not None else None
     train_data = load_tsv(train_tsv, label_names=card.labels) if train_tsv is not None else None
