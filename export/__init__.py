@@ -5,7 +5,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from export._manifest import MANIFEST_FILE, GateResult, Manifest, read_manifest
 from export._presets import (
@@ -17,6 +17,7 @@ from export._presets import (
     preset,
 )
 from export._prune import PruneConfig
+from knowacq._lazy import lazy_getattr
 
 if TYPE_CHECKING:  # pragma: no cover
     from export._optimize import OptimizeResult, optimize
@@ -40,18 +41,12 @@ __all__ = [
     "read_manifest",
 ]
 
-_LAZY = {
-    "optimize": "export._optimize",
-    "OptimizeResult": "export._optimize",
-    "Predictor": "export._runtime",
-    "Prediction": "export._runtime",
-}
-
-
-def __getattr__(name: str) -> Any:
-    """Names whose modules import heavy libraries load on first use."""
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'export' has no attribute {name!r}")
+__getattr__ = lazy_getattr(
+    __name__,
+    {
+        "optimize": "export._optimize",
+        "OptimizeResult": "export._optimize",
+        "Predictor": "export._runtime",
+        "Prediction": "export._runtime",
+    },
+)

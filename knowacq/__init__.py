@@ -6,10 +6,11 @@ needs them runs.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from knowacq._config import TRAIN_PRESETS, TrainConfig, train_preset
 from knowacq._data import LabelledData, load_tsv, read_label_names
+from knowacq._lazy import lazy_getattr
 from knowacq._metrics import EvalReport, expected_calibration_error, fit_temperature
 from knowacq.errors import (
     ConfigError,
@@ -47,17 +48,11 @@ __all__ = [
     "train_preset",
 ]
 
-_LAZY = {
-    "fine_tune": "knowacq._train",
-    "TrainResult": "knowacq._train",
-    "evaluate": "knowacq._evaluate",
-}
-
-
-def __getattr__(name: str) -> Any:
-    """Names whose modules import torch load on first use."""
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'knowacq' has no attribute {name!r}")
+__getattr__ = lazy_getattr(
+    __name__,
+    {
+        "fine_tune": "knowacq._train",
+        "TrainResult": "knowacq._train",
+        "evaluate": "knowacq._evaluate",
+    },
+)
