@@ -188,6 +188,13 @@ def test_optimize_cli(model_dir: Path, tmp_path: Path) -> None:
     assert "unknown optimisation preset 'tpu-int4'; known presets: cpu-fp32, cpu-int8, cpu-int8-pruned, gpu-fp16" in result.output
     result = runner.invoke(app, ["optimize", str(model_dir), "--preset", "cpu-int8", "--out", str(tmp_path / "v")])
     assert result.exit_code == 2 and "not empty" in result.output
+    result = runner.invoke(app, ["optimize", str(model_dir), "--preset", "cpu-int8", "--out", str(tmp_path / "x"),
+                                 "--min-agreement", "1.5"])
+    assert result.exit_code == 2 and "min_agreement must be in [0, 1], got 1.5" in result.output
+    result = runner.invoke(app, ["optimize", str(model_dir), "--preset", "cpu-int8", "--out", str(tmp_path / "y"),
+                                 "--min-agreement", "0.9"])
+    assert result.exit_code == 0, result.output
+    assert read_manifest(tmp_path / "y").config["gates"]["min_agreement"] == 0.9
 
 
 @pytest.mark.parametrize(
