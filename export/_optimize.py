@@ -295,10 +295,20 @@ def _parity_gate(
 def _ort_optimize(source: Path, target: Path, config: OptimizeConfig, say: Callable[[str], None]) -> tuple[Path, dict[str, int]]:
     from onnxruntime.transformers.optimizer import optimize_model
 
+    import logging
+
     started = time.perf_counter()
-    # num_heads/hidden_size 0: read from the graph, so pruned layers with fewer heads fuse too.
-    optimized = optimize_model(str(source), model_type="bert", num_heads=0, hidden_size=0, opt_level=0,
-                               use_gpu=config.target == "cuda")
+    # num_heads/hidden_size 0: read from the graph, so pruned layers with fewer heads fuse too. The
+    # fusion then warns that a pruned layer's heads x head size differs from the hidden size; that is
+    # expected (the parity gate checks the fused graph), so its warnings are silenced here.
+    fusion_log = logging.getLogger("onnxruntime.transformers.fusion_attention")
+    level = fusion_log.level
+    fusion_log.setLevel(logging.ERROR)
+    try:
+        optimized = optimize_model(str(source), model_type="bert", num_heads=0, hidden_size=0, opt_level=0,
+                                   use_gpu=config.target == "cuda")
+    finally:
+        fusion_log.setLevel(level)
     if config.fp16:
         optimized.convert_float_to_float16(keep_io_types=True)
     optimized.save_model_to_file(str(target))
