@@ -93,8 +93,8 @@ def fine_tune(
         raise DataError(f"{train.source}: a classifier needs at least 2 classes, found {train.num_labels}")
     if len(dev) == 0:
         raise DataError(f"{dev.source}: the dev set is empty")
-    out_dir = _prepare_out_dir(Path(out_dir), overwrite)
     base = check_hf_folder(base if base is not None else default_base_model())
+    out_dir = _prepare_out_dir(Path(out_dir), overwrite)  # after every check: --overwrite deletes
 
     rng = np.random.default_rng(config.seed)
     if config.max_train_examples is not None and config.max_train_examples < len(train):
@@ -146,7 +146,7 @@ def fine_tune(
         "max_length": config.max_length,
         "base_model": str(base),
         "train_config": config.to_dict(),
-        "train_data": {"path": _absolute(train.source), "rows": len(train),
+        "train_data": {"path": _absolute(train.source), "rows_used": len(train),
                        "label_counts": train.label_counts()},
         "dev_data": {"path": _absolute(dev.source), "rows": len(dev)},
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -194,8 +194,8 @@ def fit(
 
     Length-grouped batches with dynamic padding, AdamW with weight decay (none on biases and LayerNorm)
     and linear warmup then decay, gradient clipping. `loss_fn(model, batch)` replaces the model's own
-    cross-entropy (distillation uses this). Seeds torch's global generator with `config.seed`: weight
-    init and dropout draw from it.
+    cross-entropy (distillation uses this). Seeds torch's global generator with `config.seed` (dropout
+    draws from it); batch order has its own generator with the same seed.
     """
     import torch
     from rich.console import Console
