@@ -232,8 +232,6 @@ def evaluate_variant(
 
     predictor = Predictor(path, max_batch_size=batch_size)
     data = load_tsv(data_file, label_names=predictor.labels)
-    if len(data) == 0:
-        raise ModelError(f"{data.source}: nothing to evaluate")
     logits, _ = predictor.logits(list(data.texts))
     if reliability_png is not None:
         reliability_diagram(logits, data.labels, predictor.temperature, reliability_png,
