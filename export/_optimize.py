@@ -159,12 +159,17 @@ def optimize(
             tokenizer_files=[f for f in TOKENIZER_FILES if (plain / f).is_file()],
             created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         )
-        out_dir.mkdir(parents=True, exist_ok=True)
         if not manifest.passed:
-            manifest.write(out_dir)
+            # The failed manifest is the report; it never replaces a folder that is already there.
+            if not (out_dir.is_dir() and any(out_dir.iterdir())):
+                out_dir.mkdir(parents=True, exist_ok=True)
+                manifest.write(out_dir)
             failures = [str(g) for g in gates if not g.passed]
             parity = any(g.name.startswith("parity") for g in gates if not g.passed)
             raise (ParityError if parity else QualityError)(config.name, failures)
+        if out_dir.is_dir():
+            shutil.rmtree(out_dir)  # --overwrite was given (checked at the start)
+        out_dir.mkdir(parents=True)
         shutil.copy(current, out_dir / "model.onnx")
         for name in manifest.tokenizer_files + ["config.json"]:
             shutil.copy(plain / name, out_dir / name)
@@ -182,12 +187,11 @@ def _stderr_line(line: str) -> None:
 
 
 def _check_out_dir(out_dir: Path, overwrite: bool) -> None:
+    """Refuse early; with `overwrite`, the old contents go only when the new variant is written."""
     if out_dir.exists() and not out_dir.is_dir():
         raise ConfigError(f"output path {out_dir} exists and is not a folder")
-    if out_dir.is_dir() and any(out_dir.iterdir()):
-        if not overwrite:
-            raise ConfigError(f"output folder {out_dir} is not empty; choose another --out or pass --overwrite")
-        shutil.rmtree(out_dir)
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
+        raise ConfigError(f"output folder {out_dir} is not empty; choose another --out or pass --overwrite")
 
 
 def _recorded_data(card: ModelCard, key: str, option: str) -> LabelledData:

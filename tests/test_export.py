@@ -138,6 +138,16 @@ def test_parity_gate_refuses_and_writes_no_model(model_dir: Path, tmp_path: Path
         Predictor(tmp_path / "v")
 
 
+def test_a_refused_rerun_keeps_the_variant_already_there(model_dir: Path, variants: dict[str, Path],
+                                                       tmp_path: Path) -> None:
+    folder = tmp_path / "v"
+    shutil.copytree(variants["cpu-fp32"], folder)
+    strict = dataclasses.replace(preset("cpu-fp32"), gates=GateConfig(parity_atol=1e-12))
+    with pytest.raises(ParityError):
+        optimize(model_dir, strict, folder, overwrite=True, **QUIET)
+    assert Predictor(folder).manifest.passed  # still the earlier, passing variant
+
+
 def test_quality_gates_refuse_a_damaged_variant(model_dir: Path, tmp_path: Path, monkeypatch) -> None:
     """A quantised graph that answers the opposite label fails agreement and accuracy, not parity."""
     import export._optimize as pipeline
