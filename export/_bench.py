@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from knowacq._data import load_tsv
+from knowacq._model import length_sorted_batches
 from knowacq._versions import library_versions
 from knowacq.errors import ConfigError
 
@@ -98,8 +99,9 @@ def bench(
     if len(set(names)) != len(names):
         raise ConfigError(f"two variants share a name: {names}; bench each preset once")
 
-    order = np.argsort([len(t) for t in texts], kind="stable")
-    batches = [[texts[i] for i in order[s : s + THROUGHPUT_BATCH]] for s in range(0, len(texts), THROUGHPUT_BATCH)]
+    index_batches = length_sorted_batches(np.array([len(t) for t in texts]), THROUGHPUT_BATCH)
+    order = np.concatenate(index_batches)
+    batches = [[texts[i] for i in idx] for idx in index_batches]
     throughput: dict[str, list[float]] = {n: [] for n in names}
     latencies: dict[str, list[np.ndarray]] = {n: [] for n in names}
     accuracy: dict[str, float] = {}

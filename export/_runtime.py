@@ -18,6 +18,7 @@ import numpy as np
 
 from export._manifest import Manifest, read_manifest
 from knowacq._metrics import softmax
+from knowacq._model import length_sorted_batches
 from knowacq.errors import MissingDependencyError, ModelError, ProviderError
 
 __all__ = ["Engine", "Prediction", "Predictor", "cpu_threads", "evaluate_variant", "require_onnxruntime"]
@@ -126,11 +127,9 @@ class Engine:
         """Raw logits (uncalibrated) and truncation flags for `texts`, in order, batched by length."""
         if not texts:
             return np.zeros((0, self.num_labels), np.float32), np.zeros(0, bool)
-        order = np.argsort(np.array([len(t) for t in texts]), kind="stable")
         out = np.zeros((len(texts), self.num_labels), dtype=np.float32)
         truncated = np.zeros(len(texts), dtype=bool)
-        for start in range(0, len(texts), self.max_batch_size):
-            idx = order[start : start + self.max_batch_size]
+        for idx in length_sorted_batches(np.array([len(t) for t in texts]), self.max_batch_size):
             feeds, cut = self.encode([texts[i] for i in idx])
             out[idx] = self.run(feeds)
             truncated[idx] = cut
