@@ -46,14 +46,18 @@ def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, n_bins: in
         raise ValueError("ECE of an empty set is undefined")
     confidence = probs.max(axis=1)
     correct = probs.argmax(axis=1) == labels
-    # Bin b holds confidences in (b/n, (b+1)/n]; a confidence of exactly 0 goes to bin 0.
-    bins = np.clip(np.ceil(confidence * n_bins).astype(np.int64) - 1, 0, n_bins - 1)
+    bins = _confidence_bins(confidence, n_bins)
     total = 0.0
     for b in range(n_bins):
         mask = bins == b
         if mask.any():
             total += abs(correct[mask].mean() - confidence[mask].mean()) * mask.mean()
     return float(total)
+
+
+def _confidence_bins(confidence: np.ndarray, n_bins: int) -> np.ndarray:
+    """Bin b holds confidences in (b/n, (b+1)/n]; a confidence of exactly 0 goes to bin 0."""
+    return np.clip(np.ceil(confidence * n_bins).astype(np.int64) - 1, 0, n_bins - 1)
 
 
 def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
@@ -136,7 +140,7 @@ def reliability_diagram(
         probs = softmax(logits, t)
         conf = probs.max(axis=1)
         correct = probs.argmax(axis=1) == labels
-        bins = np.clip(np.ceil(conf * ECE_BINS).astype(np.int64) - 1, 0, ECE_BINS - 1)
+        bins = _confidence_bins(conf, ECE_BINS)
         acc = np.array([correct[bins == b].mean() if (bins == b).any() else np.nan for b in range(ECE_BINS)])
         share = np.bincount(bins, minlength=ECE_BINS) / len(labels)
         ax.bar(centres, acc, width=1 / ECE_BINS, edgecolor="black", alpha=0.75, label="accuracy")
