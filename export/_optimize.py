@@ -297,9 +297,9 @@ def _parity_gate(
 
 
 def _ort_optimize(source: Path, target: Path, config: OptimizeConfig, say: Callable[[str], None]) -> tuple[Path, dict[str, int]]:
-    from onnxruntime.transformers.optimizer import optimize_model
-
     import logging
+
+    from onnxruntime.transformers.optimizer import optimize_model
 
     started = time.perf_counter()
     # num_heads/hidden_size 0: read from the graph, so pruned layers with fewer heads fuse too. The
