@@ -7,9 +7,18 @@
     │   └── MalformedDataError        rows that cannot be parsed; carries every problem with its line number
     ├── ModelError                    a model folder that cannot be loaded or used
     │   └── ProviderError             the requested ONNX Runtime execution provider is not available
-    └── GateError                     an optimised variant failed one or more quality gates
-        ├── ParityError               ONNX logits differ from PyTorch's by more than the tolerance
-        └── QualityError              label agreement or task accuracy below the gate
+    ├── GateError                     an optimised variant failed one or more quality gates
+    │   ├── ParityError               ONNX logits differ from PyTorch's by more than the tolerance
+    │   └── QualityError              label agreement or task accuracy below the gate
+    ├── StoreError                    the feedback store cannot be reached or written
+    └── RequestError                  a client's request the service refuses; carries its HTTP status
+        ├── BadRequestError       400 the body is not valid JSON (or not UTF-8)
+        ├── AuthError             401 missing or wrong bearer token
+        ├── UnknownPredictionError 404 feedback for a prediction id the store does not hold
+        ├── PayloadTooLargeError  413 body over the size limit
+        ├── UnsupportedMediaError 415 a content type other than application/json
+        └── InvalidInputError     422 well-formed JSON with the wrong fields, types or values
+            └── UnknownLabelError 422 a label the model does not have
 
 Messages say what is wrong and what to do about it.
 """
@@ -19,17 +28,26 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 __all__ = [
+    "AuthError",
+    "BadRequestError",
     "ConfigError",
     "DataError",
+    "GateError",
+    "InvalidInputError",
     "KnowacqError",
     "MalformedDataError",
     "MissingDependencyError",
-    "GateError",
     "ModelError",
     "ParityError",
+    "PayloadTooLargeError",
     "ProviderError",
     "QualityError",
+    "RequestError",
     "RowProblem",
+    "StoreError",
+    "UnknownLabelError",
+    "UnknownPredictionError",
+    "UnsupportedMediaError",
 ]
 
 
@@ -106,3 +124,59 @@ class ParityError(GateError):
 
 class QualityError(GateError):
     """Reduced precision or pruning changed too many labels or cost too much task accuracy."""
+
+
+class StoreError(KnowacqError):
+    """The feedback store cannot be reached or written."""
+
+
+class RequestError(KnowacqError):
+    """A request the service refuses. `status` is its HTTP status; `field` names the offending field."""
+
+    status = 400
+    reason = "bad_request"
+    """A fixed, low-cardinality name for metrics (never user text)."""
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        self.field = field
+        super().__init__(message)
+
+    def to_body(self) -> dict[str, str]:
+        body = {"error": str(self), "reason": self.reason}
+        if self.field is not None:
+            body["field"] = self.field
+        return body
+
+
+class BadRequestError(RequestError):
+    status = 400
+    reason = "invalid_json"
+
+
+class AuthError(RequestError):
+    status = 401
+    reason = "unauthorized"
+
+
+class UnknownPredictionError(RequestError):
+    status = 404
+    reason = "unknown_prediction"
+
+
+class PayloadTooLargeError(RequestError):
+    status = 413
+    reason = "too_large"
+
+
+class UnsupportedMediaError(RequestError):
+    status = 415
+    reason = "unsupported_media_type"
+
+
+class InvalidInputError(RequestError):
+    status = 422
+    reason = "invalid_input"
+
+
+class UnknownLabelError(InvalidInputError):
+    reason = "unknown_label"

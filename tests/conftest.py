@@ -122,7 +122,31 @@ def _one_torch_thread() -> None:
 
 
 # Hypothesis keeps no example database in the working tree.
-from hypothesis import settings as _hypothesis_settings  # noqa: E402
+from hypothesis import settings as _hypothesis_settings
 
 _hypothesis_settings.register_profile("knowacq", database=None)
 _hypothesis_settings.load_profile("knowacq")
+
+
+@pytest.fixture(scope="session")
+def model_dir(tiny_base: Path, binary_sets, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny BERT fine-tuned on the synthetic binary set (labels negative, positive)."""
+    from test_train import FAST
+
+    from knowacq import fine_tune, load_tsv
+
+    train = load_tsv(binary_sets[0], label_names=("negative", "positive"))
+    dev = load_tsv(binary_sets[1], label_names=train.label_names)
+    out = tmp_path_factory.mktemp("export") / "model"
+    fine_tune(train, dev, out, base=tiny_base, config=FAST, progress=False, log=lambda _: None)
+    return out
+
+
+@pytest.fixture(scope="session")
+def fp32_variant(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny model exported with the cpu-fp32 preset (what the service tests serve)."""
+    from export import preset
+    from export._optimize import optimize
+
+    out = tmp_path_factory.mktemp("served") / "cpu-fp32"
+    return optimize(model_dir, preset("cpu-fp32"), out, progress=False, log=lambda _: None).out_dir

@@ -14,23 +14,13 @@ from typer.testing import CliRunner
 from export import PRESETS, GateConfig, OptimizeConfig, PruneConfig, RecoveryConfig, cpu_isa, preset, read_manifest
 from export._optimize import optimize
 from export._runtime import Engine, Predictor
-from knowacq import ConfigError, ModelError, fine_tune, load_tsv
+from knowacq import ConfigError, ModelError, load_tsv
 from knowacq._model import load_classifier, predict_logits
 from knowacq.cli import app
 from knowacq.errors import GateError, ParityError, ProviderError, QualityError
-from test_train import FAST
 
 QUIET = {"progress": False, "log": lambda _: None}
 SMALL_RECOVERY = RecoveryConfig(examples=200)
-
-
-@pytest.fixture(scope="module")
-def model_dir(tiny_base: Path, binary_sets, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    train = load_tsv(binary_sets[0], label_names=("negative", "positive"))
-    dev = load_tsv(binary_sets[1], label_names=train.label_names)
-    out = tmp_path_factory.mktemp("export") / "model"
-    fine_tune(train, dev, out, base=tiny_base, config=FAST, **QUIET)
-    return out
 
 
 @pytest.fixture(scope="module")

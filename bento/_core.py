@@ -1,0 +1,284 @@
+"""The service's work, without BentoML: validate requests, classify batches, capture, take feedback.
+
+`ClassifierCore` is built once per worker by `bento.service` and tested directly. It owns no HTTP: errors
+are `knowacq.errors.RequestError`s carrying their status, mapped to responses in `bento._http`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+import numpy as np
+
+from bento._metrics import ServiceMetrics
+from bento._settings import Settings
+from knowacq._metrics import softmax
+from knowacq._model import length_sorted_batches
+from knowacq._redact import redact
+from knowacq._store import FeedbackStore, PredictionRecord
+from knowacq.errors import AuthError, InvalidInputError, StoreError, UnknownLabelError
+
+__all__ = ["ClassifierCore", "Item", "parse_classify", "parse_feedback"]
+
+log = logging.getLogger("knowacq.service")
+
+
+@dataclass(frozen=True)
+class Item:
+    """One text waiting for the model, with the time its request arrived (for the queue-time metric)."""
+
+    text: str
+    arrived: float
+
+
+def parse_classify(body: Any, max_texts: int) -> list[str]:
+    """The texts of a POST /classify body, or InvalidInputError naming the field."""
+    if not isinstance(body, dict):
+        raise InvalidInputError(f"the body must be a JSON object with a 'texts' list, got {type(body).__name__}",
+                                field="texts")
+    unknown = sorted(set(body) - {"texts"})
+    if unknown:
+        raise InvalidInputError(f"unknown field(s) {', '.join(map(repr, unknown))}; only 'texts' is accepted",
+                                field=unknown[0])
+    texts = body.get("texts")
+    if not isinstance(texts, list):
+        raise InvalidInputError(
+            "'texts' must be a list of strings" + ("" if "texts" in body else " and is missing"), field="texts")
+    if not texts:
+        raise InvalidInputError("'texts' is empty; send at least one text", field="texts")
+    if len(texts) > max_texts:
+        from knowacq.errors import PayloadTooLargeError
+
+        raise PayloadTooLargeError(
+            f"{len(texts)} texts in one request; at most {max_texts} are accepted (split the request)",
+            field="texts")
+    for i, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise InvalidInputError(f"texts[{i}] must be a string, got {type(text).__name__}", field=f"texts[{i}]")
+    return texts
+
+
+def parse_feedback(body: Any) -> tuple[str, str, str]:
+    """prediction_id, label and annotator of a POST /feedback body, or InvalidInputError naming the field."""
+    if not isinstance(body, dict):
+        raise InvalidInputError("the body must be a JSON object with 'prediction_id' and 'label'",
+                                field="prediction_id")
+    unknown = sorted(set(body) - {"prediction_id", "label", "annotator"})
+    if unknown:
+        raise InvalidInputError(f"unknown field(s) {', '.join(map(repr, unknown))}", field=unknown[0])
+    out = []
+    for name in ("prediction_id", "label"):
+        value = body.get(name)
+        if not isinstance(value, str) or not value.strip():
+            raise InvalidInputError(f"'{name}' must be a non-empty string", field=name)
+        if len(value) > 128:
+            raise InvalidInputError(f"'{name}' is longer than 128 characters", field=name)
+        out.append(value)
+    annotator = body.get("annotator", "")
+    if not isinstance(annotator, str) or len(annotator) > 128:
+        raise InvalidInputError("'annotator' must be a string of at most 128 characters", field="annotator")
+    return out[0], out[1], annotator
+
+
+class ClassifierCore:
+    """Classifies texts with a runtime `Predictor`, records predictions, and takes human labels.
+
+    `predictor`: an `export.Predictor` (or anything with `labels`, `temperature`, `engine`, `manifest`).
+    `store`: the feedback store; `metrics`: `ServiceMetrics`; `clock`: monotonic seconds;
+    `new_id`: makes prediction ids.
+    """
+
+    def __init__(
+        self,
+        predictor: Any,
+        settings: Settings,
+        *,
+        store: FeedbackStore,
+        metrics: ServiceMetrics,
+        clock: Callable[[], float] = time.perf_counter,
+        new_id: Callable[[], str] = lambda: uuid.uuid4().hex,
+    ) -> None:
+        self.predictor = predictor
+        self.settings = settings
+        self.store = store
+        self.metrics = metrics
+        self.clock = clock
+        self.new_id = new_id
+        self.labels: tuple[str, ...] = tuple(predictor.labels)
+        manifest = predictor.manifest
+        self.variant = manifest.variant
+        self.model_version = f"{manifest.variant}-{manifest.model_sha256[:12]}"
+        self._token = settings.api_token.encode()
+        metrics.model_info.labels(version=self.model_version, variant=self.variant,
+                                  provider=predictor.provider).set(1)
+        metrics.fallback.set(1 if predictor.fallback else 0)
+
+    # classify -------------------------------------------------------------------------------------
+
+    def classify(self, texts: Sequence[str]) -> list[dict[str, Any]]:
+        """Answers for `texts` (one request, no batching queue)."""
+        now = self.clock()
+        return self.classify_items([Item(t, now) for t in texts])
+
+    def classify_batches(self, batches: Sequence[Sequence[Item]]) -> list[list[dict[str, Any]]]:
+        """The adaptive batcher's callback: several requests' items in, each request's answers out."""
+        flat = [item for batch in batches for item in batch]
+        answers = iter(self.classify_items(flat))
+        return [[next(answers) for _ in batch] for batch in batches]
+
+    def classify_items(self, items: Sequence[Item]) -> list[dict[str, Any]]:
+        """Run the model on `items` grouped by length, record the predictions, and build the answers."""
+        if not items:
+            return []
+        m = self.metrics
+        start = self.clock()
+        for item in items:
+            m.stage_seconds.labels(stage="queue").observe(max(0.0, start - item.arrived))
+        m.batch_texts.observe(len(items))
+        engine = self.predictor.engine
+        logits = np.zeros((len(items), len(self.labels)), dtype=np.float32)
+        truncated = np.zeros(len(items), dtype=bool)
+        lengths = np.array([len(item.text) for item in items])
+        tokenize = infer = 0.0
+        # Group by length so short texts do not pay for long ones; each row's answer depends only on
+        # its own text (fp32 exactly; dynamic int8 within its quantisation noise).
+        for idx in length_sorted_batches(lengths, engine.max_batch_size):
+            t0 = self.clock()
+            feeds, cut = engine.encode([items[i].text for i in idx])
+            t1 = self.clock()
+            logits[idx] = engine.run(feeds)
+            t2 = self.clock()
+            truncated[idx] = cut
+            tokenize += t1 - t0
+            infer += t2 - t1
+        m.stage_seconds.labels(stage="tokenize").observe(tokenize)
+        m.stage_seconds.labels(stage="infer").observe(infer)
+
+        probs = softmax(logits, self.predictor.temperature)
+        order = np.argsort(-probs, axis=1)
+        top = probs[np.arange(len(items)), order[:, 0]]
+        second = probs[np.arange(len(items)), order[:, 1]] if probs.shape[1] > 1 else np.zeros(len(items))
+        margins = top - second
+        created = datetime.now(timezone.utc)
+        answers: list[dict[str, Any]] = []
+        records: list[PredictionRecord] = []
+        for i, item in enumerate(items):
+            label = self.labels[int(order[i, 0])]
+            probabilities = {name: float(p) for name, p in zip(self.labels, probs[i])}
+            captured = bool(top[i] < self.settings.min_confidence or margins[i] < self.settings.min_margin)
+            prediction_id = self.new_id()
+            answers.append({
+                "label": label,
+                "score": float(top[i]),
+                "probabilities": probabilities,
+                "prediction_id": prediction_id,
+                "model_version": self.model_version,
+                "low_confidence": captured,
+                "truncated": bool(truncated[i]),
+            })
+            m.predictions.labels(label=label).inc()
+            m.confidence.observe(float(top[i]))
+            if truncated[i]:
+                m.truncated.inc()
+            if captured:
+                m.captures.inc()
+            if captured or self.settings.record == "all":
+                clean = redact(item.text[: self.settings.max_stored_chars]).text
+                records.append(PredictionRecord(
+                    prediction_id=prediction_id, model_version=self.model_version, text=clean,
+                    text_sha256=hashlib.sha256(clean.encode("utf-8", "replace")).hexdigest(), label=label,
+                    score=float(top[i]), margin=float(margins[i]), probabilities=probabilities,
+                    captured=captured, created_at=created))
+        t3 = self.clock()
+        recorded = True
+        try:
+            self.store.record_predictions(records)
+        except StoreError as exc:
+            # The answer still goes out (classification must not depend on the store), marked as not
+            # recorded: feedback for these ids would answer 404. The failure is counted and logged.
+            recorded = False
+            m.store_failures.labels(kind="predictions").inc()
+            m.fail("store_error")
+            log.error("feedback store write failed for %d prediction(s): %s", len(records), exc)
+        m.stage_seconds.labels(stage="store").observe(self.clock() - t3)
+        stored = {r.prediction_id for r in records} if recorded else set()
+        for answer in answers:
+            answer["recorded"] = answer["prediction_id"] in stored
+        return answers
+
+    # feedback -------------------------------------------------------------------------------------
+
+    def check_token(self, authorization: str | None) -> None:
+        """AuthError unless `authorization` is `Bearer <the configured token>` (constant-time compare)."""
+        if not self._token:
+            raise AuthError("feedback is disabled: the service has no API token (set KNOWACQ_API_TOKEN)")
+        scheme, _, given = (authorization or "").partition(" ")
+        if scheme.lower() != "bearer" or not given:
+            raise AuthError("missing bearer token: send 'Authorization: Bearer <token>'")
+        if not hmac.compare_digest(given.strip().encode(), self._token):
+            raise AuthError("wrong bearer token")
+
+    def feedback(self, prediction_id: str, label: str, annotator: str = "") -> dict[str, Any]:
+        """Record a human label for a prediction (idempotent). The caller has checked the token."""
+        if label not in self.labels:
+            self.metrics.feedback.labels(outcome="unknown_label").inc()
+            raise UnknownLabelError(
+                f"unknown label {label!r}; this model's labels are {', '.join(self.labels)}", field="label")
+        try:
+            outcome = self.store.add_label(prediction_id, label, source="api", annotator=annotator)
+        except StoreError:
+            self.metrics.feedback.labels(outcome="store_error").inc()
+            self.metrics.store_failures.labels(kind="labels").inc()
+            raise
+        except Exception as exc:
+            from knowacq.errors import UnknownPredictionError
+
+            if isinstance(exc, UnknownPredictionError):
+                self.metrics.feedback.labels(outcome="unknown_prediction").inc()
+            raise
+        self.metrics.feedback.labels(outcome=outcome).inc()
+        return {"prediction_id": prediction_id, "label": label, "outcome": outcome}
+
+    # introspection --------------------------------------------------------------------------------
+
+    def model_info(self) -> dict[str, Any]:
+        manifest = self.predictor.manifest
+        return {
+            "model_version": self.model_version,
+            "variant": self.variant,
+            "labels": list(self.labels),
+            "provider": self.predictor.provider,
+            "requested_provider": self.settings.provider,
+            "fallback": bool(self.predictor.fallback),
+            "thresholds": {"min_confidence": self.settings.min_confidence,
+                           "min_margin": self.settings.min_margin},
+            "max_length": int(manifest.max_length),
+            "temperature": float(manifest.temperature),
+            "source_sha256": manifest.source.get("sha256", ""),
+            "gates": [{"name": g.name, "value": g.value, "limit": g.limit, "passed": g.passed}
+                      for g in manifest.gates],
+            "settings": self.settings.public(),
+        }
+
+    def readiness(self) -> tuple[int, dict[str, Any]]:
+        """HTTP status and body for /readyz: ready, degraded (CPU fallback) or not ready (store down)."""
+        body: dict[str, Any] = {"model_version": self.model_version, "provider": self.predictor.provider}
+        if not self.store.ping():
+            return 503, {**body, "status": "not_ready", "reason": "the feedback store does not answer"}
+        if self.predictor.fallback:
+            return 200, {**body, "status": "degraded",
+                         "reason": "CUDA was asked for but the CPU provider is running"}
+        return 200, {**body, "status": "ready"}
+
+
+def dumps(value: Any) -> bytes:
+    return json.dumps(value, separators=(",", ":")).encode()

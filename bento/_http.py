@@ -1,0 +1,187 @@
+"""The HTTP edge of the service: limits, content types, JSON, auth and readiness, in one ASGI middleware.
+
+Every refusal is decided here, before BentoML parses a body, and answered with a JSON error body
+(`{"error", "reason", "field"?}`) and its status from `knowacq.errors.RequestError`: 400 invalid JSON,
+401 auth, 404 unknown id, 413 too large, 415 content type, 422 wrong fields. Responses of 5xx from further
+in are counted by reason. Request texts never reach the log.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+from knowacq.errors import (
+    AuthError,
+    BadRequestError,
+    PayloadTooLargeError,
+    RequestError,
+    UnsupportedMediaError,
+)
+
+__all__ = ["RequestGuard", "State"]
+
+log = logging.getLogger("knowacq.service")
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+JSON_ENDPOINTS = {"/classify": "classify", "/feedback": "feedback"}
+
+
+class State:
+    """What the middleware needs from the worker's service instance, set once the model is loaded."""
+
+    def __init__(self) -> None:
+        self.core: Any = None
+        self.settings: Any = None
+
+
+async def _respond(send: Send, status: int, body: dict[str, Any], headers: list[tuple[bytes, bytes]] = ()) -> None:
+    payload = json.dumps(body).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"),
+                            (b"content-length", str(len(payload)).encode()), *headers]})
+    await send({"type": "http.response.body", "body": payload})
+
+
+class RequestGuard:
+    """ASGI middleware in front of the BentoML app (added with `add_asgi_middleware`)."""
+
+    def __init__(self, app: Callable[..., Awaitable[None]], *, state: State) -> None:
+        self.app = app
+        self.state = state
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path = scope.get("path", "")
+        if path == "/readyz" and scope.get("method") == "GET":
+            await self._readyz(send)
+            return
+        if path == "/model" and scope.get("method") == "GET":
+            if self.state.core is None:
+                await _respond(send, 503, {"error": "the model is still loading", "reason": "not_ready"})
+            else:
+                await _respond(send, 200, self.state.core.model_info())
+            return
+        endpoint = JSON_ENDPOINTS.get(path)
+        if endpoint is None or scope.get("method") != "POST":
+            await self.app(scope, receive, send)
+            return
+        core = self.state.core
+        if core is None:
+            await _respond(send, 503, {"error": "the model is still loading", "reason": "not_ready"},
+                           [(b"retry-after", b"1")])
+            return
+        start = time.perf_counter()
+        status = {"code": 500}
+
+        async def send_counted(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status["code"] = message["status"]
+            await send(message)
+
+        try:
+            body = await self._read_json(scope, receive, core, endpoint)
+        except RequestError as exc:
+            core.metrics.fail(exc.reason)
+            if endpoint == "feedback" and isinstance(exc, AuthError):
+                core.metrics.feedback.labels(outcome="unauthorized").inc()
+            headers = [(b"www-authenticate", b'Bearer realm="knowacq"')] if isinstance(exc, AuthError) else []
+            await _respond(send, exc.status, exc.to_body(), headers)
+            core.metrics.request_seconds.labels(endpoint=endpoint).observe(time.perf_counter() - start)
+            return
+        # Replay the body we read to the app, so that BentoML parses exactly what we checked.
+        sent = False
+
+        async def replay() -> Message:
+            nonlocal sent
+            if not sent:
+                sent = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        scope.setdefault("state", {})
+        try:
+            await self.app(scope, replay, send_counted)
+        finally:
+            code = status["code"]
+            if code == 503 and endpoint == "classify":  # feedback's 503 (store down) is counted inside
+                core.metrics.fail("overloaded")
+            elif code >= 500:
+                core.metrics.fail("internal")
+            core.metrics.request_seconds.labels(endpoint=endpoint).observe(time.perf_counter() - start)
+
+    async def _read_json(self, scope: Scope, receive: Receive, core: Any, endpoint: str) -> bytes:
+        """The raw body after every check; raises the RequestError that refuses it."""
+        settings = core.settings
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+        if endpoint == "feedback":
+            core.check_token(headers.get("authorization"))
+        media = headers.get("content-type", "").split(";")[0].strip().lower()
+        if media != "application/json":
+            raise UnsupportedMediaError(
+                f"content type {media or '(none)'!r} is not accepted; send application/json",
+                field="content-type")
+        limit = settings.max_body_bytes
+        declared = headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            raise PayloadTooLargeError(f"the body is {declared} bytes; the limit is {limit}")
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise BadRequestError("the client disconnected before sending the whole body")
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                raise PayloadTooLargeError(f"the body is over the limit of {limit} bytes")
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        raw = b"".join(chunks)
+        try:
+            parsed = json.loads(raw.decode("utf-8"))
+        except UnicodeDecodeError:
+            raise BadRequestError("the body is not valid UTF-8") from None
+        except (json.JSONDecodeError, RecursionError) as exc:
+            raise BadRequestError(f"the body is not valid JSON: {getattr(exc, 'msg', 'too deeply nested')}") \
+                from None
+        from bento._core import parse_classify, parse_feedback
+
+        if endpoint == "classify":
+            texts = parse_classify(parsed, settings.max_texts)
+            _check_encodable(texts)
+        else:
+            parse_feedback(parsed)
+        return raw
+
+    async def _readyz(self, send: Send) -> None:
+        core = self.state.core
+        if core is None:
+            await _respond(send, 503, {"status": "loading"})
+            return
+        import anyio
+
+        status, body = await anyio.to_thread.run_sync(core.readiness)
+        await _respond(send, status, body)
+
+
+def _check_encodable(texts: list[str]) -> None:
+    """Lone surrogates (valid JSON escapes, invalid Unicode) cannot be tokenised: refuse them with 422."""
+    from knowacq.errors import InvalidInputError
+
+    for i, text in enumerate(texts):
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            raise InvalidInputError(f"texts[{i}] contains a lone surrogate (invalid Unicode)",
+                                    field=f"texts[{i}]") from None

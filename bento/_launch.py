@@ -1,0 +1,120 @@
+"""Starting the service as a process: the command line, its environment, and waiting until it is ready.
+
+Used by `knowacq serve`, `knowacq bench-serve` and the end-to-end tests, so that all three start the
+server the same way.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+from knowacq.errors import KnowacqError, ModelError
+
+__all__ = ["ServerProcess", "check_model", "free_port", "serve_command"]
+
+SERVICE = "bento.service:Classifier"
+
+
+def check_model(spec: str) -> Path:
+    """Fail before starting a server: the folder (or model-store tag) must hold a passing variant."""
+    from export._manifest import read_manifest
+
+    path = Path(spec).expanduser()
+    if not path.is_dir():
+        try:
+            import bentoml
+
+            path = Path(bentoml.models.get(spec).path)
+        except Exception:
+            raise ModelError(f"{spec!r} is neither a variant folder nor a model in the BentoML model store; "
+                             "make one with 'knowacq optimize'") from None
+    read_manifest(path)
+    return path
+
+
+def serve_command(host: str, port: int) -> list[str]:
+    return [sys.executable, "-m", "bentoml", "serve", SERVICE, "--host", host, "--port", str(port)]
+
+
+def service_env(settings: Mapping[str, str | int | float | bool | None]) -> dict[str, str]:
+    """The current environment plus `KNOWACQ_*` for each setting given (None: left out)."""
+    env = dict(os.environ)
+    env.setdefault("HF_HUB_OFFLINE", "1")
+    env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    env.setdefault("BENTOML_DO_NOT_TRACK", "true")
+    for name, value in settings.items():
+        if value is None:
+            continue
+        env[f"KNOWACQ_{name.upper()}"] = str(value).lower() if isinstance(value, bool) else str(value)
+    return env
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class ServerProcess:
+    """A `bentoml serve` subprocess on loopback; `with ServerProcess(...) as server:` waits for /readyz."""
+
+    def __init__(self, settings: Mapping[str, str | int | float | bool | None], *, port: int | None = None,
+                 log_file: Path | None = None, startup_timeout: float = 120.0, cwd: Path | None = None) -> None:
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.settings = dict(settings)
+        self.log_file = log_file
+        self.startup_timeout = startup_timeout
+        self.cwd = cwd
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def __enter__(self) -> ServerProcess:
+        self.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        out = open(self.log_file, "ab") if self.log_file else subprocess.DEVNULL  # noqa: SIM115
+        self.process = subprocess.Popen(
+            serve_command("127.0.0.1", self.port), env=service_env(self.settings), stdout=out,
+            stderr=subprocess.STDOUT, cwd=self.cwd, start_new_session=True,
+        )
+        self.wait_ready()
+
+    def wait_ready(self) -> None:
+        import httpx
+
+        deadline = time.monotonic() + self.startup_timeout
+        while time.monotonic() < deadline:
+            if self.process is not None and self.process.poll() is not None:
+                raise KnowacqError(f"the server exited with code {self.process.returncode} while starting"
+                                   + (f"; see {self.log_file}" if self.log_file else ""))
+            try:
+                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.25)
+        self.stop()
+        raise KnowacqError(f"the server was not ready within {self.startup_timeout:.0f} s"
+                           + (f"; see {self.log_file}" if self.log_file else ""))
+
+    def stop(self, grace: float = 20.0) -> int | None:
+        """SIGTERM to the whole process group, then SIGKILL after `grace` seconds; the exit code."""
+        if self.process is None or self.process.poll() is not None:
+            return None if self.process is None else self.process.returncode
+        os.killpg(self.process.pid, signal.SIGTERM)
+        try:
+            return self.process.wait(grace)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            return self.process.wait(10)

@@ -1,0 +1,89 @@
+"""The service's Prometheus metrics: names carry the `knowacq_` namespace and their unit.
+
+In the server they are created through `bentoml.metrics` (prometheus-client in multiprocess mode, so the
+numbers are right with several workers); tests pass a fresh `prometheus_client.CollectorRegistry`.
+Label values come from fixed sets (stages, reasons, outcomes, the model's own label names): never user
+text, ids or paths.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["FAILURE_REASONS", "FEEDBACK_OUTCOMES", "STAGES", "ServiceMetrics"]
+
+STAGES = ("tokenize", "queue", "infer", "store")
+FAILURE_REASONS = (
+    "invalid_json", "invalid_input", "unknown_label", "unknown_prediction", "unauthorized", "too_large",
+    "unsupported_media_type", "overloaded", "store_error", "internal",
+)
+FEEDBACK_OUTCOMES = ("created", "unchanged", "updated", "unknown_prediction", "unknown_label", "unauthorized",
+                     "store_error")
+
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+_CONFIDENCE_BUCKETS = (0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95, 0.975, 0.99, 1.0)
+_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+
+
+class ServiceMetrics:
+    """Every metric the service exports. `registry=None`: BentoML's multiprocess-safe metrics."""
+
+    def __init__(self, labels: tuple[str, ...], *, registry: Any = None) -> None:
+        if registry is None:
+            import bentoml.metrics as module
+
+            def make(kind: str, *args: Any, **kwargs: Any) -> Any:
+                return getattr(module, kind)(*args, **kwargs)
+        else:
+            import prometheus_client as module
+
+            def make(kind: str, *args: Any, **kwargs: Any) -> Any:
+                kwargs.pop("multiprocess_mode", None)
+                return getattr(module, kind)(*args, registry=registry, **kwargs)
+
+        self.request_seconds = make(
+            "Histogram", "knowacq_request_duration_seconds", "Time from request received to response sent",
+            ["endpoint"], buckets=_LATENCY_BUCKETS)
+        self.stage_seconds = make(
+            "Histogram", "knowacq_stage_duration_seconds",
+            "Time per stage: tokenize and infer per batch, queue per text, store per write",
+            ["stage"], buckets=_LATENCY_BUCKETS)
+        self.batch_texts = make(
+            "Histogram", "knowacq_batch_size_texts", "Texts per adaptive batch run by the model",
+            buckets=_BATCH_BUCKETS)
+        self.predictions = make(
+            "Counter", "knowacq_predictions_total", "Predictions by predicted label", ["label"])
+        self.confidence = make(
+            "Histogram", "knowacq_prediction_confidence_ratio", "Calibrated probability of the predicted label",
+            buckets=_CONFIDENCE_BUCKETS)
+        self.captures = make(
+            "Counter", "knowacq_low_confidence_captures_total",
+            "Predictions under the confidence or margin threshold, written to the feedback store")
+        self.truncated = make(
+            "Counter", "knowacq_truncated_texts_total", "Texts longer than the model's window, cut to fit")
+        self.feedback = make("Counter", "knowacq_feedback_total", "Feedback calls by outcome", ["outcome"])
+        self.store_failures = make(
+            "Counter", "knowacq_store_write_failures_total", "Writes to the feedback store that failed",
+            ["kind"])
+        self.failures = make(
+            "Counter", "knowacq_failures_total", "Refused or failed requests by reason", ["reason"])
+        self.model_info = make(
+            "Gauge", "knowacq_model_info", "The model being served (value is always 1)",
+            ["version", "variant", "provider"], multiprocess_mode="max")
+        self.fallback = make(
+            "Gauge", "knowacq_provider_fallback",
+            "1 when a GPU was asked for and the CPU provider is running instead", multiprocess_mode="max")
+        # Create every series up front, so that rates start at 0 instead of appearing on first use.
+        for stage in STAGES:
+            self.stage_seconds.labels(stage=stage)
+        for label in labels:
+            self.predictions.labels(label=label)
+        for reason in FAILURE_REASONS:
+            self.failures.labels(reason=reason)
+        for outcome in FEEDBACK_OUTCOMES:
+            self.feedback.labels(outcome=outcome)
+        for kind in ("predictions", "labels"):
+            self.store_failures.labels(kind=kind)
+
+    def fail(self, reason: str) -> None:
+        self.failures.labels(reason=reason if reason in FAILURE_REASONS else "internal").inc()

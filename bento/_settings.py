@@ -1,0 +1,105 @@
+"""Service settings: read once from the environment (`KNOWACQ_*`) into one frozen, validated object."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Any
+
+from knowacq.errors import ConfigError
+
+__all__ = ["ENV_PREFIX", "Settings"]
+
+ENV_PREFIX = "KNOWACQ_"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the service reads from its environment. `Settings.from_env()` builds it."""
+
+    model: str
+    """KNOWACQ_MODEL: an exported variant folder, or a BentoML model-store tag (name[:version])."""
+    api_token: str = ""
+    """KNOWACQ_API_TOKEN: bearer token for POST /feedback. Unset: every feedback call is refused (401)."""
+    store_url: str = ""
+    """KNOWACQ_STORE_URL: SQLAlchemy URL of the feedback store (default: knowacq-feedback.db here)."""
+    provider: str = "auto"
+    """KNOWACQ_PROVIDER: auto (CUDA when ONNX Runtime offers it), cpu, or cuda."""
+    allow_fallback: bool = True
+    """KNOWACQ_ALLOW_FALLBACK: with provider=cuda and no CUDA, run on the CPU (reported as degraded)."""
+    min_confidence: float = 0.75
+    """KNOWACQ_MIN_CONFIDENCE: predictions whose calibrated score is below this are captured."""
+    min_margin: float = 0.25
+    """KNOWACQ_MIN_MARGIN: ... or whose top-1 minus top-2 probability is below this."""
+    record: str = "all"
+    """KNOWACQ_RECORD: "all" stores every prediction (so any prediction_id can get feedback);
+    "captured" stores only low-confidence ones (feedback on the others answers 404)."""
+    max_texts: int = 64
+    """KNOWACQ_MAX_TEXTS: texts per request; more is refused with 413."""
+    max_body_bytes: int = 1_000_000
+    """KNOWACQ_MAX_BODY_BYTES: request bodies over this are refused with 413."""
+    max_stored_chars: int = 10_000
+    """KNOWACQ_MAX_STORED_CHARS: longer texts are cut before they are stored (the model sees its window)."""
+    max_batch_size: int = 64
+    """KNOWACQ_MAX_BATCH_SIZE: texts per adaptive batch. Larger batches raise throughput on a GPU; on a
+    2-core CPU a batch of 64 short texts already takes ~100 ms, so larger ones only add latency."""
+    max_latency_ms: int = 2000
+    """KNOWACQ_MAX_LATENCY_MS: a request that would wait longer than this in the batching queue is refused
+    with 503 (the dispatcher's bound on its queue). Size it from the measured batch latency: a window near
+    the batch time (e.g. 20 ms) refuses most requests under concurrency."""
+    max_concurrency: int = 256
+    """KNOWACQ_MAX_CONCURRENCY: requests in flight per service; more is refused with 503 at once."""
+    timeout_s: int = 30
+    """KNOWACQ_TIMEOUT_S: a request taking longer is cancelled."""
+    workers: int = 1
+    """KNOWACQ_WORKERS: BentoML worker processes. ONNX Runtime already uses every allowed core in one."""
+    threads: int = 0
+    """KNOWACQ_THREADS: ONNX Runtime intra-op threads per worker (0: the CPUs this process may use)."""
+
+    def __post_init__(self) -> None:
+        if not self.model:
+            raise ConfigError("KNOWACQ_MODEL is not set: give an exported variant folder or a model-store tag")
+        if self.provider not in ("auto", "cpu", "cuda"):
+            raise ConfigError(f"KNOWACQ_PROVIDER must be auto, cpu or cuda, got {self.provider!r}")
+        if self.record not in ("all", "captured"):
+            raise ConfigError(f"KNOWACQ_RECORD must be 'all' or 'captured', got {self.record!r}")
+        for name in ("min_confidence", "min_margin"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ConfigError(f"KNOWACQ_{name.upper()} must be in [0, 1], got {getattr(self, name)}")
+        limits = {"max_texts": (1, 10_000), "max_body_bytes": (1_024, 1 << 30), "max_stored_chars": (16, 10**7),
+                  "max_batch_size": (1, 100_000), "max_latency_ms": (10, 600_000),
+                  "max_concurrency": (1, 1_000_000), "timeout_s": (1, 3_600), "workers": (1, 256),
+                  "threads": (0, 1_024)}
+        for name, (lo, hi) in limits.items():
+            if not lo <= getattr(self, name) <= hi:
+                raise ConfigError(f"KNOWACQ_{name.upper()} must be in [{lo}, {hi}], got {getattr(self, name)}")
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Parse `KNOWACQ_*` variables (default: os.environ); a malformed value raises ConfigError."""
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            raw = env.get(ENV_PREFIX + f.name.upper())
+            if raw is None or raw == "":
+                continue
+            kind = type(f.default) if f.name != "model" else str
+            try:
+                if kind is bool:
+                    lowered = raw.strip().lower()
+                    if lowered not in ("1", "0", "true", "false", "yes", "no"):
+                        raise ValueError(raw)
+                    values[f.name] = lowered in ("1", "true", "yes")
+                else:
+                    values[f.name] = kind(raw)
+            except ValueError:
+                raise ConfigError(
+                    f"{ENV_PREFIX}{f.name.upper()}={raw!r} is not a valid {kind.__name__}") from None
+        values.setdefault("model", "")
+        return cls(**values)
+
+    def public(self) -> dict[str, Any]:
+        """The settings without secrets (for GET /model and logs)."""
+        return {f.name: getattr(self, f.name) for f in fields(self)
+                if f.name not in ("api_token", "store_url", "model")}

@@ -1,0 +1,127 @@
+"""End to end: the real BentoML server as a subprocess, spoken to over HTTP on loopback."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pytest
+
+from bento._launch import ServerProcess
+
+TOKEN = "e2e-token-123"
+
+
+@pytest.fixture(scope="module")
+def server(fp32_variant: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    folder = tmp_path_factory.mktemp("e2e")
+    settings = {"model": str(fp32_variant), "api_token": TOKEN, "store_url": f"sqlite:///{folder / 'store.db'}",
+                "max_texts": 16, "threads": 1}
+    with ServerProcess(settings, log_file=folder / "server.log", cwd=folder) as proc:
+        proc.log_path = folder / "server.log"  # type: ignore[attr-defined]
+        yield proc
+
+
+def test_classify_feedback_and_model(server: ServerProcess) -> None:
+    with httpx.Client(base_url=server.url, timeout=30) as client:
+        r = client.post("/classify", json={"texts": ["great lovely film", "awful boring plot"]})
+        assert r.status_code == 200, r.text
+        answers = r.json()
+        assert [set(a) >= {"label", "score", "probabilities", "prediction_id", "model_version"} for a in answers] \
+            == [True, True]
+        pid = answers[0]["prediction_id"]
+
+        def feedback(headers: dict[str, str], body: dict[str, str]) -> httpx.Response:
+            return client.post("/feedback", json=body, headers=headers)
+
+        good = {"authorization": f"Bearer {TOKEN}"}
+        assert feedback({}, {"prediction_id": pid, "label": "negative"}).status_code == 401
+        assert feedback({"authorization": "Bearer wrong"}, {"prediction_id": pid, "label": "negative"}).status_code \
+            == 401
+        first = feedback(good, {"prediction_id": pid, "label": "negative"})
+        assert first.status_code == 200 and first.json()["outcome"] == "created"
+        again = feedback(good, {"prediction_id": pid, "label": "negative"})
+        assert again.status_code == 200 and again.json()["outcome"] == "unchanged"
+        unknown = feedback(good, {"prediction_id": "f" * 32, "label": "negative"})
+        assert unknown.status_code == 404 and unknown.json()["reason"] == "unknown_prediction"
+        bad_label = feedback(good, {"prediction_id": pid, "label": "neutral"})
+        assert bad_label.status_code == 422 and bad_label.json()["field"] == "label"
+
+        model = client.get("/model")
+        assert model.status_code == 200
+        info = model.json()
+        assert info["labels"] == ["negative", "positive"] and info["provider"] == "cpu"
+        assert info["model_version"] == answers[0]["model_version"]
+        ready = client.get("/readyz")
+        assert ready.status_code == 200 and ready.json()["status"] == "ready"
+        assert client.get("/livez").status_code == 200
+
+
+def test_every_bad_input_gets_a_4xx_with_a_json_body(server: ServerProcess) -> None:
+    j = {"content-type": "application/json"}
+    cases = [
+        ("invalid json", b"{oops", j, 400),
+        ("not utf-8", b'{"texts": ["\xff\xfe"]}', j, 400),
+        ("empty list", b'{"texts": []}', j, 422),
+        ("wrong type", b'{"texts": "one"}', j, 422),
+        ("wrong item type", b'{"texts": [1, 2]}', j, 422),
+        ("missing field", b"{}", j, 422),
+        ("not an object", b"[]", j, 422),
+        ("lone surrogate", b'{"texts": ["\\udc00"]}', j, 422),
+        ("too many texts", json.dumps({"texts": ["x"] * 17}).encode(), j, 413),
+        ("over 1 MB", json.dumps({"texts": ["x" * 1_100_000]}).encode(), j, 413),
+        ("pickle", b"\x80\x04\x95", {"content-type": "application/vnd.bentoml+pickle"}, 415),
+        ("plain text", b"hello", {"content-type": "text/plain"}, 415),
+        ("no content type", b'{"texts": ["a"]}', {}, 415),
+    ]
+    with httpx.Client(base_url=server.url, timeout=30) as client:
+        for name, body, headers, expected in cases:
+            r = client.post("/classify", content=body, headers=headers)
+            assert r.status_code == expected, f"{name}: {r.status_code} {r.text[:200]}"
+            payload = r.json()
+            assert "error" in payload and "Traceback" not in r.text, name
+        # A long text is cut to the model's window and says so.
+        r = client.post("/classify", json={"texts": ["film " * 2000]})
+        assert r.status_code == 200 and r.json()[0]["truncated"] is True
+
+
+def test_concurrent_requests_are_batched_and_all_answered(server: ServerProcess) -> None:
+    texts = [f"the film was {'great' if i % 2 else 'awful'} " + "quite " * (i % 13) for i in range(96)]
+
+    def one(text: str) -> httpx.Response:
+        return httpx.post(f"{server.url}/classify", json={"texts": [text]}, timeout=60)
+
+    with ThreadPoolExecutor(16) as pool:
+        responses = list(pool.map(one, texts))
+    assert [r.status_code for r in responses] == [200] * len(texts)
+    with httpx.Client(base_url=server.url, timeout=30) as client:
+        alone = [client.post("/classify", json={"texts": [t]}).json()[0] for t in texts[:12]]
+    for r, single in zip(responses[:12], alone):
+        assert r.json()[0]["label"] == single["label"]
+        assert r.json()[0]["score"] == pytest.approx(single["score"], abs=1e-5)
+
+
+def test_metrics_are_scraped_without_user_text(server: ServerProcess) -> None:
+    with httpx.Client(base_url=server.url, timeout=30) as client:
+        client.post("/classify", json={"texts": ["a private note from alice@example.com"]})
+        text = client.get("/metrics").text
+    for name in ("knowacq_request_duration_seconds_bucket", "knowacq_stage_duration_seconds_bucket",
+                 "knowacq_batch_size_texts_bucket", "knowacq_predictions_total",
+                 "knowacq_prediction_confidence_ratio_bucket", "knowacq_low_confidence_captures_total",
+                 "knowacq_feedback_total", "knowacq_store_write_failures_total", "knowacq_failures_total",
+                 "knowacq_model_info", "knowacq_provider_fallback"):
+        assert re.search(rf"^{name}[{{ ]", text, re.MULTILINE), f"{name} missing from /metrics"
+    assert 'stage="queue"' in text and 'stage="tokenize"' in text and 'stage="infer"' in text
+    assert re.search(r'knowacq_failures_total\{reason="invalid_json"\} [1-9]', text)
+    assert "alice" not in text and "private note" not in text
+
+
+def test_server_log_holds_no_request_text_or_token(server: ServerProcess) -> None:
+    log = server.log_path.read_text(errors="replace")  # type: ignore[attr-defined]
+    assert "serving cpu-fp32-" in log
+    assert TOKEN not in log and "alice@example.com" not in log and "private note" not in log
+    assert "Traceback" not in log
