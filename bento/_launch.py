@@ -36,7 +36,7 @@ def check_model(spec: str) -> Path:
             raise ModelError(f"{spec!r} is neither a variant folder nor a model in the BentoML model store; "
                              "make one with 'knowacq optimize'") from None
     read_manifest(path)
-    return path
+    return path.resolve()
 
 
 def serve_command(host: str, port: int) -> list[str]:
@@ -98,6 +98,10 @@ class ServerProcess:
             if self.process is not None and self.process.poll() is not None:
                 raise KnowacqError(f"the server exited with code {self.process.returncode} while starting"
                                    + (f"; see {self.log_file}" if self.log_file else ""))
+            failure = self._startup_failure()
+            if failure:
+                self.stop()
+                raise KnowacqError(f"the server failed to start: {failure}")
             try:
                 if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
                     return
@@ -107,6 +111,16 @@ class ServerProcess:
         self.stop()
         raise KnowacqError(f"the server was not ready within {self.startup_timeout:.0f} s"
                            + (f"; see {self.log_file}" if self.log_file else ""))
+
+    def _startup_failure(self) -> str:
+        """The error that stopped a worker from starting, read from the log (BentoML keeps retrying)."""
+        if self.log_file is None or not self.log_file.is_file():
+            return ""
+        text = self.log_file.read_text(errors="replace")
+        if "Application startup failed" not in text:
+            return ""
+        errors = [line for line in text.splitlines() if "Error:" in line and not line.startswith(" ")]
+        return errors[-1].strip() if errors else f"see {self.log_file}"
 
     def stop(self, grace: float = 20.0) -> int | None:
         """SIGTERM to the whole process group, then SIGKILL after `grace` seconds; the exit code."""
@@ -118,3 +132,19 @@ class ServerProcess:
         except subprocess.TimeoutExpired:
             os.killpg(self.process.pid, signal.SIGKILL)
             return self.process.wait(10)
+
+
+def import_to_model_store(variant: Path, name: str) -> str:
+    """Copy a passing variant folder into the BentoML model store; returns the tag (name:version)."""
+    import shutil
+
+    import bentoml
+
+    from export._manifest import read_manifest
+
+    manifest = read_manifest(variant)
+    metadata = {"variant": manifest.variant, "model_sha256": manifest.model_sha256,
+                "labels": list(manifest.labels), "source_sha256": manifest.source.get("sha256", "")}
+    with bentoml.models.create(name, labels={"variant": manifest.variant}, metadata=metadata) as model:
+        shutil.copytree(variant, model.path, dirs_exist_ok=True)
+    return str(model.tag)

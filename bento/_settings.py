@@ -12,14 +12,16 @@ from knowacq.errors import ConfigError
 __all__ = ["ENV_PREFIX", "Settings"]
 
 ENV_PREFIX = "KNOWACQ_"
+DEFAULT_MODEL = "knowacq-classifier:latest"
 
 
 @dataclass(frozen=True)
 class Settings:
     """Everything the service reads from its environment. `Settings.from_env()` builds it."""
 
-    model: str
-    """KNOWACQ_MODEL: an exported variant folder, or a BentoML model-store tag (name[:version])."""
+    model: str = DEFAULT_MODEL
+    """KNOWACQ_MODEL: an exported variant folder, or a BentoML model-store tag (name[:version]); the default
+    is the tag `knowacq import-model` writes, which is also what a built bento carries."""
     api_token: str = ""
     """KNOWACQ_API_TOKEN: bearer token for POST /feedback. Unset: every feedback call is refused (401)."""
     store_url: str = ""
@@ -58,8 +60,8 @@ class Settings:
     """KNOWACQ_THREADS: ONNX Runtime intra-op threads per worker (0: the CPUs this process may use)."""
 
     def __post_init__(self) -> None:
-        if not self.model:
-            raise ConfigError("KNOWACQ_MODEL is not set: give an exported variant folder or a model-store tag")
+        if not self.model.strip():
+            raise ConfigError("KNOWACQ_MODEL is empty: give an exported variant folder or a model-store tag")
         if self.provider not in ("auto", "cpu", "cuda"):
             raise ConfigError(f"KNOWACQ_PROVIDER must be auto, cpu or cuda, got {self.provider!r}")
         if self.record not in ("all", "captured"):
@@ -96,7 +98,6 @@ class Settings:
             except ValueError:
                 raise ConfigError(
                     f"{ENV_PREFIX}{f.name.upper()}={raw!r} is not a valid {kind.__name__}") from None
-        values.setdefault("model", "")
         return cls(**values)
 
     def public(self) -> dict[str, Any]:

@@ -51,8 +51,9 @@ def test_settings_from_env_parse_and_validate() -> None:
                            "KNOWACQ_MIN_CONFIDENCE": "0.9"})
     assert (s.model, s.max_texts, s.allow_fallback, s.min_confidence) == ("m", 8, False, 0.9)
     assert "api_token" not in s.public() and "store_url" not in s.public()
-    with pytest.raises(ConfigError, match="KNOWACQ_MODEL is not set"):
-        Settings.from_env({})
+    assert Settings.from_env({}).model == "knowacq-classifier:latest"
+    with pytest.raises(ConfigError, match="KNOWACQ_MODEL is empty"):
+        Settings(model=" ")
     with pytest.raises(ConfigError, match="KNOWACQ_MAX_TEXTS='many' is not a valid int"):
         Settings.from_env({"KNOWACQ_MODEL": "m", "KNOWACQ_MAX_TEXTS": "many"})
     with pytest.raises(ConfigError, match=r"KNOWACQ_MIN_CONFIDENCE must be in \[0, 1\]"):

@@ -125,3 +125,56 @@ def test_server_log_holds_no_request_text_or_token(server: ServerProcess) -> Non
     assert "serving cpu-fp32-" in log
     assert TOKEN not in log and "alice@example.com" not in log and "private note" not in log
     assert "Traceback" not in log
+
+
+def test_bentoml_build_packages_a_bento_that_serves(fp32_variant: Path, tmp_path: Path) -> None:
+    """`knowacq import-model`, `bentoml build` with the project's bentofile, then `bentoml serve` the bento."""
+    import os
+    import subprocess
+    import sys
+
+    from bento._launch import free_port, service_env
+
+    repo = Path(__file__).resolve().parents[1]
+    env = {**service_env({}), "BENTOML_HOME": str(tmp_path / "bentoml"), "BENTOML_DO_NOT_TRACK": "true"}
+    env.pop("KNOWACQ_MODEL", None)
+    knowacq = [sys.executable, "-m", "knowacq"]
+    stored = subprocess.run([*knowacq, "import-model", str(fp32_variant)], env=env, capture_output=True, text=True,
+                            timeout=120)
+    assert stored.returncode == 0, stored.stderr
+    assert "stored as knowacq-classifier:" in stored.stdout
+    built = subprocess.run([sys.executable, "-m", "bentoml", "build", str(repo)], env=env, capture_output=True,
+                           text=True, timeout=300, cwd=repo)
+    assert built.returncode == 0, built.stdout[-2000:] + built.stderr[-2000:]
+    bentos = list((tmp_path / "bentoml" / "bentos" / "knowacq").glob("*/bento.yaml"))
+    assert len(bentos) == 1
+    src = bentos[0].parent / "src"
+    assert (src / "bento" / "service.py").is_file() and not (src / "tests").exists()
+    port = free_port()
+    log = tmp_path / "bento.log"
+    env.update({"KNOWACQ_STORE_URL": f"sqlite:///{tmp_path / 'store.db'}", "KNOWACQ_THREADS": "1"})
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "bentoml", "serve", "knowacq:latest", "--port", str(port),
+                                 "--host", "127.0.0.1"], env=env, stdout=out, stderr=subprocess.STDOUT,
+                                cwd=tmp_path, start_new_session=True)
+    try:
+        import time
+
+        deadline = time.monotonic() + 120
+        answer = None
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                r = httpx.post(f"http://127.0.0.1:{port}/classify", json={"texts": ["great film"]}, timeout=5)
+                if r.status_code == 200:
+                    answer = r.json()
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        assert answer is not None, log.read_text()[-3000:]
+        assert answer[0]["model_version"].startswith("cpu-fp32-")
+    finally:
+        import signal
+
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(30)

@@ -1,0 +1,191 @@
+"""`knowacq bench-serve`: the real server over loopback against the in-process engine, in one run.
+
+Starts `bentoml serve` on a free port with a throw-away feedback store, drives POST /classify with one
+text per request at each concurrency (an asyncio client: aiohttp, which BentoML already installs), and
+times the same variant in-process on the same texts (length-sorted batches of the server's batch size)
+before and after the served runs; the engine figure is the better of the two. Writes JSON and Markdown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bento._launch import ServerProcess, check_model
+from knowacq._data import load_tsv
+from knowacq.errors import ConfigError
+
+__all__ = ["bench_serve"]
+
+
+def _default_texts(variant: Path) -> Path:
+    """The dev file recorded by training, found through the variant's manifest."""
+    from export._manifest import read_manifest
+
+    source = Path(read_manifest(variant, verify_hash=False).source.get("path", ""))
+    card = source / "knowacq.json"
+    if card.is_file():
+        dev = json.loads(card.read_text()).get("dev_data", {}).get("path")
+        if dev and Path(dev).is_file():
+            return Path(dev)
+    raise ConfigError(f"no --data given and no recorded dev file found for {variant}; pass --data TSV")
+
+
+async def _drive(url: str, texts: Sequence[str], concurrency: int, duration_s: float,
+                 warmup_s: float) -> dict[str, Any]:
+    import aiohttp
+
+    latencies: list[float] = []
+    statuses: dict[int, int] = {}
+    errors = 0
+    done_texts = 0
+    counter = 0
+    connector = aiohttp.TCPConnector(limit=concurrency * 2)
+    timeout = aiohttp.ClientTimeout(total=60)
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+        start = time.perf_counter()
+        measure_from = start + warmup_s
+        stop_at = measure_from + duration_s
+
+        async def worker() -> None:
+            nonlocal counter, errors, done_texts
+            while True:
+                sent = time.perf_counter()
+                if sent >= stop_at:
+                    return
+                text = texts[counter % len(texts)]
+                counter += 1
+                try:
+                    async with session.post(f"{url}/classify", json={"texts": [text]}) as resp:
+                        await resp.read()
+                        status = resp.status
+                except (aiohttp.ClientError, asyncio.TimeoutError):
+                    status = 0
+                end = time.perf_counter()
+                if sent < measure_from:
+                    continue
+                statuses[status] = statuses.get(status, 0) + 1
+                if status == 200:
+                    latencies.append(end - sent)
+                    done_texts += 1
+                else:
+                    errors += 1
+
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        elapsed = time.perf_counter() - measure_from
+    lat = np.array(latencies) * 1000 if latencies else np.array([float("nan")])
+    return {
+        "concurrency": concurrency,
+        "requests": int(sum(statuses.values())),
+        "texts_per_s": done_texts / elapsed,
+        "requests_per_s": sum(statuses.values()) / elapsed,
+        "p50_ms": float(np.percentile(lat, 50)),
+        "p95_ms": float(np.percentile(lat, 95)),
+        "p99_ms": float(np.percentile(lat, 99)),
+        "errors": errors,
+        "statuses": {str(k): v for k, v in sorted(statuses.items())},
+        "seconds": elapsed,
+    }
+
+
+def _engine_rate(model: Path, texts: Sequence[str], batch: int, threads: int | None, rounds: int) -> float:
+    from export._runtime import Predictor
+
+    predictor = Predictor(model, threads=threads, max_batch_size=batch)
+    predictor.predict(list(texts[:batch]))  # warm-up
+    best = 0.0
+    for _ in range(rounds):
+        start = time.perf_counter()
+        predictor.predict(list(texts))
+        best = max(best, len(texts) / (time.perf_counter() - start))
+    return best
+
+
+def bench_serve(
+    model: str | Path,
+    out_file: str | Path,
+    *,
+    data: str | Path | None = None,
+    concurrencies: Sequence[int] = (1, 8, 32),
+    duration_s: float = 20.0,
+    warmup_s: float = 3.0,
+    max_texts: int = 872,
+    settings: dict[str, Any] | None = None,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Serve `model`, load it at each concurrency, compare with the in-process engine; write JSON + Markdown."""
+    from bento._settings import Settings
+    from export._bench import _machine
+
+    variant = check_model(str(model))  # an absolute path: the server runs in a temporary directory
+    data_file = Path(data) if data else _default_texts(variant)
+    texts = list(load_tsv(data_file).texts)[:max_texts]
+    if not texts:
+        raise ConfigError(f"{data_file} has no texts")
+    overrides = dict(settings or {})
+    config = Settings(model=str(variant), **{k: v for k, v in overrides.items() if k != "model"})
+    threads = config.threads or None
+    out_file = Path(out_file)
+    out_file.parent.mkdir(parents=True, exist_ok=True)
+
+    log(f"engine in-process: {len(texts)} texts from {data_file}, batches of {config.max_batch_size}")
+    engine_before = _engine_rate(variant, texts, config.max_batch_size, threads, rounds=3)
+    served: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="knowacq-bench-serve-") as tmp:
+        env = {**overrides, "model": str(variant), "store_url": f"sqlite:///{Path(tmp) / 'store.db'}",
+               "api_token": overrides.get("api_token", "bench")}
+        log_file = out_file.with_suffix(".server.log")
+        log_file.unlink(missing_ok=True)
+        with ServerProcess(env, log_file=log_file, cwd=Path(tmp)) as server:
+            for c in concurrencies:
+                log(f"served: concurrency {c} for {duration_s:.0f} s ...")
+                row = asyncio.run(_drive(server.url, texts, c, duration_s, warmup_s))
+                log(f"  {row['texts_per_s']:.1f} texts/s, p50 {row['p50_ms']:.1f} ms, p99 {row['p99_ms']:.1f} ms, "
+                    f"errors {row['errors']}")
+                served.append(row)
+    engine_after = _engine_rate(variant, texts, config.max_batch_size, threads, rounds=3)
+    engine = max(engine_before, engine_after)
+    for row in served:
+        row["ratio_to_engine"] = row["texts_per_s"] / engine
+    from export._manifest import read_manifest
+
+    result = {
+        "machine": _machine(threads or __import__("export._runtime", fromlist=["cpu_threads"]).cpu_threads()),
+        "model": str(variant),
+        "variant": read_manifest(variant, verify_hash=False).variant,
+        "data": str(data_file),
+        "texts": len(texts),
+        "texts_per_request": 1,
+        "engine_texts_per_s": engine,
+        "engine_runs_texts_per_s": [engine_before, engine_after],
+        "settings": config.public(),
+        "served": served,
+        "server_log": str(log_file),
+    }
+    out_file.write_text(json.dumps(result, indent=2) + "\n")
+    out_file.with_suffix(".md").write_text(_markdown(result))
+    log(f"wrote {out_file} and {out_file.with_suffix('.md')}")
+    return result
+
+
+def _markdown(r: dict[str, Any]) -> str:
+    lines = [
+        f"Variant `{r['variant']}` served by BentoML on loopback, one text per request, {r['texts']} texts from "
+        f"`{r['data']}`; {r['machine']['cpu']}, {r['machine']['threads']} threads. In-process engine (same "
+        f"texts, length-sorted batches of {r['settings']['max_batch_size']}): "
+        f"**{r['engine_texts_per_s']:.1f} texts/s**.",
+        "",
+        "| concurrency | requests | texts/s | x engine | p50 ms | p95 ms | p99 ms | errors |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for s in r["served"]:
+        lines.append(f"| {s['concurrency']} | {s['requests']} | {s['texts_per_s']:.1f} | {s['ratio_to_engine']:.2f} "
+                     f"| {s['p50_ms']:.1f} | {s['p95_ms']:.1f} | {s['p99_ms']:.1f} | {s['errors']} |")
+    return "\n".join(lines) + "\n"
