@@ -8,6 +8,9 @@ BIN    := $(VENV)/bin
 EXTRAS ?= cpu,dev
 DATA   ?= ../shared/data
 RUNS   ?= runs
+PORT   ?= 3000
+# Bearer token of the demo server's POST /feedback (set your own for anything but a local demo).
+TOKEN  ?= demo-token
 
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
@@ -17,7 +20,7 @@ export TOKENIZERS_PARALLELISM := false
 DEMO_PRESETS ?= cpu-int8-pruned cpu-int8 cpu-fp32
 BENCH_PRESETS ?= cpu-fp32 cpu-int8 cpu-int8-pruned
 
-.PHONY: demo test bench install clean
+.PHONY: demo serve serve-bench test bench install clean
 
 install: $(VENV)/.installed
 
@@ -42,6 +45,22 @@ demo: $(VENV)/.installed
 	@echo "demo model:   $(RUNS)/demo  (Hugging Face folder + knowacq.json with labels and temperature)"
 	@echo "report:       $(RUNS)/demo/metrics.json, $(RUNS)/demo/reliability.png"
 	@echo "variant:      $$(cat $(RUNS)/demo-variant.txt)  (model.onnx + manifest.json with its gate results)"
+	@$(MAKE) --no-print-directory serve
+
+# Serves the demo variant on PORT (foreground; Ctrl-C stops). The feedback store is $(RUNS)/feedback.db.
+serve: $(VENV)/.installed
+	@test -s $(RUNS)/demo-variant.txt || { echo "no demo variant yet: run 'make demo'"; exit 2; }
+	@echo
+	@echo "serving $$(cat $(RUNS)/demo-variant.txt) on http://127.0.0.1:$(PORT); try, from another shell:"
+	@echo "  curl -s -X POST http://127.0.0.1:$(PORT)/classify -H 'Content-Type: application/json' \\"
+	@echo "       -d '{\"texts\": [\"a gripping, beautifully acted film\", \"flat and far too long\"]}'"
+	@echo "  curl -s http://127.0.0.1:$(PORT)/model"
+	@echo "  curl -s -X POST http://127.0.0.1:$(PORT)/feedback -H 'Content-Type: application/json' \\"
+	@echo "       -H 'Authorization: Bearer $(TOKEN)' -d '{\"prediction_id\": \"<id from classify>\", \"label\": \"negative\"}'"
+	@echo "  curl -s http://127.0.0.1:$(PORT)/metrics | grep ^knowacq_"
+	@echo
+	KNOWACQ_STORE_URL=sqlite:///$(abspath $(RUNS))/feedback.db \
+	    $(BIN)/knowacq serve --model $$(cat $(RUNS)/demo-variant.txt) --port $(PORT) --token $(TOKEN)
 
 # Times PyTorch fp32 and the demo model's variants on SST-2 dev; writes runs/bench/ (commits nothing).
 bench: $(VENV)/.installed
@@ -53,6 +72,12 @@ bench: $(VENV)/.installed
 	    variants="$$variants --variants $(RUNS)/variants/$$p"; \
 	done; \
 	$(BIN)/knowacq bench --model $(RUNS)/demo $$variants --data $(DATA)/sst2/dev.tsv --out $(RUNS)/bench/results.json
+
+# The served demo variant over loopback at concurrency 1, 8 and 32 against the in-process engine.
+serve-bench: $(VENV)/.installed
+	@test -s $(RUNS)/demo-variant.txt || { echo "no demo variant yet: run 'make demo'"; exit 2; }
+	$(BIN)/knowacq bench-serve --model $$(cat $(RUNS)/demo-variant.txt) --data $(DATA)/sst2/dev.tsv \
+	    --out $(RUNS)/bench/serve.json
 
 test: $(VENV)/.installed
 	$(BIN)/pytest
