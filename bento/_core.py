@@ -22,7 +22,6 @@ import numpy as np
 from bento._metrics import ServiceMetrics
 from bento._settings import Settings
 from knowacq._metrics import softmax
-from knowacq._model import length_sorted_batches
 from knowacq._redact import redact
 from knowacq._store import FeedbackStore, PredictionRecord
 from knowacq.errors import AuthError, InvalidInputError, StoreError, UnknownLabelError
@@ -146,22 +145,16 @@ class ClassifierCore:
         m.batch_texts.observe(len(items))
         engine = self.predictor.engine
         logits = np.zeros((len(items), len(self.labels)), dtype=np.float32)
-        truncated = np.zeros(len(items), dtype=bool)
-        lengths = np.array([len(item.text) for item in items])
-        tokenize = infer = 0.0
-        # Group by length so short texts do not pay for long ones; each row's answer depends only on
-        # its own text (fp32 exactly; dynamic int8 within its quantisation noise).
-        for idx in length_sorted_batches(lengths, engine.max_batch_size):
-            t0 = self.clock()
-            feeds, cut = engine.encode([items[i].text for i in idx])
-            t1 = self.clock()
-            logits[idx] = engine.run(feeds)
-            t2 = self.clock()
-            truncated[idx] = cut
-            tokenize += t1 - t0
-            infer += t2 - t1
-        m.stage_seconds.labels(stage="tokenize").observe(tokenize)
-        m.stage_seconds.labels(stage="infer").observe(infer)
+        t0 = self.clock()
+        encodings = engine.tokenize([item.text for item in items])
+        truncated = [bool(e.overflowing) for e in encodings]
+        t1 = self.clock()
+        # Grouped by token count (Engine.groups), so short texts do not pay for long ones; each row's
+        # answer depends only on its own text (fp32 exactly; dynamic int8 within its quantisation noise).
+        for idx in engine.groups(encodings):
+            logits[idx] = engine.run(engine.feeds([encodings[i] for i in idx]))
+        m.stage_seconds.labels(stage="tokenize").observe(t1 - t0)
+        m.stage_seconds.labels(stage="infer").observe(self.clock() - t1)
 
         probs = softmax(logits, self.predictor.temperature)
         order = np.argsort(-probs, axis=1)

@@ -46,6 +46,11 @@ class Settings:
     max_batch_size: int = 64
     """KNOWACQ_MAX_BATCH_SIZE: texts per adaptive batch. Larger batches raise throughput on a GPU; on a
     2-core CPU a batch of 64 short texts already takes ~100 ms, so larger ones only add latency."""
+    bucket_tokens: int = 8
+    """KNOWACQ_BUCKET_TOKENS: inside a batch, texts are grouped by token count in buckets this wide, so that
+    padding costs at most this many tokens per text (measured on SST-2 dev, 32 random texts per batch,
+    fp32 on 2 cores: one padded group ran at 0.70x of globally length-sorted batches, groups of 8 at 0.90x).
+    On CUDA the buckets are powers of two from 16."""
     max_latency_ms: int = 2000
     """KNOWACQ_MAX_LATENCY_MS: a request that would wait longer than this in the batching queue is refused
     with 503 (the dispatcher's bound on its queue). Size it from the measured batch latency: a window near
@@ -70,7 +75,7 @@ class Settings:
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ConfigError(f"KNOWACQ_{name.upper()} must be in [0, 1], got {getattr(self, name)}")
         limits = {"max_texts": (1, 10_000), "max_body_bytes": (1_024, 1 << 30), "max_stored_chars": (16, 10**7),
-                  "max_batch_size": (1, 100_000), "max_latency_ms": (10, 600_000),
+                  "max_batch_size": (1, 100_000), "bucket_tokens": (1, 4_096), "max_latency_ms": (10, 600_000),
                   "max_concurrency": (1, 1_000_000), "timeout_s": (1, 3_600), "workers": (1, 256),
                   "threads": (0, 1_024)}
         for name, (lo, hi) in limits.items():

@@ -71,6 +71,7 @@ class Classifier:
         predictor = Predictor(
             folder, provider=SETTINGS.provider, allow_fallback=SETTINGS.allow_fallback,  # type: ignore[arg-type]
             threads=SETTINGS.threads or None, max_batch_size=SETTINGS.max_batch_size,
+            bucket_tokens=SETTINGS.bucket_tokens,
         )
         store = FeedbackStore(SETTINGS.store_url or default_store_url())
         self.core = ClassifierCore(predictor, SETTINGS, store=store, metrics=ServiceMetrics(predictor.labels))

@@ -33,7 +33,8 @@ TOKEN = "s3cret-token"
 def make_core(variant: Path, tmp_path: Path, **overrides: Any) -> tuple[ClassifierCore, CollectorRegistry]:
     settings = Settings(model=str(variant), **{"api_token": TOKEN, **overrides})
     registry = CollectorRegistry()
-    predictor = Predictor(variant, threads=1)
+    predictor = Predictor(variant, threads=1, max_batch_size=settings.max_batch_size,
+                          bucket_tokens=settings.bucket_tokens)
     store = FeedbackStore(f"sqlite:///{tmp_path / 'feedback.db'}")
     core = ClassifierCore(predictor, settings, store=store, metrics=ServiceMetrics(predictor.labels, registry=registry))
     return core, registry
