@@ -277,3 +277,21 @@ def test_guard_before_the_model_is_loaded() -> None:
 
     ready, classify = asyncio.run(run())
     assert ready.status_code == 503 and classify.status_code == 503
+
+
+def test_cpu_fallback_is_reported_as_degraded(fp32_variant: Path, tmp_path: Path) -> None:
+    import onnxruntime
+
+    if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+        pytest.skip("CUDA is available here: no fallback to observe")
+    settings = Settings(model=str(fp32_variant), api_token=TOKEN, provider="cuda")
+    with pytest.warns(RuntimeWarning, match="runs on the CPU provider"):
+        predictor = Predictor(fp32_variant, provider="cuda", allow_fallback=True, threads=1)
+    registry = CollectorRegistry()
+    core = ClassifierCore(predictor, settings, store=FeedbackStore(f"sqlite:///{tmp_path / 'f.db'}"),
+                          metrics=ServiceMetrics(predictor.labels, registry=registry))
+    status, body = core.readiness()
+    assert status == 200 and body["status"] == "degraded" and body["provider"] == "cpu"
+    info = core.model_info()
+    assert info["fallback"] is True and info["requested_provider"] == "cuda" and info["provider"] == "cpu"
+    assert metric(registry, "knowacq_provider_fallback") == 1
