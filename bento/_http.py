@@ -2,8 +2,9 @@
 
 Every refusal is decided here, before BentoML parses a body, and answered with a JSON error body
 (`{"error", "reason", "field"?}`) and its status from `knowacq.errors.RequestError`: 400 invalid JSON,
-401 auth, 404 unknown id, 413 too large, 415 content type, 422 wrong fields. Responses of 5xx from further
-in are counted by reason. Request texts never reach the log.
+401 auth, 413 too large, 415 content type, 422 wrong fields, 429 more requests in flight than
+`max_concurrency` (per worker). Responses of 5xx from further in (503: the batching queue refused) are
+counted by reason. Request texts never reach the log.
 """
 
 from __future__ import annotations
@@ -56,6 +57,8 @@ class RequestGuard:
     def __init__(self, app: Callable[..., Awaitable[None]], *, state: State) -> None:
         self.app = app
         self.state = state
+        self.in_flight = 0
+        """POST requests being handled by this worker; over the settings' max_concurrency: 429 at once."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -81,6 +84,20 @@ class RequestGuard:
                            [(b"retry-after", b"1")])
             return
         start = time.perf_counter()
+        if self.in_flight >= core.settings.max_concurrency:
+            core.metrics.fail("overloaded")
+            await _respond(send, 429, {"error": f"too many requests in flight (limit "
+                                                f"{core.settings.max_concurrency}); retry later",
+                                       "reason": "overloaded"}, [(b"retry-after", b"1")])
+            return
+        self.in_flight += 1
+        try:
+            await self._guarded(scope, receive, send, core, endpoint, start)
+        finally:
+            self.in_flight -= 1
+
+    async def _guarded(self, scope: Scope, receive: Receive, send: Send, core: Any, endpoint: str,
+                       start: float) -> None:
         status = {"code": 500}
 
         async def send_counted(message: Message) -> None:

@@ -56,7 +56,7 @@ class Settings:
     with 503 (the dispatcher's bound on its queue). Size it from the measured batch latency: a window near
     the batch time (e.g. 20 ms) refuses most requests under concurrency."""
     max_concurrency: int = 256
-    """KNOWACQ_MAX_CONCURRENCY: requests in flight per service; more is refused with 503 at once."""
+    """KNOWACQ_MAX_CONCURRENCY: POST requests in flight per worker; more are refused with 429 at once."""
     timeout_s: int = 30
     """KNOWACQ_TIMEOUT_S: a request taking longer is cancelled."""
     workers: int = 1

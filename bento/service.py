@@ -58,7 +58,8 @@ def resolve_model(spec: str) -> Path:
 @bentoml.service(
     name="knowacq",
     workers=SETTINGS.workers,
-    traffic={"timeout": SETTINGS.timeout_s, "max_concurrency": SETTINGS.max_concurrency},
+    # max_concurrency is enforced by RequestGuard (429, counted in knowacq_failures_total), not by BentoML.
+    traffic={"timeout": SETTINGS.timeout_s},
 )
 class Classifier:
     """Text classification over ONNX Runtime, low-confidence capture, and human feedback."""
@@ -96,8 +97,14 @@ class Classifier:
     @bentoml.api(route="/classify")
     async def classify(self, texts: list[str]) -> list[dict[str, Any]]:
         """Classify texts: label, calibrated score, probabilities, prediction_id, model_version."""
+        from bentoml.exceptions import ServiceUnavailable
+
         now = time.perf_counter()
-        return await self._infer([Item(text, now) for text in texts])
+        try:
+            return await self._infer([Item(text, now) for text in texts])
+        except ServiceUnavailable as exc:  # the dispatcher's bound on queueing time: refuse, do not wait
+            return JSONResponse({"error": str(exc), "reason": "overloaded"}, status_code=503,  # type: ignore[return-value]
+                                headers={"retry-after": "1"})
 
     @bentoml.api(route="/feedback")
     async def feedback(

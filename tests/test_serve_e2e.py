@@ -178,3 +178,69 @@ def test_bentoml_build_packages_a_bento_that_serves(fp32_variant: Path, tmp_path
 
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(30)
+
+
+def test_two_workers_share_the_store_and_add_up_their_metrics(fp32_variant: Path, tmp_path: Path) -> None:
+    """Two BentoML worker processes write one SQLite file; /metrics sums both; nothing is lost."""
+    store = tmp_path / "store.db"
+    settings = {"model": str(fp32_variant), "api_token": TOKEN, "store_url": f"sqlite:///{store}",
+                "workers": 2, "threads": 1}
+    texts = [f"text {i} was {'great' if i % 3 else 'dull'}" for i in range(120)]
+    with ServerProcess(settings, log_file=tmp_path / "server.log", cwd=tmp_path) as server:
+        def one(text: str) -> httpx.Response:
+            return httpx.post(f"{server.url}/classify", json={"texts": [text]}, timeout=60)
+
+        with ThreadPoolExecutor(12) as pool:
+            responses = list(pool.map(one, texts))
+        assert [r.status_code for r in responses] == [200] * len(texts)
+        ids = [r.json()[0]["prediction_id"] for r in responses]
+        # Feedback for every id goes to whichever worker answers: all must find the prediction.
+        with ThreadPoolExecutor(12) as pool:
+            fed = list(pool.map(lambda pid: httpx.post(
+                f"{server.url}/feedback", json={"prediction_id": pid, "label": "positive"},
+                headers={"authorization": f"Bearer {TOKEN}"}, timeout=60), ids[:40]))
+        assert [r.status_code for r in fed] == [200] * 40
+        metrics = httpx.get(f"{server.url}/metrics", timeout=30).text
+    total = sum(float(m.group(1)) for m in re.finditer(r'^knowacq_predictions_total\{[^}]*\} (\S+)$', metrics,
+                                                       re.MULTILINE))
+    assert total == len(texts)
+    from knowacq._store import FeedbackStore
+
+    counts = FeedbackStore(f"sqlite:///{store}").counts()
+    assert counts["predictions"] == len(texts) and counts["labels"] == 40
+
+
+def test_overload_is_refused_with_503_not_queued(fp32_variant: Path, tmp_path: Path) -> None:
+    settings = {"model": str(fp32_variant), "store_url": f"sqlite:///{tmp_path / 's.db'}", "threads": 1,
+                "max_concurrency": 2}
+    with ServerProcess(settings, log_file=tmp_path / "server.log", cwd=tmp_path) as server:
+        def one(i: int) -> httpx.Response:
+            return httpx.post(f"{server.url}/classify", json={"texts": ["a long film " * 20] * 8}, timeout=60)
+
+        with ThreadPoolExecutor(24) as pool:
+            codes = [r.status_code for r in pool.map(one, range(96))]
+        # 429: more requests in flight than max_concurrency; 503: the batching queue is too long.
+        assert set(codes) <= {200, 429, 503}, codes
+        refusals = codes.count(429) + codes.count(503)
+        assert refusals > 0 and codes.count(200) > 0
+        # Once the burst is over, the server answers normally again.
+        assert one(0).status_code == 200
+        metrics = httpx.get(f"{server.url}/metrics", timeout=30).text
+    refused = re.search(r'^knowacq_failures_total\{reason="overloaded"\} (\S+)$', metrics, re.MULTILINE)
+    assert refused and float(refused.group(1)) == refusals
+
+
+def test_a_full_batching_queue_answers_503_with_retry_after(fp32_variant: Path, tmp_path: Path) -> None:
+    settings = {"model": str(fp32_variant), "store_url": f"sqlite:///{tmp_path / 's.db'}", "threads": 1,
+                "max_latency_ms": 10, "max_batch_size": 4, "max_texts": 4}
+    with ServerProcess(settings, log_file=tmp_path / "server.log", cwd=tmp_path) as server:
+        def one(i: int) -> httpx.Response:
+            return httpx.post(f"{server.url}/classify", json={"texts": ["a long film " * 20] * 4}, timeout=60)
+
+        with ThreadPoolExecutor(24) as pool:
+            responses = list(pool.map(one, range(96)))
+    codes = [r.status_code for r in responses]
+    assert set(codes) <= {200, 503} and 503 in codes, codes
+    refused = next(r for r in responses if r.status_code == 503)
+    assert refused.json()["reason"] == "overloaded" and refused.headers["retry-after"] == "1"
+    assert "Traceback" not in (tmp_path / "server.log").read_text()
