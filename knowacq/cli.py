@@ -273,6 +273,51 @@ def import_model(
     out.print(f"stored as {tag}")
 
 
+al_app = typer.Typer(help="Active learning: simulations of the query strategies.", no_args_is_help=True)
+app.add_typer(al_app, name="al")
+
+
+@al_app.command("simulate")
+@_friendly
+def al_simulate(
+    data: Annotated[Path, typer.Option(exists=True, dir_okay=False, help="Training TSV: the pool (labels hidden).")],
+    dev: Annotated[Path, typer.Option(exists=True, dir_okay=False, help="Dev TSV for the learning curves.")],
+    out_dir: Annotated[Path, typer.Option("--out", file_okay=False, help="Folder for results.json and the PNG.")],
+    strategies: Annotated[str, typer.Option(help="Comma-separated: random, least-confidence, margin, entropy, "
+                                                 "diversity, bandit.")] =
+        "random,least-confidence,margin,entropy,diversity,bandit",
+    seed_labels: Annotated[int, typer.Option(min=1, help="Labels drawn at random before round 1.")] = 200,
+    batch: Annotated[int, typer.Option(min=1, help="Labels queried per round.")] = 200,
+    rounds: Annotated[int, typer.Option(min=1)] = 9,
+    seeds: Annotated[int, typer.Option(min=1)] = 3,
+    max_pool: Annotated[int, typer.Option(min=0, help="At most this many pool rows (0: all).")] = 0,
+    heldout: Annotated[int, typer.Option(min=0, help="Training rows set aside to reward the bandit.")] = 1000,
+    base: Annotated[Optional[Path], typer.Option(
+        file_okay=False, help="Frozen encoder folder [default: all-MiniLM-L6-v2].")] = None,
+    label_names: Annotated[Optional[str], typer.Option(help="Class names for ids 0,1,..., comma-separated.")] = None,
+    progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+) -> None:
+    """Pool-based active learning on labelled data: learning curves per strategy, labels to reach random."""
+    from knowacq._simulate import SimulationConfig, simulate
+
+    config = SimulationConfig(strategies=tuple(s.strip() for s in strategies.split(",") if s.strip()),
+                              seed_labels=seed_labels, batch=batch, rounds=rounds, seeds=seeds, max_pool=max_pool,
+                              heldout=heldout)
+    result = simulate(data, dev, out_dir, config=config, base=base,
+                      label_names=_split_names(label_names) if label_names else None, progress=progress,
+                      log=lambda line: err.print(line))
+    table = Table(title=f"labels to reach random's final accuracy {result['random_final_accuracy']:.4f} "
+                        f"({result['random_final_labels']} labels)")
+    for col in ("strategy", "final accuracy", "labels", "x random"):
+        table.add_column(col, justify="right")
+    for name, curve in result["curves"].items():
+        need = result["labels_to_reach_random_final"][name]
+        ratio = result["label_ratio_to_random"][name]
+        table.add_row(name, f"{curve['mean'][-1]:.4f}", "-" if need is None else str(need),
+                      "-" if ratio is None else f"{ratio:.2f}")
+    out.print(table)
+
+
 def _split_names(text: str) -> tuple[str, ...]:
     names = tuple(n.strip() for n in text.split(","))
     if len(names) < 2 or not all(names):
