@@ -26,7 +26,9 @@ from knowacq.errors import (
 
 __all__ = ["SCHEMA_VERSION", "FeedbackStore", "LabelRecord", "PredictionRecord", "default_store_url"]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+"""1: predictions, labels. 2: predictions.used_in_run (which retrain run consumed the label)."""
+STATUSES = ("served", "captured", "queued", "labelled", "used")
 
 
 def _utcnow() -> datetime:
@@ -53,7 +55,8 @@ class PredictionRecord:
     """True when confidence or margin was under the service's threshold (a candidate for labelling)."""
     created_at: datetime = field(default_factory=_utcnow)
     status: str = ""
-    """captured, served (not captured), queued, labelled, used; filled in by the store."""
+    """served (not captured), captured, queued, labelled, used; filled in by the store."""
+    used_in_run: str | None = None
 
 
 @dataclass(frozen=True)
@@ -128,6 +131,7 @@ class FeedbackStore:
             sa.Column("probabilities", sa.Text, nullable=False),
             sa.Column("captured", sa.Boolean, nullable=False, index=True),
             sa.Column("status", sa.String(16), nullable=False, index=True),
+            sa.Column("used_in_run", sa.String(64), nullable=True),
         )
         self.labels = sa.Table(
             "knowacq_labels", self.metadata,
@@ -152,6 +156,8 @@ class FeedbackStore:
                     found = row.scalar_one_or_none()
                     if found is None:
                         conn.execute(self.meta.insert().values(key="schema_version", value=str(SCHEMA_VERSION)))
+                    elif int(found) < SCHEMA_VERSION:
+                        self._migrate(conn, int(found))
                     elif int(found) > SCHEMA_VERSION:
                         raise StoreError(
                             f"the feedback store {self._safe_url()} has schema version {found}, newer than this "
@@ -164,6 +170,14 @@ class FeedbackStore:
                 last = exc
                 time.sleep(0.1 * (attempt + 1))
         raise StoreError(f"cannot create the feedback store schema in {self._safe_url()}: {last}") from last
+
+    def _migrate(self, conn: Any, found: int) -> None:
+        """Bring a store written by an older knowacq up to SCHEMA_VERSION, inside the caller's transaction."""
+        sa = self._sa
+        if found < 2:
+            conn.execute(sa.text("ALTER TABLE knowacq_predictions ADD COLUMN used_in_run VARCHAR(64)"))
+        conn.execute(self.meta.update().where(self.meta.c.key == "schema_version")
+                     .values(value=str(SCHEMA_VERSION)))
 
     # writes ---------------------------------------------------------------------------------------
 
@@ -232,6 +246,24 @@ class FeedbackStore:
         except sa.exc.SQLAlchemyError as exc:
             raise StoreError(f"could not write a label to the feedback store: {type(exc).__name__}") from exc
 
+    def set_status(self, prediction_ids: Sequence[str], status: str, *, run: str | None = None) -> int:
+        """Move predictions to `status` (one of STATUSES) in one transaction; returns how many changed."""
+        if status not in STATUSES:
+            raise ValueError(f"status must be one of {STATUSES}, got {status!r}")
+        if not prediction_ids:
+            return 0
+        values: dict[str, Any] = {"status": status}
+        if run is not None:
+            values["used_in_run"] = run
+        changed = 0
+        with self.engine.begin() as conn:
+            for start in range(0, len(prediction_ids), 500):
+                chunk = list(prediction_ids[start:start + 500])
+                changed += conn.execute(self.predictions.update()
+                                        .where(self.predictions.c.prediction_id.in_(chunk))
+                                        .values(**values)).rowcount
+        return changed
+
     def _insert_ignore(self, table: Any, keys: list[str]) -> Any:
         """INSERT that skips rows whose key exists (idempotent writes) on SQLite and Postgres."""
         if self.backend == "sqlite":
@@ -251,6 +283,36 @@ class FeedbackStore:
                 sa.select(self.predictions).where(self.predictions.c.prediction_id == prediction_id)
             ).mappings().first()
         return None if row is None else _to_record(row)
+
+    def predictions_with_status(self, statuses: Sequence[str], *, limit: int | None = None) -> list[PredictionRecord]:
+        """Stored predictions whose status is one of `statuses`, oldest first."""
+        sa = self._sa
+        query = (sa.select(self.predictions).where(self.predictions.c.status.in_(list(statuses)))
+                 .order_by(self.predictions.c.created_at, self.predictions.c.prediction_id))
+        if limit is not None:
+            query = query.limit(limit)
+        with self.engine.connect() as conn:
+            return [_to_record(row) for row in conn.execute(query).mappings()]
+
+    def find_by_text_hash(self, text_sha256: str) -> PredictionRecord | None:
+        sa = self._sa
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(self.predictions).where(self.predictions.c.text_sha256 == text_sha256)
+                               .order_by(self.predictions.c.created_at).limit(1)).mappings().first()
+        return None if row is None else _to_record(row)
+
+    def labelled(self, *, statuses: Sequence[str] = ("labelled",)) -> list[tuple[PredictionRecord, str]]:
+        """Each labelled prediction with its label (the latest across sources), for retraining."""
+        sa = self._sa
+        p, lab = self.predictions, self.labels
+        query = (sa.select(p, lab.c.label.label("human_label"), lab.c.id.label("label_row"))
+                 .join(lab, lab.c.prediction_id == p.c.prediction_id)
+                 .where(p.c.status.in_(list(statuses))).order_by(lab.c.id))
+        latest: dict[str, tuple[PredictionRecord, str]] = {}
+        with self.engine.connect() as conn:
+            for row in conn.execute(query).mappings():
+                latest[row["prediction_id"]] = (_to_record(row), row["human_label"])
+        return list(latest.values())
 
     def labels_for(self, prediction_id: str) -> list[LabelRecord]:
         sa = self._sa
@@ -307,7 +369,7 @@ def _to_record(row: Any) -> PredictionRecord:
         prediction_id=row["prediction_id"], model_version=row["model_version"], text=row["text"],
         text_sha256=row["text_sha256"], label=row["label"], score=row["score"], margin=row["margin"],
         probabilities=json.loads(row["probabilities"]), captured=bool(row["captured"]), created_at=created,
-        status=row["status"],
+        status=row["status"], used_in_run=row.get("used_in_run"),
     )
 
 

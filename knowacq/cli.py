@@ -273,6 +273,54 @@ def import_model(
     out.print(f"stored as {tag}")
 
 
+feedback_app = typer.Typer(help="The feedback store: labelling hand-off.", no_args_is_help=True)
+app.add_typer(feedback_app, name="feedback")
+StoreOption = Annotated[Optional[str], typer.Option(
+    "--store", envvar="KNOWACQ_STORE_URL", help="SQLAlchemy URL of the feedback store [default: ./knowacq-feedback.db].")]
+
+
+@feedback_app.command("export")
+@_friendly
+def feedback_export(
+    out_file: Annotated[Path, typer.Option("--out", dir_okay=False, help="File to write.")],
+    n: Annotated[int, typer.Option("--n", min=1, help="Items to export.")] = 100,
+    fmt: Annotated[str, typer.Option("--format", help="label-studio or csv.")] = "label-studio",
+    strategy_name: Annotated[str, typer.Option("--strategy", help="random, least-confidence, margin or entropy.")]
+        = "margin",
+    store: StoreOption = None,
+    seed: Annotated[int, typer.Option(help="Seed of the strategy's random choices.")] = 0,
+) -> None:
+    """Pick captured predictions for labelling, write Label Studio tasks or CSV, mark them queued."""
+    from knowacq._handoff import export_tasks
+    from knowacq._store import FeedbackStore
+
+    records = export_tasks(FeedbackStore(store), out_file, n=n, strategy_name=strategy_name, fmt=fmt, seed=seed)
+    out.print(f"exported {len(records)} item(s) chosen by {strategy_name} to {out_file}; marked queued")
+
+
+@feedback_app.command("import")
+@_friendly
+def feedback_import(
+    in_file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="Label Studio JSON export or CSV.")],
+    store: StoreOption = None,
+    label_names: Annotated[Optional[str], typer.Option(
+        help="Allowed labels, comma-separated [default: those of the stored predictions].")] = None,
+    annotator: Annotated[str, typer.Option(help="Annotator recorded when the file names none.")] = "",
+) -> None:
+    """Store human labels from a Label Studio export or a CSV (prediction_id or text, label)."""
+    from knowacq._handoff import import_labels
+    from knowacq._store import FeedbackStore
+
+    result = import_labels(FeedbackStore(store), in_file,
+                           label_names=_split_names(label_names) if label_names else None, annotator=annotator)
+    out.print(f"labels: {result.created} new, {result.updated} changed, {result.unchanged} unchanged; "
+              f"{result.new_texts} new text(s); {len(result.skipped)} row(s) skipped")
+    for line in result.skipped[:20]:
+        err.print(f"  skipped {line}")
+    if len(result.skipped) > 20:
+        err.print(f"  ... and {len(result.skipped) - 20} more")
+
+
 al_app = typer.Typer(help="Active learning: simulations of the query strategies.", no_args_is_help=True)
 app.add_typer(al_app, name="al")
 

@@ -150,3 +150,50 @@ def fp32_variant(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> P
 
     out = tmp_path_factory.mktemp("served") / "cpu-fp32"
     return optimize(model_dir, preset("cpu-fp32"), out, progress=False, log=lambda _: None).out_dir
+
+
+POSTGRES_URL = os.environ.get("KNOWACQ_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+
+
+def _postgres_available() -> str | None:
+    """None when Postgres answers, else the reason it does not."""
+    try:
+        import sqlalchemy as sa
+
+        engine = sa.create_engine(POSTGRES_URL)
+        with engine.connect() as conn:
+            conn.execute(sa.text("SELECT 1"))
+        engine.dispose()
+        return None
+    except Exception as exc:  # noqa: BLE001 - driver missing, server down, auth refused: all mean "absent"
+        return f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}"
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A fresh, empty store on each backend. Under CI (CI=true) a missing Postgres fails the test."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'feedback.db'}"
+    reason = _postgres_available()
+    if reason is not None:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"Postgres is required under CI but {POSTGRES_URL} does not answer: {reason}")
+        pytest.skip(f"no Postgres at {POSTGRES_URL} ({reason}); set KNOWACQ_TEST_POSTGRES to test it")
+    import uuid
+
+    import sqlalchemy as sa
+
+    schema = f"t_{uuid.uuid4().hex[:12]}"  # a schema of its own, so tests never see each other's rows
+    engine = sa.create_engine(POSTGRES_URL)
+    with engine.begin() as conn:
+        conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
+    engine.dispose()
+
+    def drop() -> None:
+        engine = sa.create_engine(POSTGRES_URL)
+        with engine.begin() as conn:
+            conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
+        engine.dispose()
+
+    request.addfinalizer(drop)
+    return f"{POSTGRES_URL}?options=-csearch_path%3D{schema}"

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import multiprocessing
-import os
-import uuid
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -12,52 +10,6 @@ import pytest
 
 from knowacq._store import FeedbackStore, PredictionRecord
 from knowacq.errors import ConfigError, StoreError, UnknownPredictionError
-
-POSTGRES_URL = os.environ.get("KNOWACQ_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
-
-
-def _postgres_available() -> str | None:
-    """None when Postgres answers, else the reason it does not."""
-    try:
-        import sqlalchemy as sa
-
-        engine = sa.create_engine(POSTGRES_URL)
-        with engine.connect() as conn:
-            conn.execute(sa.text("SELECT 1"))
-        engine.dispose()
-        return None
-    except Exception as exc:  # driver missing, server down, auth refused
-        return f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}"
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'feedback.db'}"
-    reason = _postgres_available()
-    if reason is not None:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"Postgres is required under CI but {POSTGRES_URL} does not answer: {reason}")
-        pytest.skip(f"no Postgres at {POSTGRES_URL} ({reason}); set KNOWACQ_TEST_POSTGRES to test it")
-    # A schema of its own per test, so tests never see each other's rows.
-    import sqlalchemy as sa
-
-    schema = f"t_{uuid.uuid4().hex[:12]}"
-    engine = sa.create_engine(POSTGRES_URL)
-    with engine.begin() as conn:
-        conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
-    engine.dispose()
-    request.addfinalizer(lambda: _drop_schema(schema))
-    return f"{POSTGRES_URL}?options=-csearch_path%3D{schema}"
-
-
-def _drop_schema(schema: str) -> None:
-    import sqlalchemy as sa
-
-    engine = sa.create_engine(POSTGRES_URL)
-    with engine.begin() as conn:
-        conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
-    engine.dispose()
 
 
 def record(i: int, *, captured: bool = True, model: str = "v1") -> PredictionRecord:
@@ -145,3 +97,28 @@ def test_several_processes_write_one_store_and_lose_nothing(store_url: str) -> N
         assert p.exitcode == 0
     counts = FeedbackStore(store_url).counts()
     assert counts["predictions"] == 160 and counts["labels"] == 160
+
+
+def test_a_version_1_store_is_migrated(tmp_path: Path) -> None:
+    import sqlalchemy as sa
+
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:  # the schema knowacq wrote before used_in_run existed
+        conn.execute(sa.text("CREATE TABLE knowacq_meta (key VARCHAR(64) PRIMARY KEY, value VARCHAR(256) NOT NULL)"))
+        conn.execute(sa.text("INSERT INTO knowacq_meta VALUES ('schema_version', '1')"))
+        conn.execute(sa.text(
+            "CREATE TABLE knowacq_predictions (prediction_id VARCHAR(64) PRIMARY KEY, created_at DATETIME NOT NULL,"
+            " model_version VARCHAR(128) NOT NULL, text TEXT NOT NULL, text_sha256 VARCHAR(64) NOT NULL,"
+            " label VARCHAR(128) NOT NULL, score FLOAT NOT NULL, margin FLOAT NOT NULL, probabilities TEXT NOT NULL,"
+            " captured BOOLEAN NOT NULL, status VARCHAR(16) NOT NULL)"))
+        conn.execute(sa.text("INSERT INTO knowacq_predictions VALUES ('old', '2026-11-01 00:00:00', 'v0', 'kept',"
+                             " 'h', 'positive', 0.6, 0.2, '{\"positive\": 0.6, \"negative\": 0.4}', 1, 'captured')"))
+    engine.dispose()
+    store = FeedbackStore(url)
+    assert store.get_prediction("old").text == "kept"  # type: ignore[union-attr]
+    store.record_predictions([record(1)])
+    assert store.set_status(["p1", "old"], "used", run="run-1") == 2
+    assert store.get_prediction("old").used_in_run == "run-1"  # type: ignore[union-attr]
+    with store.engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT value FROM knowacq_meta")).scalar_one() == "2"

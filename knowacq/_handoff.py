@@ -1,0 +1,200 @@
+"""Labelling hand-off: captured predictions out to annotators (Label Studio tasks or CSV), labels back in.
+
+Export picks with a query strategy among captured predictions, writes the file, and marks them queued.
+Import reads a Label Studio JSON export or a CSV (`prediction_id` or `text`, and `label`) and stores the
+labels beside those from `POST /feedback` (source "import").
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from knowacq._redact import redact
+from knowacq._store import FeedbackStore, PredictionRecord
+from knowacq._strategies import Selection, select, strategy
+from knowacq.errors import DataError, InvalidInputError, UnknownPredictionError
+
+__all__ = ["ImportResult", "export_tasks", "import_labels"]
+
+FROM_NAME = "label"
+TO_NAME = "text"
+
+
+def _label_names(records: Sequence[PredictionRecord]) -> list[str]:
+    names: list[str] = []
+    for r in records:
+        for name in r.probabilities:
+            if name not in names:
+                names.append(name)
+    return names
+
+
+def export_tasks(
+    store: FeedbackStore,
+    out_file: str | Path,
+    *,
+    n: int,
+    strategy_name: str = "margin",
+    fmt: str = "label-studio",
+    seed: int = 0,
+    options: Selection = Selection(near_duplicate_cosine=None),
+) -> list[PredictionRecord]:
+    """Choose up to `n` captured predictions with `strategy_name`, write them, mark them queued."""
+    if fmt not in ("label-studio", "csv"):
+        raise InvalidInputError(f"format must be 'label-studio' or 'csv', got {fmt!r}", field="format")
+    if strategy_name == "diversity":
+        raise InvalidInputError("the diversity strategy needs sentence embeddings, which the store does not "
+                                "keep; choose random, least-confidence, margin or entropy", field="strategy")
+    chosen_strategy = strategy(strategy_name)
+    pool = store.predictions_with_status(("captured",))
+    if not pool:
+        raise DataError("no captured predictions are waiting for labels; serve traffic first, or lower the "
+                        "capture thresholds (KNOWACQ_MIN_CONFIDENCE, KNOWACQ_MIN_MARGIN)")
+    labels = _label_names(pool)
+    probs = np.array([[r.probabilities.get(name, 0.0) for name in labels] for r in pool])
+    picked = select(chosen_strategy, probs, n, rng=np.random.default_rng(seed),
+                    text_hashes=[r.text_sha256 for r in pool], options=options)
+    records = [pool[i] for i in picked]
+    out_file = Path(out_file)
+    out_file.parent.mkdir(parents=True, exist_ok=True)
+    if fmt == "label-studio":
+        tasks = [{
+            "data": {"text": r.text, "prediction_id": r.prediction_id},
+            "predictions": [{
+                "model_version": r.model_version,
+                "score": r.score,
+                "result": [{"from_name": FROM_NAME, "to_name": TO_NAME, "type": "choices",
+                            "value": {"choices": [r.label]}}],
+            }],
+        } for r in records]
+        out_file.write_text(json.dumps(tasks, indent=2, ensure_ascii=False) + "\n")
+    else:
+        with out_file.open("w", newline="", encoding="utf-8") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["prediction_id", "text", "predicted", "score", "model_version", "label"])
+            for r in records:
+                writer.writerow([r.prediction_id, r.text, r.label, f"{r.score:.6f}", r.model_version, ""])
+    store.set_status([r.prediction_id for r in records], "queued")
+    return records
+
+
+@dataclass(frozen=True)
+class ImportResult:
+    created: int
+    updated: int
+    unchanged: int
+    new_texts: int
+    """Rows given by text that matched no stored prediction: stored as new labelled examples."""
+    skipped: list[str]
+    """One line per row that was not imported, with the reason."""
+
+
+def _rows_from_label_studio(data: Any) -> list[tuple[str | None, str | None, str | None, str]]:
+    if not isinstance(data, list):
+        raise DataError("a Label Studio export is a JSON list of tasks")
+    rows = []
+    for i, task in enumerate(data):
+        where = f"task {i + 1}"
+        if not isinstance(task, dict) or not isinstance(task.get("data"), dict):
+            rows.append((None, None, None, f"{where}: not a Label Studio task"))
+            continue
+        annotations = [a for a in task.get("annotations") or [] if isinstance(a, dict)
+                       and not a.get("was_cancelled")]
+        choice = None
+        annotator = None
+        for annotation in reversed(annotations):  # the latest completed annotation wins
+            for result in annotation.get("result") or []:
+                choices = (result.get("value") or {}).get("choices") if isinstance(result, dict) else None
+                if choices:
+                    choice = str(choices[0])
+                    annotator = str(annotation.get("completed_by", "") or "")
+                    break
+            if choice is not None:
+                break
+        if choice is None:
+            rows.append((None, None, None, f"{where}: no completed annotation with a choice"))
+            continue
+        rows.append((task["data"].get("prediction_id"), task["data"].get("text"), choice, annotator or ""))
+    return rows
+
+
+def _rows_from_csv(path: Path) -> list[tuple[str | None, str | None, str | None, str]]:
+    with path.open(newline="", encoding="utf-8") as handle:
+        reader = csv.DictReader(handle)
+        fields = set(reader.fieldnames or [])
+        if "label" not in fields or not ({"prediction_id", "text"} & fields):
+            raise DataError(f"{path}: a CSV needs a 'label' column and 'prediction_id' or 'text'; "
+                            f"found {sorted(fields)}")
+        rows = []
+        for row in reader:
+            label = (row.get("label") or "").strip()
+            if not label:
+                rows.append((None, None, None, f"line {reader.line_num}: empty label"))
+                continue
+            rows.append(((row.get("prediction_id") or "").strip() or None, row.get("text"), label,
+                         (row.get("annotator") or "").strip()))
+        return rows
+
+
+def import_labels(
+    store: FeedbackStore,
+    in_file: str | Path,
+    *,
+    label_names: Sequence[str] | None = None,
+    annotator: str = "",
+) -> ImportResult:
+    """Store the labels of a Label Studio JSON export or a CSV; every skipped row is reported."""
+    path = Path(in_file)
+    if not path.is_file():
+        raise DataError(f"{path} does not exist")
+    if path.suffix.lower() == ".json":
+        try:
+            rows = _rows_from_label_studio(json.loads(path.read_text(encoding="utf-8")))
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{path} is not valid JSON: {exc}") from None
+    else:
+        rows = _rows_from_csv(path)
+    known = set(label_names or _label_names(store.predictions_with_status(
+        ("served", "captured", "queued", "labelled", "used"), limit=1000)))
+    if not known:
+        raise DataError("the store holds no predictions to take the label set from; pass --label-names")
+    counts = {"created": 0, "updated": 0, "unchanged": 0}
+    new_texts = 0
+    skipped: list[str] = []
+    for i, (prediction_id, text, label, who) in enumerate(rows, start=1):
+        if label is None:
+            skipped.append(who)  # the reason, from the reader
+            continue
+        if label not in known:
+            skipped.append(f"row {i}: unknown label {label!r} (known: {', '.join(sorted(known))})")
+            continue
+        if prediction_id is None:
+            if not text or not text.strip():
+                skipped.append(f"row {i}: neither prediction_id nor text")
+                continue
+            clean = redact(text).text
+            digest = hashlib.sha256(clean.encode("utf-8", "replace")).hexdigest()
+            found = store.find_by_text_hash(digest)
+            if found is None:
+                prediction_id = "import-" + digest[:32]
+                store.record_predictions([PredictionRecord(
+                    prediction_id=prediction_id, model_version="import", text=clean, text_sha256=digest,
+                    label=label, score=1.0, margin=1.0, probabilities={}, captured=False)])
+                new_texts += 1
+            else:
+                prediction_id = found.prediction_id
+        try:
+            outcome = store.add_label(prediction_id, label, source="import", annotator=who or annotator)
+        except UnknownPredictionError:
+            skipped.append(f"row {i}: unknown prediction_id {prediction_id!r}")
+            continue
+        counts[outcome] += 1
+    return ImportResult(counts["created"], counts["updated"], counts["unchanged"], new_texts, skipped)
