@@ -26,7 +26,7 @@ from knowacq._redact import redact
 from knowacq._store import FeedbackStore, PredictionRecord
 from knowacq.errors import AuthError, InvalidInputError, StoreError, UnknownLabelError
 
-__all__ = ["ClassifierCore", "Item", "parse_classify", "parse_feedback"]
+__all__ = ["ClassifierCore", "Item", "parse_classify", "parse_feedback", "parse_reload"]
 
 log = logging.getLogger("knowacq.service")
 
@@ -64,6 +64,19 @@ def parse_classify(body: Any, max_texts: int) -> list[str]:
         if not isinstance(text, str):
             raise InvalidInputError(f"texts[{i}] must be a string, got {type(text).__name__}", field=f"texts[{i}]")
     return texts
+
+
+def parse_reload(body: Any) -> str:
+    """The optional `model` (folder or tag) of a POST /admin/reload body."""
+    if not isinstance(body, dict):
+        raise InvalidInputError("the body must be a JSON object (it may be empty: {})", field="model")
+    unknown = sorted(set(body) - {"model"})
+    if unknown:
+        raise InvalidInputError(f"unknown field(s) {', '.join(map(repr, unknown))}", field=unknown[0])
+    model = body.get("model", "")
+    if not isinstance(model, str) or len(model) > 4096:
+        raise InvalidInputError("'model' must be a string (a variant folder or a model-store tag)", field="model")
+    return model
 
 
 def parse_feedback(body: Any) -> tuple[str, str, str]:
@@ -120,6 +133,13 @@ class ClassifierCore:
         metrics.model_info.labels(version=self.model_version, variant=self.variant,
                                   provider=predictor.provider).set(1)
         metrics.fallback.set(1 if predictor.fallback else 0)
+
+    def with_predictor(self, predictor: Any) -> ClassifierCore:
+        """A core for another model, sharing this one's settings, store, metrics, clock and ids."""
+        self.metrics.model_info.labels(version=self.model_version, variant=self.variant,
+                                       provider=self.predictor.provider).set(0)
+        return ClassifierCore(predictor, self.settings, store=self.store, metrics=self.metrics, clock=self.clock,
+                              new_id=self.new_id)
 
     # classify -------------------------------------------------------------------------------------
 

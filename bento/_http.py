@@ -32,7 +32,8 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
-JSON_ENDPOINTS = {"/classify": "classify", "/feedback": "feedback"}
+JSON_ENDPOINTS = {"/classify": "classify", "/feedback": "feedback", "/admin/reload": "reload"}
+PROTECTED = {"feedback", "reload"}
 
 
 class State:
@@ -140,7 +141,7 @@ class RequestGuard:
         """The raw body after every check; raises the RequestError that refuses it."""
         settings = core.settings
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
-        if endpoint == "feedback":
+        if endpoint in PROTECTED:
             core.check_token(headers.get("authorization"))
         media = headers.get("content-type", "").split(";")[0].strip().lower()
         if media != "application/json":
@@ -172,13 +173,15 @@ class RequestGuard:
         except (json.JSONDecodeError, RecursionError) as exc:
             raise BadRequestError(f"the body is not valid JSON: {getattr(exc, 'msg', 'too deeply nested')}") \
                 from None
-        from bento._core import parse_classify, parse_feedback
+        from bento._core import parse_classify, parse_feedback, parse_reload
 
         if endpoint == "classify":
             texts = parse_classify(parsed, settings.max_texts)
             _check_encodable(texts)
-        else:
+        elif endpoint == "feedback":
             parse_feedback(parsed)
+        else:
+            parse_reload(parsed)
         return raw
 
     async def _readyz(self, send: Send) -> None:

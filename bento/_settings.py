@@ -59,6 +59,9 @@ class Settings:
     """KNOWACQ_MAX_CONCURRENCY: POST requests in flight per worker; more are refused with 429 at once."""
     timeout_s: int = 30
     """KNOWACQ_TIMEOUT_S: a request taking longer is cancelled."""
+    reload_poll_s: float = 5.0
+    """KNOWACQ_RELOAD_POLL_S: how often each worker checks the store for a newly promoted model (0: never;
+    POST /admin/reload still switches the worker that receives it)."""
     workers: int = 1
     """KNOWACQ_WORKERS: BentoML worker processes. ONNX Runtime already uses every allowed core in one."""
     threads: int = 0
@@ -71,6 +74,8 @@ class Settings:
             raise ConfigError(f"KNOWACQ_PROVIDER must be auto, cpu or cuda, got {self.provider!r}")
         if self.record not in ("all", "captured"):
             raise ConfigError(f"KNOWACQ_RECORD must be 'all' or 'captured', got {self.record!r}")
+        if not 0.0 <= self.reload_poll_s <= 86_400:
+            raise ConfigError(f"KNOWACQ_RELOAD_POLL_S must be in [0, 86400], got {self.reload_poll_s}")
         for name in ("min_confidence", "min_margin"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ConfigError(f"KNOWACQ_{name.upper()} must be in [0, 1], got {getattr(self, name)}")

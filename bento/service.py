@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ from bento._core import ClassifierCore, Item
 from bento._http import RequestGuard, State
 from bento._metrics import ServiceMetrics
 from bento._settings import Settings
+from knowacq._store import PROMOTED_MODEL_KEY
 from knowacq.errors import ModelError, RequestError, StoreError
 
 log = logging.getLogger("knowacq.service")
@@ -62,22 +64,19 @@ def resolve_model(spec: str) -> Path:
     traffic={"timeout": SETTINGS.timeout_s},
 )
 class Classifier:
-    """Text classification over ONNX Runtime, low-confidence capture, and human feedback."""
+    """Text classification over ONNX Runtime, low-confidence capture, human feedback and hot reload."""
 
     def __init__(self) -> None:
-        from export._runtime import Predictor
-        from knowacq._store import FeedbackStore, default_store_url
-
-        folder = resolve_model(SETTINGS.model)
-        predictor = Predictor(
-            folder, provider=SETTINGS.provider, allow_fallback=SETTINGS.allow_fallback,  # type: ignore[arg-type]
-            threads=SETTINGS.threads or None, max_batch_size=SETTINGS.max_batch_size,
-            bucket_tokens=SETTINGS.bucket_tokens,
-        )
-        store = FeedbackStore(SETTINGS.store_url or default_store_url())
-        self.core = ClassifierCore(predictor, SETTINGS, store=store, metrics=ServiceMetrics(predictor.labels))
         from bentoml._internal.marshal.dispatcher import CorkDispatcher
         from bentoml.exceptions import ServiceUnavailable
+
+        from knowacq._store import FeedbackStore, default_store_url
+
+        store = FeedbackStore(SETTINGS.store_url or default_store_url())
+        spec = store.get_meta(PROMOTED_MODEL_KEY) or SETTINGS.model
+        self._loaded_spec = spec
+        predictor, folder = self._load(spec)
+        self.core = ClassifierCore(predictor, SETTINGS, store=store, metrics=ServiceMetrics(predictor.labels))
 
         def refuse() -> Any:
             raise ServiceUnavailable("overloaded: the batching queue is full; retry later")
@@ -86,10 +85,50 @@ class Classifier:
             max_latency_in_ms=SETTINGS.max_latency_ms, max_batch_size=SETTINGS.max_batch_size,
             fallback=refuse, get_batch_size=len, batch_dim=(0, 0),
         )
-        self._infer = self._dispatcher(self.core.classify_batches)
+        # The callback reads self.core when a batch starts: after a reload, the next batch uses the new model
+        # while a batch already running finishes on the old one.
+        self._infer = self._dispatcher(lambda batches: self.core.classify_batches(batches))
+        self._reload_lock = threading.Lock()
         STATE.core = self.core
         log.info("serving %s (%s) on the %s provider from %s; store %r", self.core.model_version,
                  self.core.variant, predictor.provider, folder, store)
+        if SETTINGS.reload_poll_s > 0:
+            threading.Thread(target=self._watch, name="knowacq-reload-watch", daemon=True).start()
+
+    @staticmethod
+    def _load(spec: str) -> tuple[Any, Path]:
+        from export._runtime import Predictor
+
+        folder = resolve_model(spec)
+        predictor = Predictor(
+            folder, provider=SETTINGS.provider, allow_fallback=SETTINGS.allow_fallback,  # type: ignore[arg-type]
+            threads=SETTINGS.threads or None, max_batch_size=SETTINGS.max_batch_size,
+            bucket_tokens=SETTINGS.bucket_tokens,
+        )
+        return predictor, folder
+
+    def swap(self, spec: str) -> dict[str, str]:
+        """Load `spec` (folder or tag) beside the running model, then switch to it; no request fails."""
+        with self._reload_lock:
+            predictor, folder = self._load(spec)  # a bad model raises here, and the old one keeps serving
+            old = self.core
+            self.core = old.with_predictor(predictor)
+            STATE.core = self.core
+            self._loaded_spec = spec
+        log.info("switched from %s to %s (%s)", old.model_version, self.core.model_version, folder)
+        return {"previous_version": old.model_version, "model_version": self.core.model_version}
+
+    def _watch(self) -> None:
+        """Follow the promoted model named in the store (set by POST /admin/reload or `knowacq retrain`)."""
+        while True:
+            time.sleep(SETTINGS.reload_poll_s)
+            try:
+                wanted = self.core.store.get_meta(PROMOTED_MODEL_KEY)
+                if wanted and wanted != self._loaded_spec:
+                    self.swap(wanted)
+            except Exception as exc:  # keep watching; the current model keeps serving
+                log.error("reload of the promoted model failed: %s", exc)
+                time.sleep(SETTINGS.reload_poll_s)
 
     def __is_ready__(self) -> bool:
         return self.core.store.ping()
@@ -122,6 +161,23 @@ class Classifier:
             self.core.metrics.fail("store_error")
             return _error(ctx, 503, {"error": "the feedback store is unavailable; retry later",
                                      "reason": "store_error"})
+
+    @bentoml.api(route="/admin/reload")
+    async def reload(self, ctx: bentoml.Context, model: str = "") -> dict[str, Any]:
+        """Switch to `model` (folder or tag; default: the configured KNOWACQ_MODEL, re-resolved, so
+        `name:latest` picks up a newly promoted version) without dropping a request, and record it in the
+        store so that every other worker and replica follows (needs the bearer token)."""
+        try:
+            self.core.check_token(ctx.request.headers.get("authorization"))
+            spec = model or SETTINGS.model
+            switched = await anyio.to_thread.run_sync(self.swap, spec)
+            await anyio.to_thread.run_sync(self.core.store.set_meta, PROMOTED_MODEL_KEY, spec)
+            return switched
+        except RequestError as exc:
+            return _error(ctx, exc.status, exc.to_body())
+        except ModelError as exc:
+            return _error(ctx, 422, {"error": f"not switched, still serving {self.core.model_version}: {exc}",
+                                     "reason": "invalid_input", "field": "model"})
 
 
 def _error(ctx: bentoml.Context, status: int, body: dict[str, str]) -> Any:

@@ -24,11 +24,13 @@ from knowacq.errors import (
     UnknownPredictionError,
 )
 
-__all__ = ["SCHEMA_VERSION", "FeedbackStore", "LabelRecord", "PredictionRecord", "default_store_url"]
+__all__ = ["PROMOTED_MODEL_KEY", "SCHEMA_VERSION", "FeedbackStore", "LabelRecord", "PredictionRecord", "default_store_url"]
 
 SCHEMA_VERSION = 2
 """1: predictions, labels. 2: predictions.used_in_run (which retrain run consumed the label)."""
 STATUSES = ("served", "captured", "queued", "labelled", "used")
+PROMOTED_MODEL_KEY = "promoted_model"
+"""Meta key: the model (folder or model-store tag) every worker and replica should serve; services watch it."""
 
 
 def _utcnow() -> datetime:
@@ -245,6 +247,21 @@ class FeedbackStore:
             raise
         except sa.exc.SQLAlchemyError as exc:
             raise StoreError(f"could not write a label to the feedback store: {type(exc).__name__}") from exc
+
+    def set_meta(self, key: str, value: str) -> None:
+        """Write one key of the store's own settings (e.g. the promoted model every replica should serve)."""
+        if key == "schema_version":
+            raise ValueError("schema_version is managed by the store")
+        with self.engine.begin() as conn:
+            updated = conn.execute(self.meta.update().where(self.meta.c.key == key).values(value=value)).rowcount
+            if not updated:
+                conn.execute(self._insert_ignore(self.meta, ["key"]), [{"key": key, "value": value}])
+                conn.execute(self.meta.update().where(self.meta.c.key == key).values(value=value))
+
+    def get_meta(self, key: str) -> str | None:
+        sa = self._sa
+        with self.engine.connect() as conn:
+            return conn.execute(sa.select(self.meta.c.value).where(self.meta.c.key == key)).scalar_one_or_none()
 
     def set_status(self, prediction_ids: Sequence[str], status: str, *, run: str | None = None) -> int:
         """Move predictions to `status` (one of STATUSES) in one transaction; returns how many changed."""

@@ -321,6 +321,43 @@ def feedback_import(
         err.print(f"  ... and {len(result.skipped) - 20} more")
 
 
+@app.command()
+@_friendly
+def retrain(
+    current: Annotated[Path, typer.Option(exists=True, file_okay=False, help="The variant folder being served.")],
+    out_dir: Annotated[Path, typer.Option("--out", file_okay=False, help="Folder for the run (a sub-folder per run).")],
+    store: StoreOption = None,
+    dev: Annotated[Optional[Path], typer.Option(exists=True, dir_okay=False,
+                                                help="Dev TSV [default: the one recorded by training].")] = None,
+    train_tsv: Annotated[Optional[Path], typer.Option("--train", exists=True, dir_okay=False,
+                                                      help="Original training TSV for replay [default: recorded].")] = None,
+    replay: Annotated[int, typer.Option(min=0, help="Original training rows trained on beside the new labels.")] = 4000,
+    epochs: Annotated[int, typer.Option(min=1)] = 1,
+    lr: Annotated[float, typer.Option(help="Learning rate of the continued fine-tuning.")] = 2e-5,
+    tolerance: Annotated[float, typer.Option(help="Promote if candidate dev accuracy >= current - tolerance.")]
+        = 0.005,
+    register: Annotated[str, typer.Option(help="Model-store name a promoted candidate is registered under "
+                                              "('' to skip).")] = "knowacq-classifier",
+    publish: Annotated[bool, typer.Option(help="Tell running services (through the store) to switch to it.")] = True,
+    progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+) -> None:
+    """Retrain on the new human labels; promote only if the candidate passes its gates and is not worse."""
+    from knowacq._retrain import RetrainConfig
+    from knowacq._retrain import retrain as run
+    from knowacq._store import FeedbackStore
+
+    result = run(current, FeedbackStore(store), out_dir, dev_file=dev, train_file=train_tsv,
+                 config=RetrainConfig(replay=replay, epochs=epochs, learning_rate=lr, tolerance=tolerance),
+                 register_as=register or None, publish=publish, progress=progress, log=lambda line: err.print(line))
+    verdict = "PROMOTED" if result.promoted else "REJECTED"
+    out.print(f"{verdict}: current dev {result.current_accuracy:.4f}, candidate "
+              f"{'-' if result.candidate_accuracy is None else f'{result.candidate_accuracy:.4f}'}, "
+              f"{result.labels_used} new label(s); record {result.run_dir / 'record.json'}"
+              + (f"; tag {result.tag}" if result.tag else ""))
+    for reason in result.reasons:
+        out.print(f"  {reason}")
+
+
 al_app = typer.Typer(help="Active learning: simulations of the query strategies.", no_args_is_help=True)
 app.add_typer(al_app, name="al")
 
