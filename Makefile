@@ -41,10 +41,16 @@ demo: $(VENV)/.installed
 	    fi; echo "preset $$p refused by its gates; trying the next"; \
 	done; test -s $(RUNS)/demo-variant.txt
 	$(BIN)/knowacq eval $$(cat $(RUNS)/demo-variant.txt) --data $(DATA)/sst2/dev.tsv
+	@# One turn of the active-learning loop: rows 60,001-62,000 of the training file as traffic, their labels
+	@# as the annotators' (the dev file stays unseen), then a gated retrain: promoted or rejected.
+	rm -rf $(RUNS)/loop
+	$(BIN)/knowacq al demo-loop --variant $$(cat $(RUNS)/demo-variant.txt) --traffic $(DATA)/sst2/train.tsv \
+	    --skip 60000 --n-traffic 2000 --labels 200 --out $(RUNS)/loop
 	@echo
 	@echo "demo model:   $(RUNS)/demo  (Hugging Face folder + knowacq.json with labels and temperature)"
 	@echo "report:       $(RUNS)/demo/metrics.json, $(RUNS)/demo/reliability.png"
 	@echo "variant:      $$(cat $(RUNS)/demo-variant.txt)  (model.onnx + manifest.json with its gate results)"
+	@echo "loop:         $(RUNS)/loop/loop.json  (captured, labelled, retrained, promoted or rejected)"
 	@$(MAKE) --no-print-directory serve
 
 # Serves the demo variant on PORT (foreground; Ctrl-C stops). The feedback store is $(RUNS)/feedback.db.

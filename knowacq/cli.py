@@ -403,6 +403,35 @@ def al_simulate(
     out.print(table)
 
 
+@al_app.command("demo-loop")
+@_friendly
+def al_demo_loop(
+    variant: Annotated[Path, typer.Option(exists=True, file_okay=False, help="The variant to serve first.")],
+    traffic_tsv: Annotated[Path, typer.Option("--traffic", exists=True, dir_okay=False,
+                                              help="Labelled TSV: its texts are the traffic, its labels the "
+                                                   "annotators (not the dev file).")],
+    out_dir: Annotated[Path, typer.Option("--out", file_okay=False, help="Folder for the store, runs, logs.")],
+    n_traffic: Annotated[int, typer.Option(min=1, help="Texts sent.")] = 1000,
+    skip: Annotated[int, typer.Option(min=0, help="Rows of --traffic skipped first.")] = 0,
+    labels: Annotated[int, typer.Option(min=1, help="Captured items sent for labelling.")] = 200,
+    replay: Annotated[int, typer.Option(min=0, help="Original training rows replayed in the retrain.")] = 4000,
+    min_confidence: Annotated[float, typer.Option(help="Capture threshold of the server.")] = 0.75,
+) -> None:
+    """One turn of the loop: serve, traffic, capture, label, retrain, promote or reject; printed."""
+    from knowacq._demo_loop import demo_loop
+    from knowacq._retrain import RetrainConfig
+
+    s = demo_loop(variant, traffic_tsv, out_dir, traffic=n_traffic, skip=skip, labels=labels,
+                  min_confidence=min_confidence, config=RetrainConfig(replay=replay), log=lambda line: err.print(line))
+    cand = "-" if s["candidate_dev_accuracy"] is None else f"{s['candidate_dev_accuracy']:.4f}"
+    out.print(f"loop: {s['traffic']} texts served, {s['captured']} captured, {s['labelled']} labelled; "
+              f"retrain {s['decision'].upper()} (dev {s['current_dev_accuracy']:.4f} -> {cand})"
+              + (f"; now serving {s['served_after']} ({s['tag']})" if s["decision"] == "promoted" else ""))
+    for reason in s["reasons"]:
+        out.print(f"  {reason}")
+    out.print(f"record: {s['record']}")
+
+
 def _split_names(text: str) -> tuple[str, ...]:
     names = tuple(n.strip() for n in text.split(","))
     if len(names) < 2 or not all(names):

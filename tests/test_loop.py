@@ -149,3 +149,16 @@ def test_a_worse_candidate_is_rejected_and_not_published(fp32_variant: Path, bin
     assert (result.run_dir / "variant" / "model.onnx").is_file()  # kept for inspection
     assert json.loads((result.run_dir / "record.json").read_text())["decision"] == "rejected"
     assert store.get_meta(PROMOTED_MODEL_KEY) is None
+
+
+def test_demo_loop_command(fp32_variant: Path, binary_sets, tmp_path: Path) -> None:
+    env = {**service_env({}), "BENTOML_HOME": str(tmp_path / "bentoml")}
+    done = subprocess.run(
+        [sys.executable, "-m", "knowacq", "al", "demo-loop", "--variant", str(fp32_variant),
+         "--traffic", str(binary_sets[0]), "--out", str(tmp_path / "loop"), "--n-traffic", "60", "--labels", "20",
+         "--replay", "40", "--min-confidence", "1.0"], env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    summary = json.loads((tmp_path / "loop" / "loop.json").read_text())
+    assert summary["traffic"] == 60 and summary["labelled"] == 20
+    assert summary["decision"] in ("promoted", "rejected")
+    assert "loop: 60 texts served" in done.stdout
