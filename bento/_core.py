@@ -133,6 +133,23 @@ class ClassifierCore:
         metrics.model_info.labels(version=self.model_version, variant=self.variant,
                                   provider=predictor.provider).set(1)
         metrics.fallback.set(1 if predictor.fallback else 0)
+        try:
+            created = datetime.fromisoformat(manifest.created).timestamp() if manifest.created else 0.0
+        except ValueError:
+            created = 0.0
+        metrics.model_created.set(created)
+
+    def refresh_store_gauges(self) -> None:
+        """Backlog, labels and retraining outcomes from the store, for the loop's dashboard and alerts."""
+        from knowacq._store import LAST_PROMOTION_KEY, RETRAIN_KEYS
+
+        counts = self.store.counts()
+        for status in ("captured", "queued"):
+            self.metrics.backlog.labels(status=status).set(counts.get(f"status_{status}", 0))
+        self.metrics.labels_stored.set(counts["labels"])
+        for decision, key in RETRAIN_KEYS.items():
+            self.metrics.retrain_runs.labels(decision=decision).set(float(self.store.get_meta(key) or 0))
+        self.metrics.last_promotion.set(float(self.store.get_meta(LAST_PROMOTION_KEY) or 0))
 
     def with_predictor(self, predictor: Any) -> ClassifierCore:
         """A core for another model, sharing this one's settings, store, metrics, clock and ids."""

@@ -73,6 +73,22 @@ class ServiceMetrics:
         self.fallback = make(
             "Gauge", "knowacq_provider_fallback",
             "1 when a GPU was asked for and the CPU provider is running instead", multiprocess_mode="max")
+        # Read from the feedback store every few seconds (the same value in every worker: "max" keeps one).
+        self.backlog = make(
+            "Gauge", "knowacq_labelling_backlog_items", "Stored predictions waiting for a label, by status",
+            ["status"], multiprocess_mode="max")
+        self.labels_stored = make(
+            "Gauge", "knowacq_labels_stored_items", "Human labels in the feedback store (all sources)",
+            multiprocess_mode="max")
+        self.retrain_runs = make(
+            "Gauge", "knowacq_retrain_runs", "Retraining runs recorded in the feedback store, by decision",
+            ["decision"], multiprocess_mode="max")
+        self.last_promotion = make(
+            "Gauge", "knowacq_last_promotion_timestamp_seconds",
+            "When a retrained model was last promoted (0: never)", multiprocess_mode="max")
+        self.model_created = make(
+            "Gauge", "knowacq_model_created_timestamp_seconds", "When the served variant was exported",
+            multiprocess_mode="max")
         # Create every series up front, so that rates start at 0 instead of appearing on first use.
         for stage in STAGES:
             self.stage_seconds.labels(stage=stage)
@@ -84,6 +100,10 @@ class ServiceMetrics:
             self.feedback.labels(outcome=outcome)
         for kind in ("predictions", "labels"):
             self.store_failures.labels(kind=kind)
+        for status in ("captured", "queued"):
+            self.backlog.labels(status=status)
+        for decision in ("promoted", "rejected"):
+            self.retrain_runs.labels(decision=decision)
 
     def fail(self, reason: str) -> None:
         self.failures.labels(reason=reason if reason in FAILURE_REASONS else "internal").inc()

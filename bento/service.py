@@ -92,6 +92,7 @@ class Classifier:
         STATE.core = self.core
         log.info("serving %s (%s) on the %s provider from %s; store %r", self.core.model_version,
                  self.core.variant, predictor.provider, folder, store)
+        self._refresh_gauges()
         if SETTINGS.reload_poll_s > 0:
             threading.Thread(target=self._watch, name="knowacq-reload-watch", daemon=True).start()
 
@@ -118,10 +119,18 @@ class Classifier:
         log.info("switched from %s to %s (%s)", old.model_version, self.core.model_version, folder)
         return {"previous_version": old.model_version, "model_version": self.core.model_version}
 
+    def _refresh_gauges(self) -> None:
+        try:
+            self.core.refresh_store_gauges()
+        except Exception as exc:  # the store's gauges go stale; serving goes on
+            log.error("could not read the feedback store's counts: %s", type(exc).__name__)
+
     def _watch(self) -> None:
-        """Follow the promoted model named in the store (set by POST /admin/reload or `knowacq retrain`)."""
+        """Follow the promoted model named in the store (set by POST /admin/reload or `knowacq retrain`),
+        and refresh the store's gauges (backlog, labels, retraining runs)."""
         while True:
             time.sleep(SETTINGS.reload_poll_s)
+            self._refresh_gauges()
             try:
                 wanted = self.core.store.get_meta(PROMOTED_MODEL_KEY)
                 if wanted and wanted != self._loaded_spec:

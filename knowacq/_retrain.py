@@ -160,6 +160,7 @@ def retrain(
 
             store.set_meta(PROMOTED_MODEL_KEY, tag)
     store.set_status([r.prediction_id for r, _ in usable], "used", run=run_id)
+    store.count_retrain("promoted" if promoted else "rejected", time.time())
     record = {
         "run_id": run_id,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),

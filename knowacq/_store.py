@@ -29,6 +29,9 @@ __all__ = ["PROMOTED_MODEL_KEY", "SCHEMA_VERSION", "FeedbackStore", "LabelRecord
 SCHEMA_VERSION = 2
 """1: predictions, labels. 2: predictions.used_in_run (which retrain run consumed the label)."""
 STATUSES = ("served", "captured", "queued", "labelled", "used")
+RETRAIN_KEYS = {"promoted": "retrain_runs_promoted", "rejected": "retrain_runs_rejected"}
+LAST_PROMOTION_KEY = "last_promotion_time"
+"""Unix time of the last promotion, written by `knowacq retrain`."""
 PROMOTED_MODEL_KEY = "promoted_model"
 """Meta key: the model (folder or model-store tag) every worker and replica should serve; services watch it."""
 
@@ -257,6 +260,13 @@ class FeedbackStore:
             if not updated:
                 conn.execute(self._insert_ignore(self.meta, ["key"]), [{"key": key, "value": value}])
                 conn.execute(self.meta.update().where(self.meta.c.key == key).values(value=value))
+
+    def count_retrain(self, decision: str, when: float) -> None:
+        """Record one retraining run's decision (and the time of a promotion) for the service's metrics."""
+        key = RETRAIN_KEYS[decision]
+        self.set_meta(key, str(int(self.get_meta(key) or 0) + 1))
+        if decision == "promoted":
+            self.set_meta(LAST_PROMOTION_KEY, f"{when:.0f}")
 
     def get_meta(self, key: str) -> str | None:
         sa = self._sa
