@@ -148,13 +148,28 @@ def test_bentoml_build_packages_a_bento_that_serves(fp32_variant: Path, tmp_path
     assert built.returncode == 0, built.stdout[-2000:] + built.stderr[-2000:]
     bentos = list((tmp_path / "bentoml" / "bentos" / "knowacq").glob("*/bento.yaml"))
     assert len(bentos) == 1
+    cpu_tag = f"knowacq:{bentos[0].parent.name}"
     src = bentos[0].parent / "src"
     assert (src / "bento" / "service.py").is_file() and not (src / "tests").exists()
+    # The image BentoML would build: non-root, settings from the environment, no download at start,
+    # and only the runtime packages (no torch).
+    dockerfile = (bentos[0].parent / "env" / "docker" / "Dockerfile").read_text()
+    assert "USER bentoml" in dockerfile and "ENV KNOWACQ_MODEL=" in dockerfile and "HF_HUB_OFFLINE" in dockerfile
+    requirements = (bentos[0].parent / "env" / "python" / "requirements.txt").read_text().lower()
+    assert "onnxruntime==" in requirements and "torch" not in requirements and "transformers" not in requirements
+    # The CUDA bento: same service, a CUDA base image and onnxruntime-gpu.
+    gpu = subprocess.run([sys.executable, "-m", "bentoml", "build", "-f", str(repo / "bentofile.gpu.yaml"),
+                          str(repo)], env=env, capture_output=True, text=True, timeout=300, cwd=repo)
+    assert gpu.returncode == 0, gpu.stdout[-2000:] + gpu.stderr[-2000:]
+    gpu_bento = max((tmp_path / "bentoml" / "bentos" / "knowacq").glob("*/bento.yaml"),
+                    key=lambda p: p.stat().st_mtime).parent
+    assert "nvidia/cuda" in (gpu_bento / "env" / "docker" / "Dockerfile").read_text()
+    assert "onnxruntime-gpu==" in (gpu_bento / "env" / "python" / "requirements.txt").read_text()
     port = free_port()
     log = tmp_path / "bento.log"
     env.update({"KNOWACQ_STORE_URL": f"sqlite:///{tmp_path / 'store.db'}", "KNOWACQ_THREADS": "1"})
     with open(log, "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "bentoml", "serve", "knowacq:latest", "--port", str(port),
+        proc = subprocess.Popen([sys.executable, "-m", "bentoml", "serve", cpu_tag, "--port", str(port),
                                  "--host", "127.0.0.1"], env=env, stdout=out, stderr=subprocess.STDOUT,
                                 cwd=tmp_path, start_new_session=True)
     try:
