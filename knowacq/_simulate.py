@@ -41,7 +41,8 @@ class SimulationConfig:
     max_pool: int = 0
     """Use at most this many training rows as the pool (0: all)."""
     c: float = 1.0
-    """Inverse regularisation of the logistic-regression head."""
+    """Inverse regularisation of the logistic-regression head; 0: chosen each round by 3-fold
+    cross-validation on the labelled set alone (C in 0.01..100), so that no choice peeks at dev."""
     gamma: float = 0.2
 
     def __post_init__(self) -> None:
@@ -53,6 +54,8 @@ class SimulationConfig:
         for name in ("seed_labels", "batch", "rounds", "seeds"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.c < 0:
+            raise ConfigError(f"c must be > 0, or 0 for cross-validation, got {self.c}")
         if self.heldout < 0 or self.max_pool < 0:
             raise ConfigError("heldout and max_pool must be >= 0")
 
@@ -110,7 +113,14 @@ def _fit_predict(x: np.ndarray, y: np.ndarray, num_labels: int, c: float,
             p[:, int(y[0])] = 1.0
             out.append(p)
         return out
-    head = LogisticRegression(C=c, max_iter=1000).fit(x, y)
+    if c > 0:
+        head = LogisticRegression(C=c, max_iter=1000).fit(x, y)
+    else:
+        from sklearn.linear_model import LogisticRegressionCV
+
+        folds = int(min(3, np.bincount(y).min())) if len(y) else 0
+        head = (LogisticRegressionCV(Cs=[0.01, 0.1, 1.0, 10.0, 100.0], cv=folds, max_iter=1000).fit(x, y)
+                if folds >= 2 else LogisticRegression(max_iter=1000).fit(x, y))
     out = []
     for t in targets:
         p = np.zeros((len(t), num_labels))

@@ -377,7 +377,8 @@ def al_simulate(
     seeds: Annotated[int, typer.Option(min=1)] = 3,
     max_pool: Annotated[int, typer.Option(min=0, help="At most this many pool rows (0: all).")] = 0,
     heldout: Annotated[int, typer.Option(min=0, help="Training rows set aside to reward the bandit.")] = 1000,
-    c: Annotated[float, typer.Option("--c", min=1e-6, help="Inverse regularisation of the logistic head.")] = 1.0,
+    c: Annotated[float, typer.Option("--c", min=0.0, help="Inverse regularisation of the logistic head "
+                                                         "(0: cross-validated on the labelled set each round).")] = 1.0,
     base: Annotated[Optional[Path], typer.Option(
         file_okay=False, help="Frozen encoder folder [default: all-MiniLM-L6-v2].")] = None,
     label_names: Annotated[Optional[str], typer.Option(help="Class names for ids 0,1,..., comma-separated.")] = None,
