@@ -13,6 +13,7 @@ from export._presets import (
     GateConfig,
     OptimizeConfig,
     RecoveryConfig,
+    SmoothConfig,
     cpu_isa,
     preset,
 )
@@ -35,6 +36,7 @@ __all__ = [
     "Predictor",
     "PruneConfig",
     "RecoveryConfig",
+    "SmoothConfig",
     "cpu_isa",
     "optimize",
     "preset",

@@ -90,8 +90,10 @@ def optimize(
 
     model, reference_logits, temperature = source, source_logits, card.temperature
     metrics: dict[str, Any] = {"source_accuracy": source_accuracy, "params_before": params_before}
-    if config.prune is not None:
+    if config.prune is not None or config.smooth is not None:
         train = train if train is not None else _recorded_data(card, "train_data", "--train")
+    if config.prune is not None:
+        assert train is not None
         model, prune_metrics = _prune_and_recover(source, tokenizer, train, config, max_length, say, progress)
         metrics.update(prune_metrics)
         reference_logits = predict_logits(model, tokenizer, dev.texts, max_length=max_length)
@@ -117,8 +119,15 @@ def optimize(
                 gates.append(_parity_gate("parity fp32 optimised", current, plain, probe, probe_reference,
                                           len(card.labels), max_length, config.gates.parity_atol))
         if config.quantize:
-            current = _quantize(current, plain / "config.json", work / "quantized", config, say)
+            keep = _matching_nodes(current, config.keep_fp32)
+            if config.smooth is not None:
+                assert train is not None
+                current = _smooth(current, work / "smoothed.onnx", plain, train, config, keep, max_length, say)
+                gates.append(_parity_gate("parity fp32 smoothed", current, plain, probe, probe_reference,
+                                          len(card.labels), max_length, config.gates.parity_atol))
+            current = _quantize(current, plain / "config.json", work / "quantized", config, keep, say)
             fused = _op_counts(current)
+            metrics["fp32_nodes"] = keep
 
         engine = Engine(current, plain, num_labels=len(card.labels), max_length=max_length, provider="cpu")
         variant_logits, _ = engine.logits(list(dev.texts))
@@ -299,9 +308,15 @@ def _parity_gate(
 def _ort_optimize(source: Path, target: Path, config: OptimizeConfig, say: Callable[[str], None]) -> tuple[Path, dict[str, int]]:
     import logging
 
+    from onnxruntime.transformers.fusion_options import FusionOptions
     from onnxruntime.transformers.optimizer import optimize_model
 
     started = time.perf_counter()
+    options = FusionOptions("bert")
+    # CPU: no SkipLayerNormalization. ORT 1.32's CPU kernel for it took 830 us on a [32, 25, 384] batch
+    # where Add + LayerNormalization took 166 us (2 threads), a quarter of the int8 pruned model's time;
+    # the runtime Engine keeps ORT from fusing it back (disabled_optimizers). CUDA keeps the fusion.
+    options.enable_skip_layer_norm = config.target == "cuda"
     # num_heads/hidden_size 0: read from the graph, so pruned layers with fewer heads fuse too. The
     # fusion then warns that a pruned layer's heads x head size differs from the hidden size; that is
     # expected (the parity gate checks the fused graph), so its warnings are silenced here.
@@ -310,7 +325,7 @@ def _ort_optimize(source: Path, target: Path, config: OptimizeConfig, say: Calla
     fusion_log.setLevel(logging.ERROR)
     try:
         optimized = optimize_model(str(source), model_type="bert", num_heads=0, hidden_size=0, opt_level=0,
-                                   use_gpu=config.target == "cuda")
+                                   use_gpu=config.target == "cuda", optimization_options=options)
     finally:
         fusion_log.setLevel(level)
     if config.fp16:
@@ -321,7 +336,52 @@ def _ort_optimize(source: Path, target: Path, config: OptimizeConfig, say: Calla
     return target, fused
 
 
-def _quantize(source: Path, config_json: Path, folder: Path, config: OptimizeConfig, say: Callable[[str], None]) -> Path:
+def _matching_nodes(path: Path, patterns: tuple[str, ...]) -> list[str]:
+    """Names of the nodes of the graph at `path` that match any of the fnmatch `patterns`; each must match."""
+    import fnmatch
+
+    import onnx
+
+    if not patterns:
+        return []
+    names = [node.name for node in onnx.load(str(path), load_external_data=False).graph.node]
+    unmatched = [p for p in patterns if not fnmatch.filter(names, p)]
+    if unmatched:
+        examples = ", ".join(n for n in names if n.endswith("MatMul"))[:300]
+        raise ConfigError(f"keep_fp32 pattern(s) {unmatched} match no node of the graph; MatMul nodes: {examples}")
+    return [n for n in names if any(fnmatch.fnmatchcase(n, p) for p in patterns)]
+
+
+def _smooth(
+    source: Path, target: Path, tokenizer_dir: Path, train: LabelledData, config: OptimizeConfig,
+    keep: list[str], max_length: int, say: Callable[[str], None],
+) -> Path:
+    from export._smooth import smooth_activations
+    from knowacq._model import length_sorted_batches
+
+    assert config.smooth is not None
+    started = time.perf_counter()
+    rng = np.random.default_rng(0)
+    rows = rng.choice(len(train), min(config.smooth.calibration_examples, len(train)), replace=False)
+    texts = [train.texts[i] for i in rows]
+    engine = Engine(source, tokenizer_dir, num_labels=len(train.label_names), max_length=max_length, provider="cpu")
+    batches = [engine.encode([texts[i] for i in idx])[0]
+               for idx in length_sorted_batches(np.array([len(t) for t in texts]), 32)]
+    ops = config.quantize_ops
+    skipped = set(keep)
+    count = smooth_activations(
+        source, target, batches, config.smooth.alpha, threads=engine.threads,
+        select=lambda op_type, name: (ops is None or op_type in ops) and name not in skipped,
+    )
+    say(f"smoothed {count} nodes (alpha {config.smooth.alpha}, {len(texts)} training rows) "
+        f"in {time.perf_counter() - started:.1f} s")
+    return target
+
+
+def _quantize(
+    source: Path, config_json: Path, folder: Path, config: OptimizeConfig, keep: list[str],
+    say: Callable[[str], None],
+) -> Path:
     import onnx
     from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
     from optimum.onnxruntime import ORTQuantizer
@@ -335,12 +395,15 @@ def _quantize(source: Path, config_json: Path, folder: Path, config: OptimizeCon
     graph = SymbolicShapeInference.infer_shapes(onnx.load(str(source)), auto_merge=True)
     onnx.save(graph, str(folder / "model.onnx"))
     shutil.copy(config_json, folder / "config.json")
-    qconfig = getattr(AutoQuantizationConfig, config.isa)(is_static=False, per_channel=config.per_channel)
+    qconfig = getattr(AutoQuantizationConfig, config.isa)(
+        is_static=False, per_channel=config.per_channel, nodes_to_exclude=keep,
+        operators_to_quantize=list(config.quantize_ops) if config.quantize_ops is not None else None,
+    )
     quantizer = ORTQuantizer.from_pretrained(folder, file_name="model.onnx")
     quantizer.quantize(qconfig, folder / "out")
     result = folder / "out" / "model_quantized.onnx"
-    say(f"quantised (dynamic int8, {config.isa}, per-channel={config.per_channel}) "
-        f"in {time.perf_counter() - started:.1f} s")
+    say(f"quantised (dynamic int8, {config.isa}, per-channel={config.per_channel}, "
+        f"{len(keep)} node(s) kept in fp32) in {time.perf_counter() - started:.1f} s")
     return result
 
 

@@ -104,8 +104,12 @@ class Engine:
         options.inter_op_num_threads = 1
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         providers = [_ORT_NAMES["cuda"], _ORT_NAMES["cpu"]] if want_cuda else [_ORT_NAMES["cpu"]]
+        # CPU: keep Add + LayerNormalization unfused; the CPU SkipLayerNormalization kernel is ~5x slower
+        # (see _ort_optimize in export/_optimize.py). Graphs that already hold the fused node keep it.
+        disabled = [] if want_cuda else ["SkipLayerNormFusion"]
         try:
-            self.session = ort.InferenceSession(str(model_file), options, providers=providers)
+            self.session = ort.InferenceSession(str(model_file), options, providers=providers,
+                                                disabled_optimizers=disabled)
         except Exception as exc:  # onnxruntime raises its own untyped errors
             raise ModelError(f"ONNX Runtime cannot load {model_file}: {exc}") from exc
         self.provider = "cuda" if self.session.get_providers()[0] == _ORT_NAMES["cuda"] else "cpu"

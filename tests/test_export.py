@@ -11,7 +11,17 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from export import PRESETS, GateConfig, OptimizeConfig, PruneConfig, RecoveryConfig, cpu_isa, preset, read_manifest
+from export import (
+    PRESETS,
+    GateConfig,
+    OptimizeConfig,
+    PruneConfig,
+    RecoveryConfig,
+    SmoothConfig,
+    cpu_isa,
+    preset,
+    read_manifest,
+)
 from export._optimize import optimize
 from export._runtime import Engine, Predictor
 from knowacq import ConfigError, ModelError, load_tsv
@@ -80,6 +90,47 @@ def test_pruned_variant_is_smaller(variants: dict[str, Path]) -> None:
     assert metrics["recovery"]["examples"] == 200
     pruned = (variants["cpu-int8-pruned"] / "model.onnx").stat().st_size
     assert pruned < (variants["cpu-int8"] / "model.onnx").stat().st_size
+
+
+def test_int8_presets_smooth_and_keep_the_chosen_nodes_in_fp32(variants: dict[str, Path], binary_sets) -> None:
+    manifest = read_manifest(variants["cpu-int8-pruned"])
+    gates = {g.name: g for g in manifest.gates}
+    assert gates["parity fp32 smoothed"].passed and "label agreement with fp32" in gates
+    assert manifest.config["smooth"] == {"alpha": 0.8, "calibration_examples": 512}
+    assert manifest.metrics["fp32_nodes"] == [
+        "/bert/encoder/layer.0/output/dense/MatMul", "/bert/encoder/layer.1/output/dense/MatMul",
+    ]
+    assert manifest.fused_operators.get("MatMul", 0) >= 2  # the two kept in fp32
+    assert manifest.fused_operators.get("MatMulInteger", 0) > 0
+    assert "QEmbedLayerNormalization" not in manifest.fused_operators  # embeddings stay fp32
+    dev = load_tsv(binary_sets[1], label_names=("negative", "positive"))
+    predictor = Predictor(variants["cpu-int8-pruned"])
+    assert np.mean(predictor.logits(list(dev.texts))[0].argmax(1) == dev.labels) >= 0.9
+
+
+def test_smoothing_does_not_change_the_fp32_function(variants: dict[str, Path], binary_sets,
+                                                      tmp_path: Path) -> None:
+    import onnx
+
+    from export._smooth import smooth_activations
+
+    folder = variants["cpu-fp32"]
+    engine = Engine(folder / "model.onnx", folder, num_labels=2, max_length=32, threads=1)
+    texts = list(load_tsv(binary_sets[0], label_names=("negative", "positive")).texts[:64])
+    batches = [engine.encode(texts[i : i + 16])[0] for i in range(0, 64, 16)]
+    count = smooth_activations(folder / "model.onnx", tmp_path / "smoothed.onnx", batches, 0.8,
+                               select=lambda op_type, name: op_type == "MatMul")
+    nodes = onnx.load(str(tmp_path / "smoothed.onnx")).graph.node
+    assert count == sum(n.name.endswith("/smooth") for n in nodes) > 0
+    smoothed = Engine(tmp_path / "smoothed.onnx", folder, num_labels=2, max_length=32, threads=1)
+    np.testing.assert_allclose(smoothed.logits(texts)[0], engine.logits(texts)[0], atol=1e-4)
+
+
+def test_keep_fp32_patterns_must_match_a_node(model_dir: Path, tmp_path: Path) -> None:
+    config = dataclasses.replace(preset("cpu-int8"), keep_fp32=("*/layer.0/output/dense/MatMul", "*/no_such_node"))
+    with pytest.raises(ConfigError, match=r"keep_fp32 pattern\(s\) \['\*/no_such_node'\] match no node"):
+        optimize(model_dir, config, tmp_path / "v", **QUIET)
+    assert not (tmp_path / "v").exists()
 
 
 def test_gpu_fp16_runs_on_the_cpu_provider_without_a_gpu(variants: dict[str, Path]) -> None:
@@ -204,12 +255,24 @@ def test_optimize_cli(model_dir: Path, tmp_path: Path) -> None:
         ({"quantize": "dynamic-int8", "fp16": True}, "int8 or fp16, not both"),
         ({"isa": "sse2"}, "isa must be 'auto' or one of"),
         ({"recovery": RecoveryConfig()}, "only follows pruning"),
+        ({"smooth": SmoothConfig()}, "only apply to int8"),
+        ({"keep_fp32": ("*/MatMul",)}, "only apply to int8"),
+        ({"quantize": "dynamic-int8", "quantize_ops": ("Softmax",)}, "quantize_ops must name one or more of"),
+        ({"quantize": "dynamic-int8", "quantize_ops": ()}, "quantize_ops must name one or more of"),
+        ({"quantize": "dynamic-int8", "keep_fp32": "*/MatMul"}, "sequence of non-empty strings"),
         ({"opset": 9}, r"opset must be in \[14, 21\]"),
     ],
 )
 def test_invalid_recipes(changes: dict, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         OptimizeConfig("x", **changes)
+
+
+def test_invalid_smoothing() -> None:
+    with pytest.raises(ConfigError, match=r"smooth alpha must be in \(0, 1\], got 0"):
+        SmoothConfig(alpha=0)
+    with pytest.raises(ConfigError, match=r"calibration_examples must be in \[1, 1000000\], got 0"):
+        SmoothConfig(calibration_examples=0)
 
 
 def test_cpu_isa_from_flags(tmp_path: Path, monkeypatch) -> None:
