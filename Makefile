@@ -61,6 +61,8 @@ serve: $(VENV)/.installed
 	@echo "  curl -s -X POST http://127.0.0.1:$(PORT)/classify -H 'Content-Type: application/json' \\"
 	@echo "       -d '{\"texts\": [\"a gripping, beautifully acted film\", \"flat and far too long\"]}'"
 	@echo "  curl -s http://127.0.0.1:$(PORT)/model"
+	@echo "  curl -s -X POST http://127.0.0.1:$(PORT)/classify -H 'Content-Type: application/json' -d '{\"texts\": [\"so-so\"]}'"
+	@echo "  #   ^ low-confidence, so recorded: feedback takes its prediction_id"
 	@echo "  curl -s -X POST http://127.0.0.1:$(PORT)/feedback -H 'Content-Type: application/json' \\"
 	@echo "       -H 'Authorization: Bearer $(TOKEN)' -d '{\"prediction_id\": \"<id from classify>\", \"label\": \"negative\"}'"
 	@echo "  curl -s http://127.0.0.1:$(PORT)/metrics | grep ^knowacq_"

@@ -1,7 +1,8 @@
 """`knowacq bench-serve`: the real server over loopback against the in-process engine, in one run.
 
-Starts `bentoml serve` on a free port with a throw-away feedback store, drives POST /classify with one
-text per request at each concurrency (an asyncio client: aiohttp, which BentoML already installs), and
+Starts `bentoml serve` on a free port with a throw-away feedback store, drives POST /classify with
+`texts_per_request` texts per request (default 1) at each concurrency (an asyncio client: aiohttp, which
+BentoML already installs), and
 times the same variant in-process on the same texts (length-sorted batches of the server's batch size)
 before and after the served runs; the engine figure is the better of the two. Writes JSON and Markdown.
 """
@@ -39,7 +40,7 @@ def _default_texts(variant: Path) -> Path:
 
 
 async def _drive(url: str, texts: Sequence[str], concurrency: int, duration_s: float,
-                 warmup_s: float) -> dict[str, Any]:
+                 warmup_s: float, per_request: int = 1) -> dict[str, Any]:
     import aiohttp
 
     latencies: list[float] = []
@@ -60,10 +61,11 @@ async def _drive(url: str, texts: Sequence[str], concurrency: int, duration_s: f
                 sent = time.perf_counter()
                 if sent >= stop_at:
                     return
-                text = texts[counter % len(texts)]
+                start = counter * per_request
+                chunk = [texts[(start + j) % len(texts)] for j in range(per_request)]
                 counter += 1
                 try:
-                    async with session.post(f"{url}/classify", json={"texts": [text]}) as resp:
+                    async with session.post(f"{url}/classify", json={"texts": chunk}) as resp:
                         await resp.read()
                         status = resp.status
                 except (aiohttp.ClientError, asyncio.TimeoutError):
@@ -74,7 +76,7 @@ async def _drive(url: str, texts: Sequence[str], concurrency: int, duration_s: f
                 statuses[status] = statuses.get(status, 0) + 1
                 if status == 200:
                     latencies.append(end - sent)
-                    done_texts += 1
+                    done_texts += per_request
                 else:
                     errors += 1
 
@@ -83,6 +85,7 @@ async def _drive(url: str, texts: Sequence[str], concurrency: int, duration_s: f
     lat = np.array(latencies) * 1000 if latencies else np.array([float("nan")])
     return {
         "concurrency": concurrency,
+        "texts_per_request": per_request,
         "requests": int(sum(statuses.values())),
         "texts_per_s": done_texts / elapsed,
         "requests_per_s": sum(statuses.values()) / elapsed,
@@ -117,6 +120,7 @@ def bench_serve(
     duration_s: float = 20.0,
     warmup_s: float = 3.0,
     max_texts: int = 872,
+    texts_per_request: int = 1,
     settings: dict[str, Any] | None = None,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
@@ -146,7 +150,7 @@ def bench_serve(
         with ServerProcess(env, log_file=log_file, cwd=Path(tmp)) as server:
             for c in concurrencies:
                 log(f"served: concurrency {c} for {duration_s:.0f} s ...")
-                row = asyncio.run(_drive(server.url, texts, c, duration_s, warmup_s))
+                row = asyncio.run(_drive(server.url, texts, c, duration_s, warmup_s, texts_per_request))
                 log(f"  {row['texts_per_s']:.1f} texts/s, p50 {row['p50_ms']:.1f} ms, p99 {row['p99_ms']:.1f} ms, "
                     f"errors {row['errors']}")
                 served.append(row)
@@ -162,7 +166,7 @@ def bench_serve(
         "variant": read_manifest(variant, verify_hash=False).variant,
         "data": str(data_file),
         "texts": len(texts),
-        "texts_per_request": 1,
+        "texts_per_request": texts_per_request,
         "engine_texts_per_s": engine,
         "engine_runs_texts_per_s": [engine_before, engine_after],
         "settings": config.public(),
@@ -177,7 +181,8 @@ def bench_serve(
 
 def _markdown(r: dict[str, Any]) -> str:
     lines = [
-        f"Variant `{r['variant']}` served by BentoML on loopback, one text per request, {r['texts']} texts from "
+        f"Variant `{r['variant']}` served by BentoML on loopback, {r['texts_per_request']} text(s) per request, "
+        f"{r['texts']} texts from "
         f"`{r['data']}`; {r['machine']['cpu']}, {r['machine']['threads']} threads. In-process engine (same "
         f"texts, length-sorted batches of {r['settings']['max_batch_size']}): "
         f"**{r['engine_texts_per_s']:.1f} texts/s**.",

@@ -34,9 +34,11 @@ class Settings:
     """KNOWACQ_MIN_CONFIDENCE: predictions whose calibrated score is below this are captured."""
     min_margin: float = 0.25
     """KNOWACQ_MIN_MARGIN: ... or whose top-1 minus top-2 probability is below this."""
-    record: str = "all"
-    """KNOWACQ_RECORD: "all" stores every prediction (so any prediction_id can get feedback);
-    "captured" stores only low-confidence ones (feedback on the others answers 404)."""
+    record: str = "captured"
+    """KNOWACQ_RECORD: "captured" stores only low-confidence predictions (feedback on the others answers 404;
+    answers say `recorded`); "all" stores every prediction, so that any prediction_id can get feedback.
+    Measured with bench-serve (cpu-int8-pruned, 8 texts per request, concurrency 32): "all" served 0.55x of
+    the in-process engine, "captured" 0.80x: redacting and writing every text costs that much."""
     max_texts: int = 64
     """KNOWACQ_MAX_TEXTS: texts per request; more is refused with 413."""
     max_body_bytes: int = 1_000_000
@@ -49,7 +51,7 @@ class Settings:
     bucket_tokens: int = 8
     """KNOWACQ_BUCKET_TOKENS: inside a batch, texts are grouped by token count in buckets this wide, so that
     padding costs at most this many tokens per text (measured on SST-2 dev, 32 random texts per batch,
-    fp32 on 2 cores: one padded group ran at 0.70x of globally length-sorted batches, groups of 8 at 0.90x).
+    fp32 on 2 cores: one padded group ran at 0.68x of globally length-sorted batches, 8-token buckets at 1.00x).
     On CUDA the buckets are powers of two from 16."""
     max_latency_ms: int = 2000
     """KNOWACQ_MAX_LATENCY_MS: a request that would wait longer than this in the batching queue is refused

@@ -245,6 +245,7 @@ def bench_serve(
         exists=True, dir_okay=False, help="TSV whose texts are sent [default: the model's recorded dev file].")] = None,
     concurrency: Annotated[str, typer.Option(help="Comma-separated client concurrencies.")] = "1,8,32",
     duration: Annotated[float, typer.Option(min=1, help="Seconds measured per concurrency.")] = 20.0,
+    texts_per_request: Annotated[int, typer.Option(min=1, help="Texts in each request.")] = 1,
 ) -> None:
     """Drive the real server over loopback and compare with the in-process engine on the same texts."""
     from bento._bench_serve import bench_serve as run
@@ -255,7 +256,8 @@ def bench_serve(
         raise ConfigError(f"--concurrency must be comma-separated integers, got {concurrency!r}") from None
     if not levels or min(levels) < 1:
         raise ConfigError(f"--concurrency must be positive integers, got {concurrency!r}")
-    run(model, out_file, data=data, concurrencies=levels, duration_s=duration, log=lambda line: err.print(line))
+    run(model, out_file, data=data, concurrencies=levels, duration_s=duration, texts_per_request=texts_per_request,
+        log=lambda line: err.print(line))
     out.print(out_file.with_suffix(".md").read_text())
     out.print(f"results: {out_file} (+ .md)")
 

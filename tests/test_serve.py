@@ -92,7 +92,7 @@ def test_feedback_bodies() -> None:
 # the core -----------------------------------------------------------------------------------------
 
 def test_classify_answers_and_records(fp32_variant: Path, tmp_path: Path) -> None:
-    core, registry = make_core(fp32_variant, tmp_path)
+    core, registry = make_core(fp32_variant, tmp_path, record="all")
     texts = ["great lovely film", "awful boring plot", "the film was quite " * 40]
     answers = core.classify(texts)
     assert len(answers) == 3
@@ -124,14 +124,14 @@ def test_low_confidence_predictions_are_captured_with_personal_data_redacted(fp3
     assert "bob@example.com" not in stored.text and "[EMAIL]" in stored.text and "[PHONE]" in stored.text
     assert metric(registry, "knowacq_low_confidence_captures_total") == 1
 
-    confident, _ = make_core(fp32_variant, tmp_path / "b", min_confidence=0.0, min_margin=0.0, record="captured")
+    confident, _ = make_core(fp32_variant, tmp_path / "b", min_confidence=0.0, min_margin=0.0)  # the default
     answer = confident.classify(["great lovely film"])[0]
     assert answer["low_confidence"] is False and answer["recorded"] is False
     assert confident.store.get_prediction(answer["prediction_id"]) is None
 
 
 def test_batching_never_changes_answers(fp32_variant: Path, tmp_path: Path) -> None:
-    core, _ = make_core(fp32_variant, tmp_path, max_batch_size=4)
+    core, _ = make_core(fp32_variant, tmp_path, max_batch_size=4, record="all")
     rng = np.random.default_rng(0)
     words = ["great", "awful", "film", "plot", "the", "quite", "lovely", "boring"]
     texts = [" ".join(rng.choice(words, size=int(n))) for n in rng.integers(1, 40, size=23)]
@@ -145,7 +145,7 @@ def test_batching_never_changes_answers(fp32_variant: Path, tmp_path: Path) -> N
 
 
 def test_feedback_token_ids_and_labels(fp32_variant: Path, tmp_path: Path) -> None:
-    core, registry = make_core(fp32_variant, tmp_path)
+    core, registry = make_core(fp32_variant, tmp_path, record="all")
     pid = core.classify(["great film"])[0]["prediction_id"]
     for header in (None, "", "Bearer", "Bearer wrong", f"Basic {TOKEN}", TOKEN):
         with pytest.raises(AuthError):
@@ -167,7 +167,7 @@ def test_feedback_token_ids_and_labels(fp32_variant: Path, tmp_path: Path) -> No
 
 
 def test_store_failure_still_answers_and_is_counted(fp32_variant: Path, tmp_path: Path) -> None:
-    core, registry = make_core(fp32_variant, tmp_path)
+    core, registry = make_core(fp32_variant, tmp_path, record="all")
     core.store.engine.dispose()
     import sqlalchemy as sa
 
@@ -184,12 +184,13 @@ def test_model_info_and_readiness(fp32_variant: Path, tmp_path: Path) -> None:
     info = core.model_info()
     assert info["labels"] == ["negative", "positive"] and info["provider"] == "cpu"
     assert info["thresholds"] == {"min_confidence": 0.75, "min_margin": 0.25}
+    assert info["settings"]["record"] == "captured"
     assert TOKEN not in json.dumps(info)
     assert core.readiness() == (200, {"model_version": core.model_version, "provider": "cpu", "status": "ready"})
 
 
 def test_metric_names_carry_namespace_and_no_user_text(fp32_variant: Path, tmp_path: Path) -> None:
-    core, registry = make_core(fp32_variant, tmp_path)
+    core, registry = make_core(fp32_variant, tmp_path, record="all")
     core.classify(["a secret sentence about bob@example.com"])
     exposition = generate_latest(registry).decode()
     assert "secret" not in exposition and "bob@" not in exposition

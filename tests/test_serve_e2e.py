@@ -20,7 +20,7 @@ TOKEN = "e2e-token-123"
 def server(fp32_variant: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     folder = tmp_path_factory.mktemp("e2e")
     settings = {"model": str(fp32_variant), "api_token": TOKEN, "store_url": f"sqlite:///{folder / 'store.db'}",
-                "max_texts": 16, "threads": 1}
+                "max_texts": 16, "threads": 1, "record": "all"}
     with ServerProcess(settings, log_file=folder / "server.log", cwd=folder) as proc:
         proc.log_path = folder / "server.log"  # type: ignore[attr-defined]
         yield proc
@@ -199,7 +199,7 @@ def test_two_workers_share_the_store_and_add_up_their_metrics(fp32_variant: Path
     """Two BentoML worker processes write one SQLite file; /metrics sums both; nothing is lost."""
     store = tmp_path / "store.db"
     settings = {"model": str(fp32_variant), "api_token": TOKEN, "store_url": f"sqlite:///{store}",
-                "workers": 2, "threads": 1}
+                "workers": 2, "threads": 1, "record": "all"}
     texts = [f"text {i} was {'great' if i % 3 else 'dull'}" for i in range(120)]
     with ServerProcess(settings, log_file=tmp_path / "server.log", cwd=tmp_path) as server:
         def one(text: str) -> httpx.Response:
