@@ -38,6 +38,7 @@ if not logging.getLogger("knowacq").handlers:  # BentoML configures only its own
                                             "%Y-%m-%dT%H:%M:%S%z"))
     logging.getLogger("knowacq").addHandler(_handler)
     logging.getLogger("knowacq").setLevel(logging.INFO)
+    logging.getLogger("knowacq").propagate = False  # BentoML's root handler would print each line again
 
 SETTINGS = Settings.from_env()
 STATE = State()
