@@ -37,8 +37,8 @@ class Settings:
     record: str = "captured"
     """KNOWACQ_RECORD: "captured" stores only low-confidence predictions (feedback on the others answers 404;
     answers say `recorded`); "all" stores every prediction, so that any prediction_id can get feedback.
-    Measured with bench-serve (cpu-int8-pruned, 8 texts per request, concurrency 32): "all" served 0.55x of
-    the in-process engine, "captured" 0.80x: redacting and writing every text costs that much."""
+    Measured with bench-serve (cpu-int8-pruned, 8 texts per request, concurrency 32, 20 s): "all" served
+    0.55x of the in-process engine, "captured" 0.65x: redacting and writing every text costs that much."""
     max_texts: int = 64
     """KNOWACQ_MAX_TEXTS: texts per request; more is refused with 413."""
     max_body_bytes: int = 1_000_000
