@@ -24,7 +24,14 @@ from bento._settings import Settings
 from knowacq._metrics import softmax
 from knowacq._redact import redact
 from knowacq._store import FeedbackStore, PredictionRecord
-from knowacq.errors import AuthError, InvalidInputError, StoreError, UnknownLabelError
+from knowacq.errors import (
+    AuthError,
+    InvalidInputError,
+    PayloadTooLargeError,
+    StoreError,
+    UnknownLabelError,
+    UnknownPredictionError,
+)
 
 __all__ = ["ClassifierCore", "Item", "parse_classify", "parse_feedback", "parse_reload"]
 
@@ -55,8 +62,6 @@ def parse_classify(body: Any, max_texts: int) -> list[str]:
     if not texts:
         raise InvalidInputError("'texts' is empty; send at least one text", field="texts")
     if len(texts) > max_texts:
-        from knowacq.errors import PayloadTooLargeError
-
         raise PayloadTooLargeError(
             f"{len(texts)} texts in one request; at most {max_texts} are accepted (split the request)",
             field="texts")
@@ -269,11 +274,8 @@ class ClassifierCore:
             self.metrics.feedback.labels(outcome="store_error").inc()
             self.metrics.store_failures.labels(kind="labels").inc()
             raise
-        except Exception as exc:
-            from knowacq.errors import UnknownPredictionError
-
-            if isinstance(exc, UnknownPredictionError):
-                self.metrics.feedback.labels(outcome="unknown_prediction").inc()
+        except UnknownPredictionError:
+            self.metrics.feedback.labels(outcome="unknown_prediction").inc()
             raise
         self.metrics.feedback.labels(outcome=outcome).inc()
         return {"prediction_id": prediction_id, "label": label, "outcome": outcome}
