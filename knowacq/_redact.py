@@ -17,15 +17,19 @@ __all__ = ["Redaction", "redact"]
 
 _EMAIL = re.compile(r"(?<![\w.+-])[\w.+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}\b")
 _URL = re.compile(r"\b(?:(?:https?|ftp)://|www\.)[^\s<>\"']+", re.IGNORECASE)
-_IBAN = re.compile(r"\b[A-Z]{2}\d{2}(?:[ ]?[A-Z0-9]{4}){2,7}(?:[ ]?[A-Z0-9]{1,4})?\b")
+# Case-insensitive: people type IBANs in lower case too; the mod-97 check keeps ordinary words out.
+_IBAN = re.compile(r"\b[A-Z]{2}\d{2}(?:[ ]?[A-Z0-9]{4}){2,7}(?:[ ]?[A-Z0-9]{1,4})?\b", re.IGNORECASE)
 _CARD = re.compile(r"(?<![\d+])(?:\d[ -]?){12,18}\d(?!\d)")
-_IPV4 = re.compile(r"(?<![\d.])(?:\d{1,3}\.){3}\d{1,3}(?![\d.])")
+# A full stop after the address ends the sentence; a further digit group would make it something else.
+_IPV4 = re.compile(r"(?<![\d.])(?:\d{1,3}\.){3}\d{1,3}(?!\d|\.\d)")
 _IPV6 = re.compile(r"(?<![\w:])(?:[0-9A-Fa-f]{0,4}:){2,7}[0-9A-Fa-f]{0,4}(?:%\w+)?(?![\w:])")
 # A phone number: optional +country code, then digit groups split by spaces, dots, dashes or brackets.
 _PHONE = re.compile(
     r"(?<![\w+])(?:\+\d{1,3}[\s.-]?)?(?:\(\d{1,5}\)[\s.-]?)?\d{1,5}(?:[\s.-]\d{1,8}){1,5}(?![\w])"
     r"|(?<![\w+])\+\d{7,15}(?!\w)"
     r"|(?<![\w+])0\d{9,11}(?!\w)"
+    # German-style area code and number split by a slash (030/1234567); dates (01/05/2003) do not match.
+    r"|(?<![\w+/])0\d{2,5}/\d{4,10}(?![\w/])"
 )
 
 
@@ -47,11 +51,18 @@ def _luhn(digits: str) -> bool:
 
 
 def _iban_ok(candidate: str) -> bool:
-    value = candidate.replace(" ", "")
+    value = candidate.replace(" ", "").upper()
     if not 15 <= len(value) <= 34:
         return False
     rearranged = value[4:] + value[:4]
     return int("".join(str(int(c, 36)) for c in rearranged)) % 97 == 1
+
+
+def _iban_prefix(candidate: str) -> int:
+    """Length of the longest prefix of `candidate`, ending at a space, that is a valid IBAN (0: none). The
+    pattern is case-insensitive, so a following word ("... 3000 bitte") can be taken for a last group."""
+    cuts = [len(candidate)] + [i for i in range(len(candidate) - 1, 0, -1) if candidate[i] == " "]
+    return next((cut for cut in cuts if _iban_ok(candidate[:cut])), 0)
 
 
 def _ip_ok(candidate: str) -> bool:
@@ -83,16 +94,19 @@ def redact(text: str) -> Redaction:
 
         def repl(match: re.Match[str]) -> str:
             value = match.group(0)
-            if check is not None and not check(value):  # type: ignore[operator]
+            verdict = True if check is None else check(value)  # type: ignore[operator]
+            if not verdict:
                 return value
             found[kind] += 1
-            return f"[{kind}]"
+            # A check may answer how long the valid part is: the rest (a word that looked like a group) stays.
+            end = len(value) if verdict is True else int(verdict)
+            return f"[{kind}]" + value[end:]
 
         text = pattern.sub(repl, text)
 
     sub(_EMAIL, "EMAIL")
     sub(_URL, "URL")
-    sub(_IBAN, "IBAN", _iban_ok)
+    sub(_IBAN, "IBAN", _iban_prefix)
     sub(_CARD, "CARD", lambda v: 13 <= len(re.sub(r"\D", "", v)) <= 19 and _luhn(re.sub(r"\D", "", v)))
     sub(_IPV4, "IP", _ip_ok)
     sub(_IPV6, "IP", lambda v: v.count(":") >= 2 and _ip_ok(v))
