@@ -197,3 +197,12 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
     request.addfinalizer(drop)
     return f"{POSTGRES_URL}?options=-csearch_path%3D{schema}"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):
+    """Keeps each test's call report on the item, so that fixtures (the reliability figures) see the outcome."""
+    outcome = yield
+    report = outcome.get_result()
+    if report.when == "call":
+        item.rep_call = report  # type: ignore[attr-defined]

@@ -1,4 +1,6 @@
-"""Reliability suite: short by default (part of `make test` and CI), full with KNOWACQ_RELIABILITY=full
+"""Shared parts of the reliability suite (imported by its modules; the outcome hook is in tests/conftest.py).
+
+Reliability suite: short by default (part of `make test` and CI), full with KNOWACQ_RELIABILITY=full
 (`make reliability`). Every test records its figures with the `figures` fixture: one JSON file per test in
 KNOWACQ_RELIABILITY_OUT (default: a temporary folder), which `tests/reliability/report.py` turns into a table.
 """
@@ -8,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -38,14 +40,6 @@ def figures(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
     (out / f"{name}.json").write_text(json.dumps(record, indent=2, default=str) + "\n")
 
 
-@pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
-    outcome = yield
-    report = outcome.get_result()
-    if report.when == "call":
-        item.rep_call = report  # type: ignore[attr-defined]
-
-
 @pytest.fixture(scope="session")
 def second_variant(tiny_base: Path, binary_sets, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Another fine-tune of the tiny BERT (different seed, so a different model_version), exported cpu-fp32."""
@@ -70,4 +64,18 @@ def log_text(path: Path) -> str:
     return path.read_text(errors="replace") if path.is_file() else ""
 
 
-Check = Callable[[str], None]
+TOKEN = "rel-token-5f1c2b9e"
+"""The bearer token of the suite's servers: no log line or error body may ever contain it."""
+
+
+@pytest.fixture(scope="session")
+def fuzz_server(fp32_variant: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """One real `bentoml serve` for fuzzing and auth: every prediction recorded, SQLite store, token set."""
+    from bento._launch import ServerProcess
+
+    folder = tmp_path_factory.mktemp("fuzz-server")
+    settings = {"model": str(fp32_variant), "api_token": TOKEN, "store_url": f"sqlite:///{folder / 'store.db'}",
+                "max_texts": 16, "threads": 1, "record": "all", "reload_poll_s": 0}
+    with ServerProcess(settings, log_file=folder / "server.log", cwd=folder) as server:
+        server.log_path = folder / "server.log"  # type: ignore[attr-defined]
+        yield server
