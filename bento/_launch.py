@@ -123,15 +123,45 @@ class ServerProcess:
         return errors[-1].strip() if errors else f"see {self.log_file}"
 
     def stop(self, grace: float = 20.0) -> int | None:
-        """SIGTERM to the whole process group, then SIGKILL after `grace` seconds; the exit code."""
+        """SIGTERM to the whole process group, then SIGKILL to every process of the server after `grace`
+        seconds; the exit code."""
         if self.process is None or self.process.poll() is not None:
             return None if self.process is None else self.process.returncode
         os.killpg(self.process.pid, signal.SIGTERM)
         try:
             return self.process.wait(grace)
         except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            return self.process.wait(10)
+            return self.kill()
+
+    def worker_pids(self) -> list[int]:
+        """Process ids of the server's descendants (BentoML's workers)."""
+        import psutil
+
+        if self.process is None:
+            return []
+        try:
+            return [p.pid for p in psutil.Process(self.process.pid).children(recursive=True)]
+        except psutil.NoSuchProcess:
+            return []
+
+    def kill(self) -> int | None:
+        """SIGKILL to the server and all its workers at once, like the end of a container (kill -9).
+        BentoML starts each worker in a session of its own, so killing the process group is not enough."""
+        if self.process is None:
+            return None
+        import psutil
+
+        try:
+            family = [psutil.Process(self.process.pid), *psutil.Process(self.process.pid).children(recursive=True)]
+        except psutil.NoSuchProcess:
+            family = []
+        for proc in family:
+            try:
+                proc.kill()
+            except psutil.NoSuchProcess:
+                pass
+        psutil.wait_procs(family, timeout=10)
+        return self.process.wait(10)
 
 
 def import_to_model_store(variant: Path, name: str) -> str:
