@@ -42,6 +42,16 @@ class State:
     def __init__(self) -> None:
         self.core: Any = None
         self.settings: Any = None
+        self.in_flight = 0
+        """POST requests being handled by this worker (the guard counts them)."""
+        self.last_request = 0.0
+        """time.monotonic() when the latest POST request arrived or finished."""
+        self.draining = False
+        """Set on SIGTERM: requests are still answered, but /readyz says 503 draining."""
+
+    def idle_for(self) -> float:
+        """Seconds with no POST request in flight (0 while one is)."""
+        return 0.0 if self.in_flight else time.monotonic() - self.last_request
 
 
 async def _respond(send: Send, status: int, body: dict[str, Any], headers: list[tuple[bytes, bytes]] = ()) -> None:
@@ -58,8 +68,6 @@ class RequestGuard:
     def __init__(self, app: Callable[..., Awaitable[None]], *, state: State) -> None:
         self.app = app
         self.state = state
-        self.in_flight = 0
-        """POST requests being handled by this worker; over the settings' max_concurrency: 429 at once."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -85,17 +93,20 @@ class RequestGuard:
                            [(b"retry-after", b"1")])
             return
         start = time.perf_counter()
-        if self.in_flight >= core.settings.max_concurrency:
+        state = self.state
+        state.last_request = time.monotonic()
+        if state.in_flight >= core.settings.max_concurrency:  # over the limit: 429 at once
             core.metrics.fail("overloaded")
             await _respond(send, 429, {"error": f"too many requests in flight (limit "
                                                 f"{core.settings.max_concurrency}); retry later",
                                        "reason": "overloaded"}, [(b"retry-after", b"1")])
             return
-        self.in_flight += 1
+        state.in_flight += 1
         try:
             await self._guarded(scope, receive, send, core, endpoint, start)
         finally:
-            self.in_flight -= 1
+            state.in_flight -= 1
+            state.last_request = time.monotonic()
 
     async def _guarded(self, scope: Scope, receive: Receive, send: Send, core: Any, endpoint: str,
                        start: float) -> None:
@@ -188,6 +199,9 @@ class RequestGuard:
         core = self.state.core
         if core is None:
             await _respond(send, 503, {"status": "loading"})
+            return
+        if self.state.draining:  # shutting down: load balancers should stop sending, requests still work
+            await _respond(send, 503, {"status": "draining"})
             return
         import anyio
 

@@ -64,6 +64,13 @@ class Settings:
     reload_poll_s: float = 5.0
     """KNOWACQ_RELOAD_POLL_S: how often each worker checks the store for a newly promoted model (0: never;
     POST /admin/reload still switches the worker that receives it)."""
+    drain_s: float = 10.0
+    """KNOWACQ_DRAIN_S: on SIGTERM a worker keeps answering (GET /readyz says 503 draining) until no request has
+    been in flight for `drain_quiet_s`, at most this many seconds; then it shuts down, finishing what is in
+    flight. Keep it below the orchestrator's grace period (Kubernetes: 30 s). 0: shut down at once (requests
+    queued in the socket but not yet read are then cut). A second SIGTERM also shuts down at once."""
+    drain_quiet_s: float = 0.5
+    """KNOWACQ_DRAIN_QUIET_S: how long a draining worker must see no request before it shuts down."""
     workers: int = 1
     """KNOWACQ_WORKERS: BentoML worker processes. ONNX Runtime already uses every allowed core in one."""
     threads: int = 0
@@ -76,6 +83,9 @@ class Settings:
             raise ConfigError(f"KNOWACQ_PROVIDER must be auto, cpu or cuda, got {self.provider!r}")
         if self.record not in ("all", "captured"):
             raise ConfigError(f"KNOWACQ_RECORD must be 'all' or 'captured', got {self.record!r}")
+        if not 0.0 <= self.drain_s <= 3_600 or not 0.0 < self.drain_quiet_s <= 60:
+            raise ConfigError(f"KNOWACQ_DRAIN_S must be in [0, 3600] and KNOWACQ_DRAIN_QUIET_S in (0, 60], got "
+                              f"{self.drain_s} and {self.drain_quiet_s}")
         if not 0.0 <= self.reload_poll_s <= 86_400:
             raise ConfigError(f"KNOWACQ_RELOAD_POLL_S must be in [0, 86400], got {self.reload_poll_s}")
         for name in ("min_confidence", "min_margin"):

@@ -45,6 +45,44 @@ STATE = State()
 STATE.settings = SETTINGS
 
 
+def _drain_on_sigterm(state: State, settings: Settings) -> None:
+    """Make the worker's uvicorn drain before it stops: on the first SIGTERM (or SIGINT) it keeps answering
+    until no request has been in flight for `drain_quiet_s` (at most `drain_s`), and only then starts
+    uvicorn's own graceful shutdown. Without this, uvicorn closes connections it has accepted but not yet
+    read, and the clients of those requests see a connection reset.
+
+    uvicorn (which BentoML's worker runs) installs `Server.handle_exit` as its signal handler when it starts
+    serving, after this module is imported, so the method is wrapped here once per process."""
+    import uvicorn
+
+    original = uvicorn.Server.handle_exit
+    if getattr(original, "_knowacq_drain", False) or settings.drain_s <= 0:
+        return
+
+    def handle_exit(server: Any, sig: int, frame: Any) -> None:
+        if state.draining:  # a second signal: stop now
+            original(server, sig, frame)
+            return
+        state.draining = True
+        log.info("signal %d: draining (answering until idle for %.1f s, at most %.0f s)", sig,
+                 settings.drain_quiet_s, settings.drain_s)
+
+        def finish() -> None:
+            deadline = time.monotonic() + settings.drain_s
+            while time.monotonic() < deadline and state.idle_for() < settings.drain_quiet_s:
+                time.sleep(0.05)
+            log.info("drained; shutting down (%d request(s) still in flight finish first)", state.in_flight)
+            original(server, sig, frame)
+
+        threading.Thread(target=finish, name="knowacq-drain", daemon=True).start()
+
+    handle_exit._knowacq_drain = True  # type: ignore[attr-defined]
+    uvicorn.Server.handle_exit = handle_exit  # type: ignore[method-assign]
+
+
+_drain_on_sigterm(STATE, SETTINGS)
+
+
 def resolve_model(spec: str) -> Path:
     """An exported variant folder from a path, or from a BentoML model-store tag."""
     path = Path(spec).expanduser()
