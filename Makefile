@@ -20,7 +20,7 @@ export TOKENIZERS_PARALLELISM := false
 DEMO_PRESETS ?= cpu-int8-pruned cpu-int8 cpu-fp32
 BENCH_PRESETS ?= cpu-fp32 cpu-int8 cpu-int8-pruned
 
-.PHONY: demo serve serve-bench test bench install clean
+.PHONY: demo serve serve-bench test bench reliability install clean
 
 install: $(VENV)/.installed
 
@@ -89,6 +89,15 @@ serve-bench: $(VENV)/.installed
 
 test: $(VENV)/.installed
 	$(BIN)/pytest
+
+# The reliability suite at full size (about 20 minutes on 2 cores; `make test` runs a short version of each
+# part): fuzzing, load and overload, kill -9 cycles on SQLite and Postgres, drain, hot swap, auth, PII.
+# Figures: $(RUNS)/reliability/*.json and the table in $(RUNS)/reliability/summary.md (see docs/reliability.md).
+reliability: $(VENV)/.installed
+	rm -rf $(RUNS)/reliability
+	KNOWACQ_RELIABILITY=full KNOWACQ_RELIABILITY_OUT=$(abspath $(RUNS))/reliability \
+	    $(BIN)/pytest tests/reliability --timeout 3600 -q
+	$(BIN)/python tests/reliability/report.py $(RUNS)/reliability | tee $(RUNS)/reliability/summary.md
 
 clean:
 	rm -rf $(RUNS) .pytest_cache build *.egg-info

@@ -1,0 +1,30 @@
+"""Load for the reliability suite (locust, headless): POST /classify with 4 short texts per request.
+
+KNOWACQ_LOAD_RATE: requests per second per user (0: as fast as each user can). Refusals (429, 503) and
+other errors are reported as failures named by status, so the CSV tells them apart.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+
+from locust import FastHttpUser, constant, constant_throughput, task
+
+RATE = float(os.environ.get("KNOWACQ_LOAD_RATE", "0"))
+WORDS = ["great", "awful", "lovely", "dull", "the", "film", "was", "really", "quite", "story", "plot", "and"]
+
+
+class Classifier(FastHttpUser):
+    wait_time = constant_throughput(RATE) if RATE > 0 else constant(0)
+    network_timeout = 30.0
+    connection_timeout = 10.0
+
+    @task
+    def classify(self) -> None:
+        texts = [" ".join(random.choices(WORDS, k=random.randint(3, 16))) for _ in range(4)]
+        with self.client.post("/classify", json={"texts": texts}, catch_response=True) as response:
+            if response.status_code == 200:
+                response.success()
+            else:
+                response.failure(f"status {response.status_code}")

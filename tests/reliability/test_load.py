@@ -1,0 +1,109 @@
+"""Load on loopback with locust (headless): the measured maximum, then about 80% of it with zero errors and
+latency percentiles, then 2x the maximum (only 429/503 refusals, nothing else), and readiness plus normal
+latency back within 5 s once the overload stops."""
+
+from __future__ import annotations
+
+import csv
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from _rel import TOKEN, figures, scale  # noqa: F401 - fixture
+
+from bento._launch import ServerProcess
+
+LOCUSTFILE = Path(__file__).with_name("locustfile.py")
+pytestmark = pytest.mark.timeout(1200)
+
+
+def locust(url: str, out: Path, name: str, users: int, seconds: int, rate_per_user: float = 0.0) -> dict[str, Any]:
+    """One headless locust run; its aggregated stats and failures by status."""
+    import os
+
+    prefix = out / name
+    env = {**os.environ, "KNOWACQ_LOAD_RATE": str(rate_per_user)}
+    started = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless", "--only-summary", "-u", str(users),
+         "-r", str(users), "-t", f"{seconds}s", "--host", url, "--csv", str(prefix), "--loglevel", "WARNING",
+         "--stop-timeout", "10"],
+        capture_output=True, text=True, timeout=seconds + 120, env=env)
+    wall = time.monotonic() - started
+    stats = prefix.with_name(f"{name}_stats.csv")
+    if not stats.is_file():
+        raise AssertionError(f"locust wrote no stats (exit {done.returncode}):\n{done.stderr[-3000:]}")
+    with stats.open() as handle:
+        total = next(r for r in csv.DictReader(handle) if r["Name"] == "Aggregated")
+    failures: dict[str, int] = {}
+    with prefix.with_name(f"{name}_failures.csv").open() as handle:
+        for row in csv.DictReader(handle):
+            status = re.search(r"status (\d+)", row["Error"])
+            key = f"status {status.group(1)}" if status else row["Error"]
+            failures[key] = failures.get(key, 0) + int(row["Occurrences"])
+    requests = int(total["Request Count"])
+    return {"users": users, "seconds": seconds, "rate_per_user": rate_per_user, "requests": requests,
+            "failures": failures, "rps": float(total["Requests/s"]),
+            "ok_rps": (requests - sum(failures.values())) / seconds,
+            "p50_ms": float(total["50%"]), "p95_ms": float(total["95%"]), "p99_ms": float(total["99%"]),
+            "wall_s": round(wall, 1)}
+
+
+def _recovery(url: str, normal_ms: float, limit_s: float = 15.0) -> tuple[float | None, list[str]]:
+    """Seconds until /readyz answers 200 and one request takes no longer than `normal_ms` again, and what
+    the probes saw."""
+    started = time.monotonic()
+    seen: list[str] = []
+    with httpx.Client(base_url=url, timeout=10) as client:
+        while time.monotonic() - started < limit_s:
+            at = time.monotonic() - started
+            try:
+                ready = client.get("/readyz").status_code
+                t0 = time.perf_counter()
+                ok = client.post("/classify", json={"texts": ["a quiet film", "great story", "dull", "fine"]})
+                took_ms = (time.perf_counter() - t0) * 1000
+                seen.append(f"{at:.2f}s readyz {ready} classify {ok.status_code} {took_ms:.0f} ms")
+                if ready == 200 and ok.status_code == 200 and took_ms <= normal_ms:
+                    return at, seen
+            except httpx.HTTPError as exc:
+                seen.append(f"{at:.2f}s {type(exc).__name__}")
+            time.sleep(0.1)
+    return None, seen
+
+
+def test_load_overload_and_recovery(fp32_variant: Path, tmp_path: Path, figures: dict) -> None:
+    # 64 requests in flight per worker at most (default 256): beyond that the guard answers 429 at once, so
+    # that a few hundred locust users can offer twice the maximum rate.
+    settings = {"model": str(fp32_variant), "api_token": TOKEN, "store_url": f"sqlite:///{tmp_path / 'store.db'}",
+                "reload_poll_s": 0, "max_concurrency": 64}
+    with ServerProcess(settings, log_file=tmp_path / "server.log", cwd=tmp_path) as server:
+        peak = locust(server.url, tmp_path, "max", users=32, seconds=scale(10, 20))
+        assert not peak["failures"], peak
+        target = 0.8 * peak["rps"]
+        steady = locust(server.url, tmp_path, "steady", users=32, seconds=scale(15, 60), rate_per_user=target / 32)
+        users = scale(200, 400)
+        over = locust(server.url, tmp_path, "overload", users=users, seconds=scale(10, 30),
+                      rate_per_user=2 * peak["rps"] / users)
+        normal_ms = max(steady["p95_ms"], 2 * steady["p50_ms"])
+        recovered, probes = _recovery(server.url, normal_ms)
+        log = (tmp_path / "server.log").read_text(errors="replace")
+    refused = {k: v for k, v in over["failures"].items() if k in ("status 429", "status 503")}
+    other = {k: v for k, v in over["failures"].items() if k not in refused}
+    figures.update({
+        "max": peak, "steady": steady, "overload": over,
+        "steady_fraction_of_max": steady["rps"] / peak["rps"],
+        "overload_offered_x_max": over["rps"] / peak["rps"],
+        "overload_refused": refused, "overload_other_errors": other,
+        "recovery_seconds": recovered, "normal_latency_ms": normal_ms, "recovery_probes": probes[-20:],
+    })
+    assert not steady["failures"], steady["failures"]
+    assert steady["rps"] >= 0.7 * peak["rps"], "the steady run did not reach about 80% of the maximum"
+    assert not other, f"overload gave errors other than 429/503: {other}"
+    assert over["rps"] >= 1.5 * peak["rps"], "the overload run offered less than 1.5x the maximum"
+    assert recovered is not None and recovered <= 5.0, f"not back to normal within 5 s ({recovered})"
+    assert "Traceback" not in log
