@@ -21,10 +21,20 @@ from knowacq._metrics import softmax
 from knowacq._model import length_sorted_batches
 from knowacq.errors import MissingDependencyError, ModelError, ProviderError
 
-__all__ = ["Engine", "Prediction", "Predictor", "cpu_threads", "evaluate_variant", "require_onnxruntime"]
+__all__ = [
+    "CUDA_GRAPH_MAX_ROWS", "Engine", "Prediction", "Predictor", "bucket_width", "check_providers", "cpu_threads",
+    "evaluate_variant", "graph_shape", "pad_feeds", "plan_providers", "require_onnxruntime",
+]
 
 Provider = Literal["auto", "cpu", "cuda"]
 _ORT_NAMES = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
+_NUMPY_TYPES = {"tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(float)": np.float32,
+                "tensor(float16)": np.float16}
+CUDA_GRAPH_MAX_ROWS = 32
+"""Largest batch replayed as a CUDA graph (rows rounded up to a power of two, padded with copies of a real
+row). A graph saves the launch of every kernel of the model (~100 for a fused 6-layer BERT), which is what
+small batches cost on a GPU; from about 32 x 128 tokens the kernels themselves dominate, and each captured
+shape holds its own device buffers for the life of the session."""
 
 
 def require_onnxruntime() -> Any:
@@ -33,6 +43,42 @@ def require_onnxruntime() -> Any:
     except ImportError:
         raise MissingDependencyError("onnxruntime", "cpu", "Running an exported model") from None
     return onnxruntime
+
+
+def plan_providers(requested: str, available: Sequence[str], *, allow_fallback: bool) -> list[str]:
+    """The ONNX Runtime providers to ask for, best first. `requested` "cuda" with CUDA not among
+    `available` raises ProviderError, unless `allow_fallback` (then the CPU alone: the caller reports it)."""
+    if requested not in ("auto", "cpu", "cuda"):
+        raise ProviderError(f"provider must be 'auto', 'cpu' or 'cuda', got {requested!r}")
+    has_cuda = _ORT_NAMES["cuda"] in available
+    if requested == "cuda" and not has_cuda and not allow_fallback:
+        raise ProviderError(
+            f"CUDA was asked for but ONNX Runtime offers only {list(available)}; install "
+            "'knowacq[gpu]' on a machine with a GPU, or use provider='cpu'"
+        )
+    if requested != "cpu" and has_cuda:
+        return [_ORT_NAMES["cuda"], _ORT_NAMES["cpu"]]
+    return [_ORT_NAMES["cpu"]]
+
+
+def check_providers(
+    requested: str, planned: Sequence[str], active: Sequence[str], *, allow_fallback: bool
+) -> tuple[str, bool]:
+    """(provider running, fallback) from what was asked for, what was planned (`plan_providers`) and what the
+    session reports (`get_providers()`). A CUDA provider that ONNX Runtime lists but cannot load (missing CUDA
+    or cuDNN libraries) leaves the session on the CPU with only a log line: with `requested` "cuda" that is a
+    ProviderError unless `allow_fallback`; with "auto" it is a fallback, never a silent one."""
+    running = "cuda" if active and active[0] == _ORT_NAMES["cuda"] else "cpu"
+    wanted_cuda = requested == "cuda" or (requested == "auto" and _ORT_NAMES["cuda"] in planned)
+    if running == "cuda" or not wanted_cuda:
+        return running, False
+    if requested == "cuda" and _ORT_NAMES["cuda"] in planned and not allow_fallback:
+        raise ProviderError(
+            f"ONNX Runtime lists the CUDA provider but the session runs on {list(active)}: its CUDA libraries did "
+            "not load (onnxruntime-gpu needs the CUDA and cuDNN versions it was built for; with PyTorch's CUDA "
+            "wheels, import torch before onnxruntime). Fix that, or pass allow_fallback=True to run on the CPU"
+        )
+    return running, True
 
 
 def cpu_threads() -> int:
@@ -73,10 +119,15 @@ class Engine:
         threads: int | None = None,
         max_batch_size: int = 64,
         bucket_tokens: int | None = None,
+        cuda_graphs: bool = False,
     ) -> None:
         ort = require_onnxruntime()
+        self._ort = ort
         if provider not in ("auto", "cpu", "cuda"):
             raise ProviderError(f"provider must be 'auto', 'cpu' or 'cuda', got {provider!r}")
+        if cuda_graphs and bucket_tokens is None:
+            raise ModelError("cuda_graphs needs bucket_tokens: a CUDA graph replays one fixed shape, so batches "
+                             "must be padded to fixed bucket widths")
         self.num_labels = num_labels
         self.max_length = max_length
         self.max_batch_size = max_batch_size
@@ -90,35 +141,46 @@ class Engine:
         self._unpadded = _load_tokenizer(tokenizer_dir, max_length)
         self._unpadded.no_padding()
 
-        available = ort.get_available_providers()
-        want_cuda = provider == "cuda" or (provider == "auto" and _ORT_NAMES["cuda"] in available)
-        if provider == "cuda" and _ORT_NAMES["cuda"] not in available:
-            if not allow_fallback:
-                raise ProviderError(
-                    f"CUDA was asked for but ONNX Runtime offers only {available}; install "
-                    "'knowacq[gpu]' on a machine with a GPU, or use provider='cpu'"
-                )
-            want_cuda = False
+        planned = plan_providers(provider, ort.get_available_providers(), allow_fallback=allow_fallback)
+        want_cuda = planned[0] == _ORT_NAMES["cuda"]
         options = ort.SessionOptions()
         options.intra_op_num_threads = self.threads
         options.inter_op_num_threads = 1
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        providers = [_ORT_NAMES["cuda"], _ORT_NAMES["cpu"]] if want_cuda else [_ORT_NAMES["cpu"]]
         # CPU: keep Add + LayerNormalization unfused; the CPU SkipLayerNormalization kernel is ~5x slower
-        # (see _ort_optimize in export/_optimize.py). Graphs that already hold the fused node keep it.
+        # (see optimize_graph in export/_optimize.py). Graphs that already hold the fused node keep it.
         disabled = [] if want_cuda else ["SkipLayerNormFusion"]
-        try:
-            self.session = ort.InferenceSession(str(model_file), options, providers=providers,
-                                                disabled_optimizers=disabled)
-        except Exception as exc:  # onnxruntime raises its own untyped errors
-            raise ModelError(f"ONNX Runtime cannot load {model_file}: {exc}") from exc
-        self.provider = "cuda" if self.session.get_providers()[0] == _ORT_NAMES["cuda"] else "cpu"
-        self.fallback = provider == "cuda" and self.provider != "cuda"
+        self.cuda_graphs = False
+        self.cuda_graph_error: str | None = None
+        session = None
+        if want_cuda and cuda_graphs:
+            # One session captures one graph per shape, told apart by the gpu_graph_id run option; ONNX Runtime
+            # refuses the option for a graph with nodes it places on the CPU.
+            graphed: list[Any] = [(_ORT_NAMES["cuda"], {"enable_cuda_graph": "1"}), _ORT_NAMES["cpu"]]
+            try:
+                session = _session(ort, model_file, options, graphed, disabled)
+                self.cuda_graphs = True
+            except ModelError as exc:
+                self.cuda_graph_error = str(exc)
+                warnings.warn(f"CUDA graphs were asked for but ONNX Runtime refused them ({exc}); "
+                              "running without them", RuntimeWarning, stacklevel=3)
+        self.session = session or _session(ort, model_file, options, planned, disabled)
+        self.session_providers = list(self.session.get_providers())
+        self.provider, self.fallback = check_providers(provider, planned, self.session_providers,
+                                                       allow_fallback=allow_fallback)
+        self.cuda_graphs = self.cuda_graphs and self.provider == "cuda"
         if self.fallback:
             warnings.warn(f"CUDA was asked for but {model_file} runs on the CPU provider",
                           RuntimeWarning, stacklevel=3)
         self._inputs = [i.name for i in self.session.get_inputs()]
+        self._input_types = {i.name: _NUMPY_TYPES.get(i.type, np.int64) for i in self.session.get_inputs()}
         self._output = self.session.get_outputs()[0].name
+        self._output_type = _NUMPY_TYPES.get(self.session.get_outputs()[0].type, np.float32)
+        self._device = "cuda" if self.provider == "cuda" else "cpu"
+        self._static: dict[tuple[int, int], _StaticBinding] = {}
+        self._dynamic_options = ort.RunOptions()
+        if self.cuda_graphs:  # no capture for shapes without a graph of their own: they would replay another's
+            self._dynamic_options.add_run_config_entry("gpu_graph_id", "-1")
 
     def tokenize(self, texts: Sequence[str]) -> list[Any]:
         """Unpadded, truncated encodings of `texts` (`tokenizers.Encoding`), one call for all of them."""
@@ -145,9 +207,17 @@ class Engine:
             groups.append(order[start:])
         return groups
 
-    def feeds(self, encodings: Sequence[Any]) -> dict[str, np.ndarray]:
-        """Model inputs for `encodings`, padded to the longest of them."""
-        width = max(len(e.ids) for e in encodings)
+    def width_for(self, longest: int) -> int:
+        """The padded width of a group whose longest text has `longest` tokens: its bucket (see `groups`),
+        capped at `max_length` (texts are truncated there), and `longest` itself without buckets."""
+        return bucket_width(longest, self.bucket_tokens, cuda=self.provider == "cuda", max_length=self.max_length)
+
+    def feeds(self, encodings: Sequence[Any], width: int | None = None) -> dict[str, np.ndarray]:
+        """Model inputs for `encodings`, padded to the longest of them or to `width` tokens."""
+        longest = max(len(e.ids) for e in encodings)
+        if width is not None and width < longest:
+            raise ModelError(f"cannot pad {longest} tokens to a width of {width}")
+        width = width or longest
         ids = np.full((len(encodings), width), self._pad_id, dtype=np.int64)
         mask = np.zeros((len(encodings), width), dtype=np.int64)
         types = np.zeros((len(encodings), width), dtype=np.int64)
@@ -172,15 +242,44 @@ class Engine:
 
     def run(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
         """Raw logits for one encoded batch. On CUDA through IO binding: each input is copied to the
-        device once and the logits come back once, with no intermediate host copies."""
-        if self.provider == "cuda":
-            binding = self.session.io_binding()
-            for name, value in feeds.items():
-                binding.bind_cpu_input(name, value)
-            binding.bind_output(self._output, "cpu")
-            self.session.run_with_iobinding(binding)
-            return np.asarray(binding.copy_outputs_to_cpu()[0], dtype=np.float32)
-        return np.asarray(self.session.run(None, feeds)[0], dtype=np.float32)
+        device once and the logits come back once, with no intermediate host copies; with `cuda_graphs`,
+        small batches (`CUDA_GRAPH_MAX_ROWS`) are padded to a captured shape and replayed as a CUDA graph."""
+        if self.provider != "cuda":
+            return np.asarray(self.session.run(None, feeds)[0], dtype=np.float32)
+        rows, width = next(iter(feeds.values())).shape
+        if self.cuda_graphs:
+            shape = graph_shape(rows, self.width_for(width))
+            if shape is not None:
+                return self.replay(feeds, shape)
+        binding = self.session.io_binding()
+        for name, value in feeds.items():
+            binding.bind_cpu_input(name, value)
+        binding.bind_output(self._output, "cuda")
+        self.session.run_with_iobinding(binding, self._dynamic_options)
+        return np.asarray(binding.copy_outputs_to_cpu()[0], dtype=np.float32)
+
+    def replay(self, feeds: dict[str, np.ndarray], shape: tuple[int, int]) -> np.ndarray:
+        """Raw logits for one batch run through the fixed buffers of `shape` (rows, width): the batch is
+        padded to it (extra rows repeat the first, extra columns are padding), copied in place, run, and
+        the real rows' logits read back. On CUDA with `cuda_graphs` each shape is its own captured graph;
+        on the CPU the same path runs without one (what the tests without a GPU exercise)."""
+        rows = next(iter(feeds.values())).shape[0]
+        static = self._static.get(shape)
+        if static is None:
+            graph_id = len(self._static) + 1 if self.cuda_graphs else -1  # 0 is ONNX Runtime's own default
+            static = self._static[shape] = _StaticBinding(
+                self._ort, self.session, self._input_types, self._output, self._output_type,
+                (shape[0], self.num_labels), shape, self._device, graph_id,
+            )
+        out = static.run(self.session, pad_feeds(feeds, shape, self._pad_id))
+        return np.asarray(out[:rows], dtype=np.float32)
+
+    def infer(self, encodings: Sequence[Any]) -> np.ndarray:
+        """Raw logits for tokenised texts (`tokenize`), in order: grouped (`groups`), padded, run."""
+        out = np.zeros((len(encodings), self.num_labels), dtype=np.float32)
+        for idx in self.groups(encodings):
+            out[idx] = self.run(self.feeds([encodings[i] for i in idx]))
+        return out
 
     def logits(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """Raw logits (uncalibrated) and truncation flags for `texts`, in order, batched by length."""
@@ -195,9 +294,7 @@ class Engine:
                 truncated[idx] = cut
             return out, truncated
         encodings = self.tokenize(texts)
-        for idx in self.groups(encodings):
-            out[idx] = self.run(self.feeds([encodings[i] for i in idx]))
-        return out, np.array([bool(e.overflowing) for e in encodings])
+        return self.infer(encodings), np.array([bool(e.overflowing) for e in encodings])
 
 
 class Predictor:
@@ -208,6 +305,9 @@ class Predictor:
     `threads`: ONNX Runtime intra-op threads (default: the CPUs this process may use).
     `bucket_tokens`: group texts by token count in buckets this wide (see `Engine.groups`); None keeps
     plain batches of `max_batch_size` texts sorted by length.
+    `cuda_graphs`: on CUDA, replay batches of up to `CUDA_GRAPH_MAX_ROWS` rows as CUDA graphs, one per
+    (rows, bucket) shape (needs `bucket_tokens`; off by default). When ONNX Runtime refuses them the model runs
+    without, with a warning and `engine.cuda_graph_error` set; on the CPU the option does nothing.
     """
 
     def __init__(
@@ -219,6 +319,7 @@ class Predictor:
         threads: int | None = None,
         max_batch_size: int = 64,
         bucket_tokens: int | None = None,
+        cuda_graphs: bool = False,
     ) -> None:
         self.path = Path(path)
         self.manifest: Manifest = read_manifest(self.path)
@@ -227,7 +328,7 @@ class Predictor:
         self.engine = Engine(
             self.path / self.manifest.model_file, self.path, num_labels=len(self.labels),
             max_length=int(self.manifest.max_length), provider=provider, allow_fallback=allow_fallback,
-            threads=threads, max_batch_size=max_batch_size, bucket_tokens=bucket_tokens,
+            threads=threads, max_batch_size=max_batch_size, bucket_tokens=bucket_tokens, cuda_graphs=cuda_graphs,
         )
 
     @property
@@ -261,6 +362,73 @@ class Predictor:
             )
             for p, b, cut in zip(probs, best, truncated)
         ]
+
+
+class _StaticBinding:
+    """The inputs and output of one fixed shape, allocated once on the device and bound once: a CUDA graph
+    replays the addresses it captured, so they must not change. Each run copies the inputs in place and
+    reads the output once."""
+
+    def __init__(
+        self, ort: Any, session: Any, input_types: dict[str, Any], output: str, output_type: Any,
+        output_shape: tuple[int, int], shape: tuple[int, int], device: str, graph_id: int,
+    ) -> None:
+        self.types = input_types
+        self.values = {name: ort.OrtValue.ortvalue_from_shape_and_type(list(shape), dtype, device, 0)
+                       for name, dtype in input_types.items()}
+        self.output = ort.OrtValue.ortvalue_from_shape_and_type(list(output_shape), output_type, device, 0)
+        self.binding = session.io_binding()
+        for name, value in self.values.items():
+            self.binding.bind_ortvalue_input(name, value)
+        self.binding.bind_ortvalue_output(output, self.output)
+        self.options = ort.RunOptions()
+        self.options.add_run_config_entry("gpu_graph_id", str(graph_id))
+
+    def run(self, session: Any, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        for name, value in feeds.items():
+            self.values[name].update_inplace(np.ascontiguousarray(value, dtype=self.types[name]))
+        session.run_with_iobinding(self.binding, self.options)
+        return self.output.numpy()
+
+
+def graph_shape(rows: int, width: int, max_rows: int = CUDA_GRAPH_MAX_ROWS) -> tuple[int, int] | None:
+    """The captured shape a batch of `rows` x `width` runs as: rows rounded up to a power of two, or None
+    when that is more than `max_rows` (the batch then runs without a graph)."""
+    padded = 1 << (max(1, rows) - 1).bit_length()
+    return (padded, width) if padded <= max_rows else None
+
+
+def pad_feeds(feeds: dict[str, np.ndarray], shape: tuple[int, int], pad_id: int) -> dict[str, np.ndarray]:
+    """`feeds` padded to `shape` (rows, width): new columns are padding (masked out), new rows repeat the
+    first row (their answers are dropped). Every row's answer stays what it was."""
+    rows, width = next(iter(feeds.values())).shape
+    if (rows, width) == shape:
+        return feeds
+    if rows > shape[0] or width > shape[1]:
+        raise ModelError(f"a batch of {rows} x {width} tokens does not fit the shape {shape}")
+    fill = {"input_ids": pad_id}
+    out = {}
+    for name, value in feeds.items():
+        padded = np.full(shape, fill.get(name, 0), dtype=value.dtype)
+        padded[:rows, :width] = value
+        padded[rows:] = padded[0]
+        out[name] = padded
+    return out
+
+
+def _session(ort: Any, model_file: Path, options: Any, providers: list[Any], disabled: list[str]) -> Any:
+    try:
+        return ort.InferenceSession(str(model_file), options, providers=providers, disabled_optimizers=disabled)
+    except Exception as exc:  # onnxruntime raises its own untyped errors
+        raise ModelError(f"ONNX Runtime cannot load {model_file}: {exc}") from exc
+
+
+def bucket_width(longest: int, bucket_tokens: int | None, *, cuda: bool, max_length: int) -> int:
+    """The width a group padded to its bucket has: `longest` rounded up to its bucket (multiples of
+    `bucket_tokens` on the CPU; 16, 32, 64, 128, ... on CUDA), never past `max_length` unless `longest` is."""
+    if bucket_tokens is None:
+        return longest
+    return max(longest, min(_bucket(longest, bucket_tokens, cuda), max_length))
 
 
 def _bucket(length: int, width: int, cuda: bool) -> int:

@@ -140,6 +140,37 @@ def test_gpu_fp16_runs_on_the_cpu_provider_without_a_gpu(variants: dict[str, Pat
     assert [p.label for p in out] == ["positive", "negative"]
 
 
+def test_gpu_fp16_graph_is_fused_for_cuda_and_gated(variants: dict[str, Path]) -> None:
+    """Eager-attention export: ORT fuses Attention, SkipLayerNormalization and BiasGelu in both layers, the
+    counts are in the manifest and a gate checks them (the CPU presets have no such gate)."""
+    manifest = read_manifest(variants["gpu-fp16"])
+    fused = manifest.fused_operators
+    assert fused["Attention"] == 2 and fused["BiasGelu"] == 2 and fused["SkipLayerNormalization"] >= 2
+    gate = next(g for g in manifest.gates if g.name == "fused operators for CUDA")
+    assert gate.passed and gate.value == 2 and gate.limit == 2
+    assert "Attention 2" in gate.detail
+    assert all(g.name != "fused operators for CUDA" for g in read_manifest(variants["cpu-fp32"]).gates)
+
+
+def test_fusion_gate_refuses_an_unfused_graph() -> None:
+    from export._optimize import fusion_gate
+
+    gate = fusion_gate({"SkipLayerNormalization": 12, "BiasGelu": 6}, 6)  # what an SDPA export gives
+    assert not gate.passed and gate.value == 0 and "eager attention" in gate.detail
+
+
+def test_gpu_fp16_parity_with_fp32_on_the_cpu_provider(variants: dict[str, Path], binary_sets) -> None:
+    """The fp16 graph on the CPU provider against the fp32 graph: logits within fp16 tolerance, same labels."""
+    texts = list(load_tsv(binary_sets[1], label_names=("negative", "positive")).texts)
+    fp32, _ = Predictor(variants["cpu-fp32"], threads=1).logits(texts)
+    fp16, _ = Predictor(variants["gpu-fp16"], provider="cpu", threads=1).logits(texts)
+    diff = np.abs(fp16 - fp32).max()
+    assert diff <= 1e-2 * max(1.0, float(np.abs(fp32).max())), diff
+    assert np.array_equal(fp16.argmax(1), fp32.argmax(1))
+    recorded = read_manifest(variants["gpu-fp16"]).metrics["max_logit_diff_vs_fp32"]
+    assert 0 < recorded <= 1e-2 * max(1.0, float(np.abs(fp32).max()))
+
+
 def test_provider_selection_when_cuda_is_absent(variants: dict[str, Path]) -> None:
     import onnxruntime
 
