@@ -20,7 +20,7 @@ export TOKENIZERS_PARALLELISM := false
 DEMO_PRESETS ?= cpu-int8-pruned cpu-int8 cpu-fp32
 BENCH_PRESETS ?= cpu-fp32 cpu-int8 cpu-int8-pruned
 
-.PHONY: demo serve serve-bench test bench reliability install clean
+.PHONY: demo serve serve-bench test bench bench-gpu reliability install clean
 
 install: $(VENV)/.installed
 
@@ -89,6 +89,11 @@ serve-bench: $(VENV)/.installed
 
 test: $(VENV)/.installed
 	$(BIN)/pytest
+
+# On a CUDA machine: PyTorch eager fp16/bf16 against the gpu-fp16 graph through the runtime (docs/gpu.md).
+# Needs torch, transformers, onnx and onnxruntime-gpu only; RUN_ARGS passes options (--variant, --dev, --out).
+bench-gpu:
+	PYTHONPATH=$(CURDIR):$(PYTHONPATH) $(PYTHON) benchmarks/gpu.py $(RUN_ARGS)
 
 # The reliability suite at full size (about 20 minutes on 2 cores; `make test` runs a short version of each
 # part): fuzzing, load and overload, kill -9 cycles on SQLite and Postgres, drain, hot swap, auth, PII.

@@ -53,6 +53,9 @@ class Settings:
     padding costs at most this many tokens per text (measured on SST-2 dev, 32 random texts per batch,
     fp32 on 2 cores: one padded group ran at 0.68x of globally length-sorted batches, 8-token buckets at 1.00x).
     On CUDA the buckets are powers of two from 16."""
+    cuda_graphs: bool = False
+    """KNOWACQ_CUDA_GRAPHS: on CUDA, replay batches of up to 32 texts as CUDA graphs, one per (rows, bucket)
+    shape (ONNX Runtime's CUDA provider; untested on a GPU so far, see docs/gpu.md). Ignored on the CPU."""
     max_latency_ms: int = 2000
     """KNOWACQ_MAX_LATENCY_MS: a request that would wait longer than this in the batching queue is refused
     with 503 (the dispatcher's bound on its queue). Size it from the measured batch latency: a window near

@@ -162,7 +162,7 @@ class Classifier:
         predictor = Predictor(
             folder, provider=SETTINGS.provider, allow_fallback=SETTINGS.allow_fallback,  # type: ignore[arg-type]
             threads=SETTINGS.threads or None, max_batch_size=SETTINGS.max_batch_size,
-            bucket_tokens=SETTINGS.bucket_tokens,
+            bucket_tokens=SETTINGS.bucket_tokens, cuda_graphs=SETTINGS.cuda_graphs,
         )
         return predictor, folder
 
