@@ -3,7 +3,10 @@
 Fast mode: a frozen encoder (mean-pooled sentence embeddings, computed once and cached) with a logistic-
 regression head retrained each round. Labels of the pool stay hidden until a strategy queries them. The
 bandit (EXP3 over the other strategies) is rewarded by the accuracy gain per label on a held-out slice of
-the training file, never on dev, which only draws the learning curves.
+the training file, never on dev, which only draws the learning curves. The same models are also scored on
+the held-out rows, which come from the pool's distribution (dev may not: SST-2 train is mostly phrases, its
+dev set whole sentences). Batches are chosen with the product's selection options (`Selection`: exact and
+near-duplicate suppression at cosine 0.98), as `knowacq` would choose them for annotators.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ BANDIT = "bandit"
 
 @dataclass(frozen=True)
 class SimulationConfig:
-    strategies: tuple[str, ...] = ("random", "least-confidence", "margin", "entropy", "diversity", BANDIT)
+    strategies: tuple[str, ...] = ("random", "least-confidence", "margin", "entropy", "diversity", "badge", BANDIT)
     seed_labels: int = 200
     batch: int = 200
     rounds: int = 9
@@ -44,6 +47,9 @@ class SimulationConfig:
     """Inverse regularisation of the logistic-regression head; 0: chosen each round by 3-fold
     cross-validation on the labelled set alone (C in 0.01..100), so that no choice peeks at dev."""
     gamma: float = 0.2
+    near_duplicate_cosine: float | None = 0.98
+    """Selection option of the product (`Selection`): a candidate this similar to one already in the batch is
+    skipped; None: off."""
 
     def __post_init__(self) -> None:
         unknown = [s for s in self.strategies if s != BANDIT and s not in STRATEGIES]
@@ -58,6 +64,7 @@ class SimulationConfig:
             raise ConfigError(f"c must be > 0, or 0 for cross-validation, got {self.c}")
         if self.heldout < 0 or self.max_pool < 0:
             raise ConfigError("heldout and max_pool must be >= 0")
+        Selection(near_duplicate_cosine=self.near_duplicate_cosine)  # raises ConfigError when out of range
 
 
 def embed(texts: Sequence[str], model_dir: str | Path, *, max_length: int = 64, batch_size: int = 128,
@@ -168,7 +175,9 @@ def simulate(
     y_pool, y_dev, y_held = np.asarray(pool.labels), np.asarray(dev.labels), np.asarray(held.labels)
     hashes = [hashlib.sha256(t.encode()).hexdigest() for t in pool.texts]
 
+    selection = Selection(near_duplicate_cosine=config.near_duplicate_cosine)
     curves: dict[str, list[list[float]]] = {s: [] for s in config.strategies}
+    held_curves: dict[str, list[list[float]]] = {s: [] for s in config.strategies}
     bandit_reports: list[dict[str, Any]] = []
     labels_axis = [config.seed_labels + config.batch * r for r in range(config.rounds + 1)]
     for seed in range(config.seeds):
@@ -180,7 +189,8 @@ def simulate(
             labelled[initial] = True
             bandit = Exp3([s for s in config.strategies if s != BANDIT], gamma=config.gamma) \
                 if name == BANDIT else None
-            curve = []
+            curve: list[float] = []
+            held_curve: list[float] = []
             held_acc = None
             for r in range(config.rounds + 1):
                 lab = np.flatnonzero(labelled)
@@ -191,15 +201,17 @@ def simulate(
                 if bandit is not None and held_acc is not None:
                     bandit.update(reward_from_gain(new_held - held_acc, config.batch))
                 held_acc = new_held
+                held_curve.append(new_held)
                 if r == config.rounds:
                     break
                 arm = bandit.choose(rng) if bandit is not None else name
                 candidates = np.flatnonzero(~labelled)
                 picked = select(strategy(arm), p_pool[candidates], config.batch, rng=rng,
                                 embeddings=x_pool[candidates], text_hashes=[hashes[i] for i in candidates],
-                                options=Selection(near_duplicate_cosine=None))
+                                options=selection)
                 labelled[candidates[picked]] = True
             curves[name].append(curve)
+            held_curves[name].append(held_curve)
             if bandit is not None:
                 bandit_reports.append({"seed": seed, "report": bandit.report(),
                                        "choices": [h["arm"] for h in bandit.history]})
@@ -207,10 +219,10 @@ def simulate(
 
     mean = {s: np.mean(curves[s], axis=0) for s in config.strategies}
     target = float(mean["random"][-1])
-    reach: dict[str, int | None] = {}
-    for s in config.strategies:
-        hit = np.flatnonzero(mean[s] >= target - 1e-12)
-        reach[s] = int(labels_axis[hit[0]]) if len(hit) else None
+    reach = _labels_to_reach(mean, target, labels_axis)
+    held_mean = {s: np.mean(held_curves[s], axis=0) for s in config.strategies}
+    held_target = float(held_mean["random"][-1])
+    held_reach = _labels_to_reach(held_mean, held_target, labels_axis)
     random_final = labels_axis[-1]
     result = {
         "train": str(train_file), "dev": str(dev_file), "encoder": str(model_dir), "mode": "fast (frozen "
@@ -221,6 +233,15 @@ def simulate(
         "random_final_labels": random_final,
         "labels_to_reach_random_final": reach,
         "label_ratio_to_random": {s: (None if v is None else v / random_final) for s, v in reach.items()},
+        "heldout": {
+            "note": "the same models scored on the held-out training rows (same distribution as the pool; "
+                    "dev may differ, e.g. SST-2 train is phrases, dev whole sentences)",
+            "rows": int(len(y_held)),
+            "curves": {s: {"per_seed": held_curves[s], "mean": held_mean[s].tolist()} for s in config.strategies},
+            "random_final_accuracy": held_target,
+            "labels_to_reach_random_final": held_reach,
+            "label_ratio_to_random": {s: (None if v is None else v / random_final) for s, v in held_reach.items()},
+        },
         "bandit": bandit_reports,
         "seconds": time.perf_counter() - started,
     }
@@ -231,21 +252,35 @@ def simulate(
     return result
 
 
+def _labels_to_reach(mean: dict[str, np.ndarray], target: float, labels_axis: list[int]) -> dict[str, int | None]:
+    reach: dict[str, int | None] = {}
+    for s, curve in mean.items():
+        hit = np.flatnonzero(curve >= target - 1e-12)
+        reach[s] = int(labels_axis[hit[0]]) if len(hit) else None
+    return reach
+
+
 def _plot(result: dict[str, Any], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for name, curve in result["curves"].items():
-        ax.plot(result["labels"], curve["mean"], marker="o", markersize=3, label=name)
-    ax.axhline(result["random_final_accuracy"], color="grey", linestyle=":", linewidth=1)
-    ax.set_xlabel("labels")
-    ax.set_ylabel("dev accuracy (mean over seeds)")
-    ax.set_title("pool-based active learning, frozen encoder + logistic regression")
-    ax.grid(alpha=0.3)
-    ax.legend()
+    panels = [("dev", result["curves"], result["random_final_accuracy"])]
+    if result.get("heldout", {}).get("rows"):
+        held = result["heldout"]
+        panels.append((f"held-out training rows ({held['rows']})", held["curves"], held["random_final_accuracy"]))
+    fig, axes = plt.subplots(1, len(panels), figsize=(7 * len(panels), 4.5), squeeze=False)
+    for ax, (what, curves, target) in zip(axes[0], panels):
+        for name, curve in curves.items():
+            ax.plot(result["labels"], curve["mean"], marker="o", markersize=3, label=name)
+        ax.axhline(target, color="grey", linestyle=":", linewidth=1)
+        ax.set_xlabel("labels")
+        ax.set_ylabel("accuracy (mean over seeds)")
+        ax.set_title(what)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle("pool-based active learning, frozen encoder + logistic regression")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -19,6 +19,8 @@ from knowacq.errors import ConfigError
 
 __all__ = [
     "STRATEGIES",
+    "BadgeSampling",
+    "DensityWeightedSampling",
     "Selection",
     "Strategy",
     "entropy",
@@ -121,6 +123,75 @@ class DiversitySampling:
         return np.array(first + [int(i) for i in order if int(i) not in chosen], dtype=np.int64)
 
 
+def _check_embeddings(name: str, probabilities: np.ndarray, embeddings: np.ndarray | None) -> np.ndarray:
+    if embeddings is None:
+        raise ConfigError(f"the {name} strategy needs sentence embeddings of the pool")
+    if len(embeddings) != len(probabilities):
+        raise ConfigError(f"{len(embeddings)} embeddings for {len(probabilities)} pool items")
+    return np.asarray(embeddings, dtype=np.float64)
+
+
+@dataclass(frozen=True)
+class BadgeSampling:
+    """BADGE (Ash et al., "Deep batch active learning by diverse, uncertain gradient lower bounds", ICLR
+    2020): each item is represented by the gradient of the loss of the model's classifier head with respect
+    to its weights, assuming the predicted label is right: (p - onehot(argmax p)) x embedding. Its norm is
+    large for uncertain items and its direction differs between dissimilar ones; k-means++ seeding on these
+    vectors (the first centre the largest gradient, then draws proportional to the squared distance to the
+    nearest centre chosen) picks a batch that is both uncertain and diverse, with no parameter to tune.
+    The first `n` are the seeds in the order drawn; the rest follow by gradient norm.
+
+    Distances are computed without building the (labels x dimensions) vectors:
+    <g_i, g_j> = <r_i, r_j> <x_i, x_j> for g = r (outer) x.
+    """
+
+    name: str = "badge"
+
+    def rank(self, probabilities: np.ndarray, *, rng: np.random.Generator,
+             embeddings: np.ndarray | None = None, n: int | None = None) -> np.ndarray:
+        x = _check_embeddings(self.name, probabilities, embeddings)
+        p = np.asarray(probabilities, dtype=np.float64)
+        r = p.copy()
+        r[np.arange(len(r)), p.argmax(axis=1)] -= 1.0
+        norms2 = (r * r).sum(axis=1) * (x * x).sum(axis=1)
+        order = _by_score(norms2, rng)
+        k = min(n or 1, len(order))
+        first = int(order[0])
+        chosen = [first]
+        d2 = self._distance2(r, x, norms2, first)
+        d2[first] = 0.0
+        while len(chosen) < k:
+            total = float(d2.sum())
+            if not total > 0.0:  # every item left coincides with a chosen one: the norm order fills up
+                break
+            c = int(rng.choice(len(d2), p=d2 / total))
+            chosen.append(c)
+            d2 = np.minimum(d2, self._distance2(r, x, norms2, c))
+            d2[chosen] = 0.0
+        taken = set(chosen)
+        return np.array(chosen + [int(i) for i in order if int(i) not in taken], dtype=np.int64)
+
+    @staticmethod
+    def _distance2(r: np.ndarray, x: np.ndarray, norms2: np.ndarray, c: int) -> np.ndarray:
+        return np.maximum(norms2 + norms2[c] - 2.0 * (r @ r[c]) * (x @ x[c]), 0.0)
+
+
+@dataclass(frozen=True)
+class DensityWeightedSampling:
+    """Information density (Settles & Craven, EMNLP 2008): entropy times the item's mean cosine similarity
+    to the pool, to the power `beta`, so that uncertain items typical of the pool come before uncertain
+    outliers. The mean similarity to the pool is the dot product with the mean of the unit vectors."""
+
+    name: str = "density"
+    beta: float = 1.0
+
+    def rank(self, probabilities: np.ndarray, *, rng: np.random.Generator,
+             embeddings: np.ndarray | None = None, n: int | None = None) -> np.ndarray:
+        unit = _normalise(_check_embeddings(self.name, probabilities, embeddings))
+        density = np.clip(unit @ unit.mean(axis=0), 0.0, None)
+        return _by_score(entropy(probabilities) * density ** self.beta, rng)
+
+
 def _normalise(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
@@ -133,6 +204,8 @@ STRATEGIES: MappingProxyType[str, Strategy] = MappingProxyType({
     "margin": UncertaintySampling("margin", "margin"),
     "entropy": UncertaintySampling("entropy", "entropy"),
     "diversity": DiversitySampling(),
+    "badge": BadgeSampling(),
+    "density": DensityWeightedSampling(),
 })
 
 

@@ -371,8 +371,8 @@ def al_simulate(
     dev: Annotated[Path, typer.Option(exists=True, dir_okay=False, help="Dev TSV for the learning curves.")],
     out_dir: Annotated[Path, typer.Option("--out", file_okay=False, help="Folder for results.json and the PNG.")],
     strategies: Annotated[str, typer.Option(help="Comma-separated: random, least-confidence, margin, entropy, "
-                                                 "diversity, bandit.")] =
-        "random,least-confidence,margin,entropy,diversity,bandit",
+                                                 "diversity, badge, density, bandit.")] =
+        "random,least-confidence,margin,entropy,diversity,badge,bandit",
     seed_labels: Annotated[int, typer.Option(min=1, help="Labels drawn at random before round 1.")] = 200,
     batch: Annotated[int, typer.Option(min=1, help="Labels queried per round.")] = 200,
     rounds: Annotated[int, typer.Option(min=1)] = 9,
@@ -381,6 +381,8 @@ def al_simulate(
     heldout: Annotated[int, typer.Option(min=0, help="Training rows set aside to reward the bandit.")] = 1000,
     c: Annotated[float, typer.Option("--c", min=0.0, help="Inverse regularisation of the logistic head "
                                                          "(0: cross-validated on the labelled set each round).")] = 1.0,
+    near_duplicate_cosine: Annotated[float, typer.Option(
+        min=0.0, max=1.0, help="Skip a candidate this similar to one already in the batch (0: off).")] = 0.98,
     base: Annotated[Optional[Path], typer.Option(
         file_okay=False, help="Frozen encoder folder [default: all-MiniLM-L6-v2].")] = None,
     label_names: Annotated[Optional[str], typer.Option(help="Class names for ids 0,1,..., comma-separated.")] = None,
@@ -391,20 +393,27 @@ def al_simulate(
 
     config = SimulationConfig(strategies=tuple(s.strip() for s in strategies.split(",") if s.strip()),
                               seed_labels=seed_labels, batch=batch, rounds=rounds, seeds=seeds, max_pool=max_pool,
-                              heldout=heldout, c=c)
+                              heldout=heldout, c=c, near_duplicate_cosine=near_duplicate_cosine or None)
     result = simulate(data, dev, out_dir, config=config, base=base,
                       label_names=_split_names(label_names) if label_names else None, progress=progress,
                       log=lambda line: err.print(line))
     table = Table(title=f"labels to reach random's final accuracy {result['random_final_accuracy']:.4f} "
                         f"({result['random_final_labels']} labels)")
-    for col in ("strategy", "final accuracy", "labels", "x random"):
+    held = result["heldout"]
+    for col in ("strategy", "final accuracy", "labels", "x random", "held-out final", "held-out labels", "x random"):
         table.add_column(col, justify="right")
     for name, curve in result["curves"].items():
-        need = result["labels_to_reach_random_final"][name]
-        ratio = result["label_ratio_to_random"][name]
-        table.add_row(name, f"{curve['mean'][-1]:.4f}", "-" if need is None else str(need),
-                      "-" if ratio is None else f"{ratio:.2f}")
+        row = [name]
+        for part in (result, held):
+            need = part["labels_to_reach_random_final"][name]
+            ratio = part["label_ratio_to_random"][name]
+            row += [f"{part['curves'][name]['mean'][-1]:.4f}", "-" if need is None else str(need),
+                    "-" if ratio is None else f"{ratio:.2f}"]
+        table.add_row(*row)
     out.print(table)
+    if held["rows"]:
+        out.print(f"held-out: {held['rows']} training rows set aside (the pool's distribution); random's final "
+                  f"accuracy there {held['random_final_accuracy']:.4f}")
 
 
 @al_app.command("demo-loop")

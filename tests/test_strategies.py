@@ -10,7 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from knowacq._bandit import Exp3, reward_from_gain
-from knowacq._strategies import STRATEGIES, Selection, entropy, least_confidence, margin, select, strategy
+from knowacq._strategies import (STRATEGIES, BadgeSampling, Selection, entropy, least_confidence, margin, select,
+                                  strategy)
 from knowacq.errors import ConfigError
 
 
@@ -63,6 +64,55 @@ def test_diversity_spreads_over_clusters() -> None:
     assert sorted({int(i) // 25 for i in picked}) == [0, 1, 2, 3]
     with pytest.raises(ConfigError, match="needs sentence embeddings"):
         select(strategy("diversity"), probs, 4, rng=rng)
+
+
+def test_every_strategy_is_registered_for_the_contract_tests() -> None:
+    assert {"random", "least-confidence", "margin", "entropy", "diversity", "badge", "density"} <= set(STRATEGIES)
+
+
+def test_badge_distances_equal_those_of_explicit_gradient_embeddings() -> None:
+    probs, emb = pool(30, 3, 4)
+    r = probs.copy()
+    r[np.arange(30), probs.argmax(1)] -= 1.0
+    g = np.einsum("ik,id->ikd", r, emb).reshape(30, -1)  # (p - onehot) outer x
+    norms2 = (g * g).sum(1)
+    for c in (0, 7, 29):
+        assert BadgeSampling._distance2(r, emb, norms2, c) == pytest.approx(((g - g[c]) ** 2).sum(1), abs=1e-9)
+
+
+def test_badge_starts_with_the_largest_gradient_and_spreads_over_clusters() -> None:
+    rng = np.random.default_rng(0)
+    centres = np.array([[10, 0], [0, 10], [-10, 0], [0, -10]], dtype=float)
+    emb = np.concatenate([c + rng.normal(scale=0.1, size=(25, 2)) for c in centres])
+    probs = np.full((100, 2), 0.5)
+    probs[60] = [0.45, 0.55]  # slightly less uncertain, but the embedding is what differs
+    emb[60] *= 3  # largest gradient norm, and a fifth cluster of its own
+    picked = select(strategy("badge"), probs, 5, rng=rng, embeddings=emb, options=Selection(near_duplicate_cosine=None))
+    assert int(picked[0]) == 60
+    assert sorted({int(i) // 25 for i in picked}) == [0, 1, 2, 3]
+    with pytest.raises(ConfigError, match="badge strategy needs sentence embeddings"):
+        select(strategy("badge"), probs, 4, rng=rng)
+
+
+def test_badge_takes_at_most_one_confident_item() -> None:
+    # Confident items have a zero gradient: they all sit at the origin, one point for k-means++.
+    rng = np.random.default_rng(3)
+    probs = np.concatenate([np.tile([[1.0, 0.0]], (40, 1)), np.tile([[0.6, 0.4]], (10, 1))])
+    emb = rng.normal(size=(50, 4))
+    for seed in range(5):
+        picked = BadgeSampling().rank(probs, rng=np.random.default_rng(seed), embeddings=emb, n=8)[:8]
+        assert np.sum(picked < 40) <= 1
+        assert len(set(picked.tolist())) == 8
+
+
+def test_density_prefers_typical_items_at_equal_uncertainty() -> None:
+    emb = np.array([[1.0, 0.0]] * 8 + [[0.0, 1.0], [0.99, 0.14]])
+    probs = np.array([[0.9, 0.1]] * 8 + [[0.5, 0.5], [0.5, 0.5]])
+    # 8 and 9 are equally uncertain; 9 lies in the dense region, 8 is an outlier.
+    order = strategy("density").rank(probs, rng=np.random.default_rng(0), embeddings=emb, n=2).tolist()
+    assert order[0] == 9
+    assert order.index(8) == 9  # an outlier comes even after typical, more confident items
+    assert strategy("entropy").rank(probs, rng=np.random.default_rng(0), n=2)[:2].tolist() in ([8, 9], [9, 8])
 
 
 def test_class_quota_and_duplicate_suppression() -> None:
