@@ -9,7 +9,7 @@ from typing import Any
 
 import httpx
 import pytest
-from _rel import TOKEN, figures, fuzz_server, log_text  # noqa: F401 - fixtures
+from _rel import TOKEN, log_text
 
 PROTECTED = {"/feedback": {"prediction_id": "f" * 32, "label": "negative"}, "/admin/reload": {}}
 WRONG = [

@@ -9,11 +9,9 @@ import random
 import threading
 import time
 from pathlib import Path
-from typing import Any
-
 import httpx
 import pytest
-from _rel import TOKEN, figures, scale  # noqa: F401 - fixture
+from _rel import TOKEN, scale
 
 from bento._launch import ServerProcess
 from knowacq._store import FeedbackStore

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from _rel import figures, scale  # noqa: F401 - fixture
+from _rel import scale
 
 from bento._launch import ServerProcess
 

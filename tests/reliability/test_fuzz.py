@@ -12,7 +12,7 @@ from typing import Any
 
 import httpx
 import pytest
-from _rel import TOKEN, figures, fuzz_server, log_text, scale  # noqa: F401 - fixtures
+from _rel import TOKEN, log_text, scale
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import httpx
 import pytest
-from _rel import TOKEN, figures, scale  # noqa: F401 - fixture
+from _rel import TOKEN, scale
 
 from bento._launch import ServerProcess
 

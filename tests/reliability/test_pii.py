@@ -9,7 +9,6 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from _rel import figures  # noqa: F401 - fixture
 
 from knowacq._redact import redact
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from _rel import TOKEN, figures, scale, second_variant  # noqa: F401 - fixtures
+from _rel import TOKEN, scale
 
 from bento._launch import ServerProcess
 
