@@ -24,6 +24,9 @@ from knowacq.errors import DataError, InvalidInputError, UnknownPredictionError
 
 __all__ = ["ImportResult", "export_tasks", "import_labels"]
 
+EMBEDDING_STRATEGIES = ("diversity", "badge", "density")
+"""Strategies that need sentence embeddings of the pool, which the feedback store does not keep."""
+
 FROM_NAME = "label"
 TO_NAME = "text"
 
@@ -50,9 +53,9 @@ def export_tasks(
     """Choose up to `n` captured predictions with `strategy_name`, write them, mark them queued."""
     if fmt not in ("label-studio", "csv"):
         raise InvalidInputError(f"format must be 'label-studio' or 'csv', got {fmt!r}", field="format")
-    if strategy_name == "diversity":
-        raise InvalidInputError("the diversity strategy needs sentence embeddings, which the store does not "
-                                "keep; choose random, least-confidence, margin or entropy", field="strategy")
+    if strategy_name in EMBEDDING_STRATEGIES:
+        raise InvalidInputError(f"the {strategy_name} strategy needs sentence embeddings, which the store does "
+                                "not keep; choose random, least-confidence, margin or entropy", field="strategy")
     chosen_strategy = strategy(strategy_name)
     pool = store.predictions_with_status(("captured",))
     if not pool:

@@ -94,8 +94,9 @@ def test_export_and_import_errors(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="no captured predictions"):
         export_tasks(store, tmp_path / "t.json", n=5)
     fill(store)
-    with pytest.raises(InvalidInputError, match="needs sentence embeddings"):
-        export_tasks(store, tmp_path / "t.json", n=5, strategy_name="diversity")
+    for name in ("diversity", "badge", "density"):
+        with pytest.raises(InvalidInputError, match=f"the {name} strategy needs sentence embeddings"):
+            export_tasks(store, tmp_path / "t.json", n=5, strategy_name=name)
     with pytest.raises(InvalidInputError, match="format must be"):
         export_tasks(store, tmp_path / "t.xml", n=5, fmt="xml")
     bad = tmp_path / "bad.csv"
