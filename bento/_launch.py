@@ -152,7 +152,8 @@ class ServerProcess:
         import psutil
 
         try:
-            family = [psutil.Process(self.process.pid), *psutil.Process(self.process.pid).children(recursive=True)]
+            parent = psutil.Process(self.process.pid)
+            family = [parent, *parent.children(recursive=True)]
         except psutil.NoSuchProcess:
             family = []
         for proc in family:

@@ -268,6 +268,23 @@ def test_guard_answers_model_and_readiness(guarded) -> None:
     assert other.status_code == 200  # passed through to the app
 
 
+def test_a_draining_worker_says_so_but_still_answers(fp32_variant: Path, tmp_path: Path) -> None:
+    core, _ = make_core(fp32_variant, tmp_path)
+    state = State()
+    state.core = core
+    state.draining = True
+    transport = httpx.ASGITransport(app=RequestGuard(_echo_app, state=state))
+
+    async def run() -> tuple[httpx.Response, httpx.Response]:
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            return await asyncio.gather(client.get("/readyz"), client.post("/classify", json={"texts": ["a"]}))
+
+    ready, classify = asyncio.run(run())
+    assert ready.status_code == 503 and ready.json()["status"] == "draining"
+    assert classify.status_code == 200
+    assert state.in_flight == 0 and 0 <= state.idle_for() < 5
+
+
 def test_guard_before_the_model_is_loaded() -> None:
     transport = httpx.ASGITransport(app=RequestGuard(_echo_app, state=State()))
 
