@@ -377,14 +377,21 @@ def al_simulate(
     batch: Annotated[int, typer.Option(min=1, help="Labels queried per round.")] = 200,
     rounds: Annotated[int, typer.Option(min=1)] = 9,
     seeds: Annotated[int, typer.Option(min=1)] = 3,
-    max_pool: Annotated[int, typer.Option(min=0, help="At most this many pool rows (0: all).")] = 0,
+    max_pool: Annotated[int, typer.Option(min=0, help="At most this many pool rows (0: all). Full mode needs a "
+                                                      "pool of at most 20000 rows: set it, e.g. 3000.")] = 0,
     heldout: Annotated[int, typer.Option(min=0, help="Training rows set aside to reward the bandit.")] = 1000,
-    c: Annotated[float, typer.Option("--c", min=0.0, help="Inverse regularisation of the logistic head "
-                                                         "(0: cross-validated on the labelled set each round).")] = 1.0,
+    mode: Annotated[str, typer.Option(help="fast: frozen encoder + logistic-regression head (minutes); full: "
+                                           "fine-tune encoder + head from --base every round on the labelled "
+                                           "rows and score the pool with it (slow: limit the pool with "
+                                           "--max-pool).")] = "fast",
+    c: Annotated[float, typer.Option("--c", min=0.0, help="Inverse regularisation of the logistic head, fast "
+                                                         "mode (0: cross-validated on the labelled set each "
+                                                         "round).")] = 1.0,
     near_duplicate_cosine: Annotated[float, typer.Option(
         min=0.0, max=1.0, help="Skip a candidate this similar to one already in the batch (0: off).")] = 0.98,
     base: Annotated[Optional[Path], typer.Option(
-        file_okay=False, help="Frozen encoder folder [default: all-MiniLM-L6-v2].")] = None,
+        file_okay=False, help="Encoder folder, frozen (fast) or fine-tuned (full) [default: all-MiniLM-L6-v2]."
+    )] = None,
     label_names: Annotated[Optional[str], typer.Option(help="Class names for ids 0,1,..., comma-separated.")] = None,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
 ) -> None:
@@ -393,7 +400,8 @@ def al_simulate(
 
     config = SimulationConfig(strategies=tuple(s.strip() for s in strategies.split(",") if s.strip()),
                               seed_labels=seed_labels, batch=batch, rounds=rounds, seeds=seeds, max_pool=max_pool,
-                              heldout=heldout, c=c, near_duplicate_cosine=near_duplicate_cosine or None)
+                              heldout=heldout, c=c, near_duplicate_cosine=near_duplicate_cosine or None,
+                              mode=mode)  # type: ignore[arg-type]  # checked by SimulationConfig
     result = simulate(data, dev, out_dir, config=config, base=base,
                       label_names=_split_names(label_names) if label_names else None, progress=progress,
                       log=lambda line: err.print(line))
@@ -414,6 +422,10 @@ def al_simulate(
     if held["rows"]:
         out.print(f"held-out: {held['rows']} training rows set aside (the pool's distribution); random's final "
                   f"accuracy there {held['random_final_accuracy']:.4f}")
+    fits = [t for curve in result["timing"]["fit_predict"].values() for seed in curve["per_seed"] for t in seed[1:]]
+    if fits:
+        out.print(f"{result['mode']} mode: {sum(fits) / len(fits):.1f} s per fit-and-predict after round 0, "
+                  f"{result['seconds']:.0f} s in all")
 
 
 @al_app.command("demo-loop")

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from knowacq._config import TrainConfig
 from knowacq._simulate import SimulationConfig, simulate
 from knowacq.cli import app
 from knowacq.errors import ConfigError
@@ -66,3 +67,57 @@ def test_al_simulate_cli(tiny_base: Path, binary_sets, tmp_path: Path) -> None:
     bad = CliRunner().invoke(app, ["al", "simulate", "--data", str(binary_sets[0]), "--dev", str(binary_sets[1]),
                                    "--out", str(tmp_path), "--strategies", "margin"])
     assert bad.exit_code == 2 and "needs 'random'" in bad.output
+    slow = CliRunner().invoke(app, ["al", "simulate", "--data", str(binary_sets[0]), "--dev", str(binary_sets[1]),
+                                    "--out", str(tmp_path), "--mode", "slow"])
+    assert slow.exit_code == 2 and "mode must be one of fast, full" in slow.output
+    full = CliRunner().invoke(app, [
+        "al", "simulate", "--data", str(binary_sets[0]), "--dev", str(binary_sets[1]), "--out", str(tmp_path / "full"),
+        "--mode", "full", "--strategies", "random,margin", "--seed-labels", "20", "--batch", "20", "--rounds", "1",
+        "--seeds", "1", "--heldout", "40", "--base", str(tiny_base), "--label-names", "negative,positive",
+        "--no-progress"])
+    assert full.exit_code == 0, full.output
+    assert "full mode:" in full.output and "s per fit-and-predict after round 0" in full.output
+    assert json.loads((tmp_path / "full" / "results.json").read_text())["mode"] == "full"
+
+
+TINY_FINE_TUNE = TrainConfig(epochs=20, batch_size=16, learning_rate=3e-3, warmup_ratio=0.1, max_length=32,
+                             patience=20, seed=0, save_checkpoints=False)
+
+
+def test_full_mode_fine_tunes_each_round(tiny_base: Path, binary_sets, tmp_path: Path) -> None:
+    config = SimulationConfig(strategies=("random", "margin", "badge"), seed_labels=20, batch=20, rounds=2,
+                              seeds=1, heldout=40, mode="full", train=TINY_FINE_TUNE)
+    result = simulate(binary_sets[0], binary_sets[1], tmp_path, config=config, base=tiny_base,
+                      label_names=("negative", "positive"), progress=False, log=lambda _: None)
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["mode"] == "full" and saved["config"]["mode"] == "full" and "fine-tuned" in saved["model"]
+    assert saved["config"]["train"]["epochs"] == 20
+    assert saved["labels"] == [20, 40, 60] and saved["random_final_labels"] == 60
+    assert len(list((tmp_path / "cache").glob("*.npy"))) == 1  # frozen pool embeddings: near-duplicate check
+    for part in (saved, saved["heldout"]):
+        for name in config.strategies:
+            per_seed = part["curves"][name]["per_seed"]
+            assert len(per_seed) == 1 and len(per_seed[0]) == 3 and all(0.0 <= a <= 1.0 for a in per_seed[0])
+    # Round 0 is the same model for every strategy; the rounds after it differ in the rows they trained on.
+    assert len({saved["curves"][s]["per_seed"][0][0] for s in config.strategies}) == 1
+    # Fine-tuning on the separable synthetic data beats chance (0.5) by far once 60 labels are in.
+    finals = {s: saved["curves"][s]["mean"][-1] for s in config.strategies}
+    assert all(a >= 0.8 for a in finals.values()), finals
+    timing = saved["timing"]
+    for name in config.strategies:
+        assert len(timing["fit_predict"][name]["per_seed"][0]) == 3
+        assert len(timing["select"][name]["per_seed"][0]) == 2
+        assert all(t > 0 for t in timing["fit_predict"][name]["per_seed"][0])
+    assert result["mode"] == "full"
+
+
+def test_full_mode_needs_a_bounded_pool(tiny_base: Path, binary_sets, tmp_path: Path, monkeypatch) -> None:
+    import knowacq._simulate as sim
+
+    monkeypatch.setattr(sim, "FULL_MODE_MAX_POOL", 100)
+    with pytest.raises(ConfigError, match="the pool has 280 rows, the limit is 100: set max_pool"):
+        simulate(binary_sets[0], binary_sets[1], tmp_path, base=tiny_base, label_names=("negative", "positive"),
+                 config=SimulationConfig(heldout=40, seed_labels=20, batch=20, rounds=1, mode="full"),
+                 progress=False, log=lambda _: None)
+    with pytest.raises(ConfigError, match="mode must be one of fast, full"):
+        SimulationConfig(mode="slow")  # type: ignore[arg-type]
