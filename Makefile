@@ -20,7 +20,7 @@ export TOKENIZERS_PARALLELISM := false
 DEMO_PRESETS ?= cpu-int8-pruned cpu-int8 cpu-fp32
 BENCH_PRESETS ?= cpu-fp32 cpu-int8 cpu-int8-pruned
 
-.PHONY: demo serve serve-bench test bench bench-gpu reliability install clean
+.PHONY: demo serve serve-bench test lint bench bench-gpu reliability install clean
 
 install: $(VENV)/.installed
 
@@ -87,8 +87,15 @@ serve-bench: $(VENV)/.installed
 	$(BIN)/knowacq bench-serve --model $$(cat $(RUNS)/demo-variant.txt) --data $(DATA)/sst2/dev.tsv \
 	    --out $(RUNS)/bench/serve.json
 
-test: $(VENV)/.installed
+# Lint and type-check first (seconds), then the suite.
+test: lint
 	$(BIN)/pytest
+
+# ruff (lint and format) over the tree, mypy (strict on knowacq/base, export/ and bento/; see pyproject.toml).
+lint: $(VENV)/.installed
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 
 # On a CUDA machine: PyTorch eager fp16/bf16 against the gpu-fp16 graph through the runtime (docs/gpu.md).
 # Needs torch, transformers, onnx and onnxruntime-gpu only; RUN_ARGS passes options (--variant, --dev, --out).

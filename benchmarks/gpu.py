@@ -36,18 +36,16 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
+
 # torch first: onnxruntime-gpu finds the CUDA libraries that PyTorch's wheels bring only once torch loaded them.
 import torch  # noqa: I001
-
-import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from export._optimize import optimize_graph  # noqa: E402  (no optimum or BentoML behind these imports)
-from export._presets import preset  # noqa: E402
-from export._runtime import CUDA_GRAPH_MAX_ROWS, Engine, Predictor  # noqa: E402
+from export import CUDA_GRAPH_MAX_ROWS, Engine, Predictor, optimize_graph, preset  # noqa: E402  (no optimum or BentoML behind these)
 
 PRESET = "gpu-fp16"
 BUCKET = 16
@@ -176,7 +174,7 @@ def _tokenizer_dir(args: argparse.Namespace) -> Path:
         folder = args.variant
     else:
         try:
-            from knowacq._model import default_base_model
+            from knowacq.train import default_base_model
 
             folder = default_base_model()
         except Exception:  # noqa: BLE001 - any failure means: say which option to pass
@@ -399,7 +397,7 @@ def _relative_error(plan: Plan, vocab: int, device: str, baselines: dict[str, An
 
 
 def _dev_texts(path: Path) -> list[str]:
-    from knowacq._data import load_tsv
+    from knowacq.base import load_tsv
 
     return list(load_tsv(path).texts)
 
@@ -460,7 +458,7 @@ def _sst2(plan: Plan, texts: list[str], device: str, baselines: dict[str, Any], 
 def _accuracy(variant: Path, dev: Path, device: str, say: Callable[[str], None]) -> dict[str, Any]:
     """The exported variant's dev accuracy through the runtime on `device`, beside what its manifest
     recorded (measured on the CPU provider at export)."""
-    from knowacq._data import load_tsv
+    from knowacq.base import load_tsv
 
     predictor = Predictor(variant, provider=device, bucket_tokens=BUCKET, max_batch_size=256)
     data = load_tsv(dev, label_names=predictor.labels)

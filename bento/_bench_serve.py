@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from bento._launch import ServerProcess, check_model
-from knowacq._data import load_tsv
+from knowacq.base import cpu_threads, load_tsv, machine_info
 from knowacq.errors import ConfigError
 
 __all__ = ["bench_serve"]
@@ -28,7 +28,7 @@ __all__ = ["bench_serve"]
 
 def _default_texts(variant: Path) -> Path:
     """The dev file recorded by training, found through the variant's manifest."""
-    from export._manifest import read_manifest
+    from export import read_manifest
 
     source = Path(read_manifest(variant, verify_hash=False).source.get("path", ""))
     card = source / "knowacq.json"
@@ -99,7 +99,7 @@ async def _drive(url: str, texts: Sequence[str], concurrency: int, duration_s: f
 
 
 def _engine_rate(model: Path, texts: Sequence[str], batch: int, threads: int | None, rounds: int) -> float:
-    from export._runtime import Predictor
+    from export import Predictor
 
     predictor = Predictor(model, threads=threads, max_batch_size=batch)
     predictor.predict(list(texts[:batch]))  # warm-up
@@ -126,7 +126,6 @@ def bench_serve(
 ) -> dict[str, Any]:
     """Serve `model`, load it at each concurrency, compare with the in-process engine; write JSON + Markdown."""
     from bento._settings import Settings
-    from export._bench import _machine
 
     variant = check_model(str(model))  # an absolute path: the server runs in a temporary directory
     data_file = Path(data) if data else _default_texts(variant)
@@ -158,10 +157,10 @@ def bench_serve(
     engine = max(engine_before, engine_after)
     for row in served:
         row["ratio_to_engine"] = row["texts_per_s"] / engine
-    from export._manifest import read_manifest
+    from export import read_manifest
 
     result = {
-        "machine": _machine(threads or __import__("export._runtime", fromlist=["cpu_threads"]).cpu_threads()),
+        "machine": machine_info(threads or cpu_threads()),
         "model": str(variant),
         "variant": read_manifest(variant, verify_hash=False).variant,
         "data": str(data_file),

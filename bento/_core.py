@@ -6,7 +6,6 @@ are `knowacq.errors.RequestError`s carrying their status, mapped to responses in
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import json
 import logging
@@ -21,9 +20,7 @@ import numpy as np
 
 from bento._metrics import ServiceMetrics
 from bento._settings import Settings
-from knowacq._metrics import softmax
-from knowacq._redact import redact
-from knowacq._store import FeedbackStore, PredictionRecord
+from knowacq.base import FeedbackStore, PredictionRecord, redact_for_storage, softmax
 from knowacq.errors import (
     AuthError,
     InvalidInputError,
@@ -146,15 +143,13 @@ class ClassifierCore:
 
     def refresh_store_gauges(self) -> None:
         """Backlog, labels and retraining outcomes from the store, for the loop's dashboard and alerts."""
-        from knowacq._store import LAST_PROMOTION_KEY, RETRAIN_KEYS
-
         counts = self.store.counts()
         for status in ("captured", "queued"):
             self.metrics.backlog.labels(status=status).set(counts.get(f"status_{status}", 0))
         self.metrics.labels_stored.set(counts["labels"])
-        for decision, key in RETRAIN_KEYS.items():
-            self.metrics.retrain_runs.labels(decision=decision).set(float(self.store.get_meta(key) or 0))
-        self.metrics.last_promotion.set(float(self.store.get_meta(LAST_PROMOTION_KEY) or 0))
+        for decision, runs in self.store.retrain_counts().items():
+            self.metrics.retrain_runs.labels(decision=decision).set(float(runs))
+        self.metrics.last_promotion.set(self.store.last_promotion_time())
 
     def with_predictor(self, predictor: Any) -> ClassifierCore:
         """A core for another model, sharing this one's settings, store, metrics, clock and ids."""
@@ -227,10 +222,10 @@ class ClassifierCore:
             if captured:
                 m.captures.inc()
             if captured or self.settings.record == "all":
-                clean = redact(item.text[: self.settings.max_stored_chars]).text
+                clean, digest = redact_for_storage(item.text[: self.settings.max_stored_chars])
                 records.append(PredictionRecord(
                     prediction_id=prediction_id, model_version=self.model_version, text=clean,
-                    text_sha256=hashlib.sha256(clean.encode("utf-8", "replace")).hexdigest(), label=label,
+                    text_sha256=digest, label=label,
                     score=float(top[i]), margin=float(margins[i]), probabilities=probabilities,
                     captured=captured, created_at=created))
         t3 = self.clock()

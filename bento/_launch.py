@@ -24,7 +24,7 @@ SERVICE = "bento.service:Classifier"
 
 def check_model(spec: str) -> Path:
     """Fail before starting a server: the folder (or model-store tag) must hold a passing variant."""
-    from export._manifest import read_manifest
+    from export import read_manifest
 
     path = Path(spec).expanduser()
     if not path.is_dir():
@@ -171,7 +171,7 @@ def import_to_model_store(variant: Path, name: str) -> str:
 
     import bentoml
 
-    from export._manifest import read_manifest
+    from export import read_manifest
 
     manifest = read_manifest(variant)
     metadata = {"variant": manifest.variant, "model_sha256": manifest.model_sha256,

@@ -28,7 +28,6 @@ from bento._core import ClassifierCore, Item
 from bento._http import RequestGuard, State
 from bento._metrics import ServiceMetrics
 from bento._settings import Settings
-from knowacq._store import PROMOTED_MODEL_KEY
 from knowacq.errors import ModelError, RequestError, StoreError
 
 log = logging.getLogger("knowacq.service")
@@ -127,10 +126,10 @@ class Classifier:
         from bentoml._internal.marshal.dispatcher import CorkDispatcher
         from bentoml.exceptions import ServiceUnavailable
 
-        from knowacq._store import FeedbackStore, default_store_url
+        from knowacq.base import FeedbackStore, default_store_url
 
         store = FeedbackStore(SETTINGS.store_url or default_store_url())
-        spec = store.get_meta(PROMOTED_MODEL_KEY) or SETTINGS.model
+        spec = store.promoted_model() or SETTINGS.model
         self._loaded_spec = spec
         predictor, folder = self._load(spec)
         self.core = ClassifierCore(predictor, SETTINGS, store=store, metrics=ServiceMetrics(predictor.labels))
@@ -156,7 +155,7 @@ class Classifier:
 
     @staticmethod
     def _load(spec: str) -> tuple[Any, Path]:
-        from export._runtime import Predictor
+        from export import Predictor
 
         folder = resolve_model(spec)
         predictor = Predictor(
@@ -190,7 +189,7 @@ class Classifier:
             time.sleep(SETTINGS.reload_poll_s)
             self._refresh_gauges()
             try:
-                wanted = self.core.store.get_meta(PROMOTED_MODEL_KEY)
+                wanted = self.core.store.promoted_model()
                 if wanted and wanted != self._loaded_spec:
                     self.swap(wanted)
             except Exception as exc:  # keep watching; the current model keeps serving
@@ -238,7 +237,7 @@ class Classifier:
             self.core.check_token(ctx.request.headers.get("authorization"))
             spec = model or SETTINGS.model
             switched = await anyio.to_thread.run_sync(self.swap, spec)
-            await anyio.to_thread.run_sync(self.core.store.set_meta, PROMOTED_MODEL_KEY, spec)
+            await anyio.to_thread.run_sync(self.core.store.promote, spec)
             return switched
         except RequestError as exc:
             return _error(ctx, exc.status, exc.to_body())

@@ -1,13 +1,21 @@
-"""Optimisation and export stage: pruning, quantisation, ONNX export, gates, runtime.
+"""Stage 2, optimisation and export: pruning, ONNX export and fusion, quantisation, gates, manifest, runtime.
 
-`import export` is cheap: torch, transformers, optimum and onnxruntime load when a function needs them.
+Imports `knowacq.base` and `knowacq.train` through their faces. `import export` is cheap: torch, transformers,
+optimum and onnxruntime load when a function needs them.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
+from export._bench import BenchRow, bench
 from export._manifest import MANIFEST_FILE, GateResult, Manifest, read_manifest
+from export._optimize import (
+    CUDA_FUSIONS,
+    OptimizeResult,
+    attention_shape,
+    fusion_gate,
+    optimize,
+    optimize_graph,
+)
 from export._presets import (
     PRESETS,
     GateConfig,
@@ -17,16 +25,27 @@ from export._presets import (
     cpu_isa,
     preset,
 )
-from export._prune import PruneConfig
-from knowacq._lazy import lazy_getattr
-
-if TYPE_CHECKING:  # pragma: no cover
-    from export._optimize import OptimizeResult, optimize
-    from export._runtime import Prediction, Predictor
+from export._prune import PruneConfig, count_parameters, load_pruned, prune
+from export._runtime import (
+    CUDA_GRAPH_MAX_ROWS,
+    Engine,
+    Prediction,
+    Predictor,
+    bucket_width,
+    check_providers,
+    evaluate_variant,
+    graph_shape,
+    pad_feeds,
+    plan_providers,
+)
 
 __all__ = [
+    "CUDA_FUSIONS",
+    "CUDA_GRAPH_MAX_ROWS",
     "MANIFEST_FILE",
     "PRESETS",
+    "BenchRow",
+    "Engine",
     "GateConfig",
     "GateResult",
     "Manifest",
@@ -37,18 +56,21 @@ __all__ = [
     "PruneConfig",
     "RecoveryConfig",
     "SmoothConfig",
+    "attention_shape",
+    "bench",
+    "bucket_width",
+    "check_providers",
+    "count_parameters",
     "cpu_isa",
+    "evaluate_variant",
+    "fusion_gate",
+    "graph_shape",
+    "load_pruned",
     "optimize",
+    "optimize_graph",
+    "pad_feeds",
+    "plan_providers",
     "preset",
+    "prune",
     "read_manifest",
 ]
-
-__getattr__ = lazy_getattr(
-    __name__,
-    {
-        "optimize": "export._optimize",
-        "OptimizeResult": "export._optimize",
-        "Predictor": "export._runtime",
-        "Prediction": "export._runtime",
-    },
-)

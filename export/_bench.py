@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import platform
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -13,9 +11,13 @@ from typing import Any
 
 import numpy as np
 
-from knowacq._data import load_tsv
-from knowacq._model import length_sorted_batches
-from knowacq._versions import library_versions
+from knowacq.base import (
+    cpu_threads,
+    length_sorted_batches,
+    library_versions,
+    load_tsv,
+    machine_info,
+)
 from knowacq.errors import ConfigError
 
 __all__ = ["BenchRow", "bench"]
@@ -61,8 +63,8 @@ def bench(
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     from export._manifest import read_manifest
-    from export._runtime import Predictor, cpu_threads
-    from knowacq._model import read_model_card
+    from export._runtime import Predictor
+    from knowacq.base import read_model_card
 
     if latency_examples < 1 or rounds < 1:
         raise ConfigError("latency_examples and rounds must be at least 1")
@@ -138,7 +140,7 @@ def bench(
                              extra["size_mb"], extra["params"], extra["provider"],
                              round(tp / base_tp, 3), round(base_p50 / p50, 3)))
     result = {
-        "machine": _machine(threads),
+        "machine": machine_info(threads),
         "data": str(Path(data_file).resolve()),
         "sentences": len(texts),
         "latency_sentences": len(latency_texts),
@@ -157,19 +159,6 @@ def bench(
 
 def _size_mb(folder: Path, patterns: tuple[str, ...]) -> float:
     return round(sum(p.stat().st_size for pat in patterns for p in folder.glob(pat)) / 2**20, 2)
-
-
-def _machine(threads: int) -> dict[str, Any]:
-    model = ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"cpu": model or platform.processor(), "machine": platform.machine(), "cpus": os.cpu_count(),
-            "threads": threads, "system": platform.platform()}
 
 
 def _markdown(result: dict[str, Any]) -> str:

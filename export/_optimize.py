@@ -18,12 +18,16 @@ import numpy as np
 from export._manifest import GateResult, Manifest, file_sha256, folder_sha256
 from export._presets import OptimizeConfig, cpu_isa
 from export._runtime import Engine
-from knowacq._config import TrainConfig
-from knowacq._data import LabelledData, load_tsv
-from knowacq._metrics import fit_temperature
-from knowacq._model import ModelCard, predict_logits, read_model_card, require_torch
-from knowacq._versions import library_versions
+from knowacq.base import (
+    LabelledData,
+    ModelCard,
+    library_versions,
+    load_tsv,
+    read_model_card,
+    require_torch,
+)
 from knowacq.errors import ConfigError, DataError, ModelError, ParityError, QualityError
+from knowacq.train import TrainConfig, fit_temperature, predict_logits
 
 __all__ = ["CUDA_FUSIONS", "OptimizeResult", "attention_shape", "fusion_gate", "optimize", "optimize_graph"]
 
@@ -243,7 +247,7 @@ def _prune_and_recover(
         f"{result.params_after:,}")
     metrics: dict[str, Any] = {"pruning": result.to_dict()}
     if config.recovery is not None:
-        from knowacq._train import fit
+        from knowacq.train import fit
 
         rec = config.recovery
         fit_config = TrainConfig(
@@ -403,7 +407,7 @@ def _smooth(
     keep: list[str], max_length: int, say: Callable[[str], None],
 ) -> Path:
     from export._smooth import smooth_activations
-    from knowacq._model import length_sorted_batches
+    from knowacq.base import length_sorted_batches
 
     assert config.smooth is not None
     started = time.perf_counter()

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from knowacq._data import LabelledData
+from knowacq.base import LabelledData
 from knowacq.errors import ConfigError, DataError, ModelError
 
 __all__ = [
@@ -187,7 +187,7 @@ def importance(
     """
     import torch
 
-    from knowacq._model import length_sorted_batches
+    from knowacq.base import length_sorted_batches
 
     layers = _layers(model)
     if len(data) == 0:
@@ -559,7 +559,7 @@ def load_pruned(path: str | Path, *, attn_implementation: str | None = None) -> 
     A folder whose config has `knowacq_pruning` is rebuilt to that per-layer shape, then its
     safetensors weights are loaded strictly: every tensor must be present with the right shape.
     """
-    from knowacq._model import check_hf_folder, require_torch
+    from knowacq.base import check_hf_folder, require_torch
 
     require_torch("Loading a pruned model")
     path = check_hf_folder(path)

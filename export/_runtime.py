@@ -6,8 +6,6 @@ ONNX Runtime. The service (bento/) wraps this class; nothing here knows about HT
 
 from __future__ import annotations
 
-import math
-import os
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -17,12 +15,11 @@ from typing import Any, Literal
 import numpy as np
 
 from export._manifest import Manifest, read_manifest
-from knowacq._metrics import softmax
-from knowacq._model import length_sorted_batches
+from knowacq.base import cpu_threads, length_sorted_batches, softmax
 from knowacq.errors import MissingDependencyError, ModelError, ProviderError
 
 __all__ = [
-    "CUDA_GRAPH_MAX_ROWS", "Engine", "Prediction", "Predictor", "bucket_width", "check_providers", "cpu_threads",
+    "CUDA_GRAPH_MAX_ROWS", "Engine", "Prediction", "Predictor", "bucket_width", "check_providers",
     "evaluate_variant", "graph_shape", "pad_feeds", "plan_providers", "require_onnxruntime",
 ]
 
@@ -79,18 +76,6 @@ def check_providers(
             "wheels, import torch before onnxruntime). Fix that, or pass allow_fallback=True to run on the CPU"
         )
     return running, True
-
-
-def cpu_threads() -> int:
-    """CPUs this process may use: the cgroup quota (containers) or the affinity mask, at least 1."""
-    available = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    try:
-        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
-        if quota != "max":
-            available = min(available, max(1, math.floor(int(quota) / int(period))))
-    except (OSError, ValueError):
-        pass
-    return max(1, available)
 
 
 @dataclass(frozen=True)
@@ -468,8 +453,8 @@ def evaluate_variant(
     reliability_png: str | Path | None = None,
 ) -> Any:
     """The same report as `knowacq.evaluate`, for an exported variant folder, on a labelled TSV."""
-    from knowacq._data import load_tsv
-    from knowacq._metrics import classification_report, reliability_diagram
+    from knowacq.base import load_tsv
+    from knowacq.train import classification_report, reliability_diagram
 
     predictor = Predictor(path, max_batch_size=batch_size)
     data = load_tsv(data_file, label_names=predictor.labels)

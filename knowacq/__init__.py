@@ -6,12 +6,7 @@ needs them runs.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-from knowacq._config import TRAIN_PRESETS, TrainConfig, train_preset
-from knowacq._data import LabelledData, load_tsv, read_label_names
-from knowacq._lazy import lazy_getattr
-from knowacq._metrics import EvalReport, expected_calibration_error, fit_temperature
+from knowacq.base import LabelledData, load_tsv, read_label_names
 from knowacq.errors import (
     ConfigError,
     DataError,
@@ -20,10 +15,17 @@ from knowacq.errors import (
     MissingDependencyError,
     ModelError,
 )
-
-if TYPE_CHECKING:  # pragma: no cover
-    from knowacq._evaluate import evaluate
-    from knowacq._train import TrainResult, fine_tune
+from knowacq.train import (
+    TRAIN_PRESETS,
+    EvalReport,
+    TrainConfig,
+    TrainResult,
+    evaluate,
+    expected_calibration_error,
+    fine_tune,
+    fit_temperature,
+    train_preset,
+)
 
 __version__ = "0.1.0"
 
@@ -47,12 +49,3 @@ __all__ = [
     "read_label_names",
     "train_preset",
 ]
-
-__getattr__ = lazy_getattr(
-    __name__,
-    {
-        "fine_tune": "knowacq._train",
-        "TrainResult": "knowacq._train",
-        "evaluate": "knowacq._evaluate",
-    },
-)

@@ -25,9 +25,9 @@ from export import (
 from export._optimize import optimize
 from export._runtime import Engine, Predictor
 from knowacq import ConfigError, ModelError, load_tsv
-from knowacq._model import load_classifier, predict_logits
 from knowacq.cli import app
 from knowacq.errors import GateError, ParityError, ProviderError, QualityError
+from knowacq.train import load_classifier, predict_logits
 
 QUIET = {"progress": False, "log": lambda _: None}
 SMALL_RECOVERY = RecoveryConfig(examples=200)

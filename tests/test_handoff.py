@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from knowacq._handoff import export_tasks, import_labels
-from knowacq._store import FeedbackStore, PredictionRecord
+from knowacq.base import FeedbackStore, PredictionRecord
 from knowacq.cli import app
 from knowacq.errors import DataError, InvalidInputError
+from knowacq.loop import export_tasks, import_labels
 
 T0 = datetime(2026, 11, 28, tzinfo=timezone.utc)
 

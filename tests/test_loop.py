@@ -15,9 +15,8 @@ import httpx
 import pytest
 
 from bento._launch import ServerProcess, service_env
-from knowacq._data import load_tsv
-from knowacq._handoff import export_tasks, import_labels
-from knowacq._store import PROMOTED_MODEL_KEY, FeedbackStore
+from knowacq.base import FeedbackStore, load_tsv
+from knowacq.loop import export_tasks, import_labels
 
 TOKEN = "loop-token"
 
@@ -97,7 +96,7 @@ def test_capture_label_retrain_promote_and_hot_swap(fp32_variant: Path, binary_s
         # 4. The run record, the labels' status, the published tag.
         record = json.loads(next((tmp_path / "runs").glob("run-*/record.json")).read_text())
         assert record["decision"] == "promoted" and record["labels_used"]["count"] == 20
-        assert store.get_meta(PROMOTED_MODEL_KEY) == record["tag"]
+        assert store.promoted_model() == record["tag"]
         assert store.counts().get("status_used") == 20
         info = httpx.get(f"{server.url}/model", timeout=30).json()
         assert info["model_version"] in new_versions
@@ -121,9 +120,9 @@ def test_admin_reload_needs_the_token_and_refuses_a_bad_model(fp32_variant: Path
 
 def test_a_worse_candidate_is_rejected_and_not_published(fp32_variant: Path, binary_sets, tmp_path: Path,
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
-    import export._runtime as runtime
-    from knowacq._retrain import RetrainConfig, retrain
-    from knowacq._store import PredictionRecord
+    import export as runtime  # retrain takes evaluate_variant from the face when it runs
+    from knowacq.base import PredictionRecord
+    from knowacq.loop import RetrainConfig, retrain
 
     store = FeedbackStore(f"sqlite:///{tmp_path / 's.db'}")
     store.record_predictions([PredictionRecord(
@@ -148,7 +147,7 @@ def test_a_worse_candidate_is_rejected_and_not_published(fp32_variant: Path, bin
     assert "below the current" in result.reasons[0]
     assert (result.run_dir / "variant" / "model.onnx").is_file()  # kept for inspection
     assert json.loads((result.run_dir / "record.json").read_text())["decision"] == "rejected"
-    assert store.get_meta(PROMOTED_MODEL_KEY) is None
+    assert store.promoted_model() is None
 
 
 def test_demo_loop_command(fp32_variant: Path, binary_sets, tmp_path: Path) -> None:

@@ -7,13 +7,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from knowacq._metrics import (
+from knowacq.base import softmax
+from knowacq.train import (
     classification_report,
     expected_calibration_error,
     fit_temperature,
     negative_log_likelihood,
     reliability_diagram,
-    softmax,
 )
 
 

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from knowacq._redact import redact
+from knowacq.base import redact
 
 PII = [
     ("write to jane.doe+news@example.co.uk today", "EMAIL"),

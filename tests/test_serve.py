@@ -17,7 +17,7 @@ from bento._http import RequestGuard, State
 from bento._metrics import ServiceMetrics
 from bento._settings import Settings
 from export._runtime import Predictor
-from knowacq._store import FeedbackStore
+from knowacq.base import FeedbackStore
 from knowacq.errors import (
     AuthError,
     ConfigError,

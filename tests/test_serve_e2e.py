@@ -219,7 +219,7 @@ def test_two_workers_share_the_store_and_add_up_their_metrics(fp32_variant: Path
     total = sum(float(m.group(1)) for m in re.finditer(r'^knowacq_predictions_total\{[^}]*\} (\S+)$', metrics,
                                                        re.MULTILINE))
     assert total == len(texts)
-    from knowacq._store import FeedbackStore
+    from knowacq.base import FeedbackStore
 
     counts = FeedbackStore(f"sqlite:///{store}").counts()
     assert counts["predictions"] == len(texts) and counts["labels"] == 40

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from knowacq._config import TrainConfig
-from knowacq._simulate import SimulationConfig, simulate
 from knowacq.cli import app
 from knowacq.errors import ConfigError
+from knowacq.loop import SimulationConfig, simulate
+from knowacq.train import TrainConfig
 
 
 def test_simulation_writes_curves_and_label_counts(tiny_base: Path, binary_sets, tmp_path: Path) -> None:
@@ -112,7 +112,7 @@ def test_full_mode_fine_tunes_each_round(tiny_base: Path, binary_sets, tmp_path:
 
 
 def test_full_mode_needs_a_bounded_pool(tiny_base: Path, binary_sets, tmp_path: Path, monkeypatch) -> None:
-    import knowacq._simulate as sim
+    import knowacq.loop._simulate as sim
 
     monkeypatch.setattr(sim, "FULL_MODE_MAX_POOL", 100)
     with pytest.raises(ConfigError, match="the pool has 280 rows, the limit is 100: set max_pool"):

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from knowacq._store import FeedbackStore, PredictionRecord
+from knowacq.base import FeedbackStore, PredictionRecord
 from knowacq.errors import ConfigError, StoreError, UnknownPredictionError
 
 

@@ -9,10 +9,19 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from knowacq._bandit import Exp3, reward_from_gain
-from knowacq._strategies import (STRATEGIES, BadgeSampling, Selection, entropy, least_confidence, margin, select,
-                                  strategy)
 from knowacq.errors import ConfigError
+from knowacq.loop import (
+    STRATEGIES,
+    BadgeSampling,
+    Exp3,
+    Selection,
+    entropy,
+    least_confidence,
+    margin,
+    reward_from_gain,
+    select,
+    strategy,
+)
 
 
 def pool(n: int, k: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -11,7 +11,8 @@ import pytest
 from conftest import synthetic_rows, write_tsv
 
 from knowacq import ConfigError, DataError, TrainConfig, fine_tune, load_tsv
-from knowacq._model import load_classifier, predict_logits, read_model_card
+from knowacq.base import read_model_card
+from knowacq.train import load_classifier, predict_logits
 
 FAST = TrainConfig(epochs=3, batch_size=16, learning_rate=3e-3, max_length=32, evals_per_epoch=2,
                    patience=10, warmup_ratio=0.1, seed=7)

@@ -16,10 +16,10 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
-from knowacq._data import load_tsv  # noqa: E402
-from knowacq._model import default_base_model  # noqa: E402
-from knowacq._simulate import _cached_embeddings, _fit_predict  # noqa: E402
-from knowacq._strategies import Selection, select, strategy  # noqa: E402
+from knowacq.base import load_tsv  # noqa: E402
+from knowacq.train import default_base_model  # noqa: E402
+from knowacq.loop._simulate import _cached_embeddings, _fit_predict  # noqa: E402
+from knowacq.loop import Selection, select, strategy  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data" / "sst2"
 CACHE = ROOT / "runs" / "al-sim" / "cache"

@@ -9,12 +9,13 @@ import random
 import threading
 import time
 from pathlib import Path
+
 import httpx
 import pytest
 from _rel import TOKEN, scale
 
 from bento._launch import ServerProcess
-from knowacq._store import FeedbackStore
+from knowacq.base import FeedbackStore
 
 pytestmark = pytest.mark.timeout(3600)
 

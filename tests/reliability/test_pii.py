@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from knowacq._redact import redact
+from knowacq.base import redact
 
 PII_SET = Path(__file__).with_name("data") / "pii.tsv"
 PLACEHOLDER = {"email": "EMAIL", "phone": "PHONE", "card": "CARD", "ipv4": "IP", "ipv6": "IP", "iban": "IBAN",

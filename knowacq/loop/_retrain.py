@@ -11,7 +11,6 @@ folder for inspection. Every run writes `record.json`; the labels it used are ma
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import json
 import time
@@ -22,8 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from knowacq._data import load_tsv
-from knowacq._store import FeedbackStore
+from knowacq.base import FeedbackStore, load_tsv, write_tsv
 from knowacq.errors import ConfigError, DataError, GateError
 
 __all__ = ["RetrainConfig", "RetrainResult", "retrain"]
@@ -63,14 +61,6 @@ class RetrainResult:
     labels_used: int
 
 
-def _write_tsv(path: Path, texts: list[str], labels: list[str]) -> None:
-    with path.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle, delimiter="\t", quoting=csv.QUOTE_MINIMAL, lineterminator="\n")
-        writer.writerow(["sentence", "label"])
-        for text, label in zip(texts, labels):
-            writer.writerow([" ".join(text.split()), label])
-
-
 def retrain(
     current: str | Path,
     store: FeedbackStore,
@@ -85,13 +75,9 @@ def retrain(
     log: Callable[[str], None] = print,
 ) -> RetrainResult:
     """One gated retraining run from the variant folder `current`; see the module docstring."""
-    from export import preset
-    from export._manifest import read_manifest
-    from export._optimize import optimize
-    from export._runtime import evaluate_variant
-    from knowacq._config import TrainConfig
-    from knowacq._model import read_model_card
-    from knowacq._train import fine_tune
+    from export import evaluate_variant, optimize, preset, read_manifest
+    from knowacq.base import read_model_card
+    from knowacq.train import TrainConfig, fine_tune
 
     started = time.perf_counter()
     current = Path(current)
@@ -123,7 +109,7 @@ def retrain(
         names += [labels[int(original.labels[i])] for i in take]
     elif config.replay:
         log(f"warning: the original training file {train_path} is missing; training on the new labels only")
-    _write_tsv(run_dir / "train.tsv", texts, names)
+    write_tsv(run_dir / "train.tsv", texts, names)
     train = load_tsv(run_dir / "train.tsv", label_names=tuple(labels))
     dev = load_tsv(dev_path, label_names=tuple(labels))
     log(f"{run_id}: {len(usable)} new label(s) + {len(train) - len(usable)} replayed rows; "
@@ -152,13 +138,12 @@ def retrain(
     promoted = not reasons
     tag = None
     if promoted and candidate_dir is not None and register_as:
-        from bento._launch import import_to_model_store
+        from bento import import_to_model_store
 
         tag = import_to_model_store(candidate_dir, register_as)
         if publish:  # running services watch this key and switch to the new tag
-            from knowacq._store import PROMOTED_MODEL_KEY
 
-            store.set_meta(PROMOTED_MODEL_KEY, tag)
+            store.promote(tag)
     store.set_status([r.prediction_id for r, _ in usable], "used", run=run_id)
     store.count_retrain("promoted" if promoted else "rejected", time.time())
     record = {

@@ -15,10 +15,9 @@ from typing import Any
 
 import httpx
 
-from knowacq._data import load_tsv
-from knowacq._handoff import export_tasks, import_labels
-from knowacq._retrain import RetrainConfig, retrain
-from knowacq._store import FeedbackStore
+from knowacq.base import FeedbackStore, load_tsv
+from knowacq.loop._handoff import export_tasks, import_labels
+from knowacq.loop._retrain import RetrainConfig, retrain
 
 __all__ = ["demo_loop"]
 
@@ -35,12 +34,12 @@ def demo_loop(
     config: RetrainConfig = RetrainConfig(),
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
-    from bento._launch import ServerProcess
+    from bento import ServerProcess
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     store_url = f"sqlite:///{(out_dir / 'feedback.db').resolve()}"
-    from export._manifest import read_manifest
+    from export import read_manifest
 
     data = load_tsv(traffic_file, label_names=tuple(read_manifest(variant).labels))
     rows = list(zip(data.texts, (data.label_names[i] for i in data.labels)))[skip: skip + traffic]

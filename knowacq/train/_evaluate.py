@@ -4,10 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from knowacq._data import LabelledData
-from knowacq._metrics import EvalReport, classification_report, reliability_diagram
-from knowacq._model import load_classifier, predict_logits
+from knowacq.base import LabelledData
 from knowacq.errors import DataError
+from knowacq.train._metrics import (
+    EvalReport,
+    classification_report,
+    reliability_diagram,
+)
+from knowacq.train._model import load_classifier, predict_logits
 
 __all__ = ["evaluate"]
 

@@ -1,4 +1,4 @@
-"""Labelled text data: reading `sentence<TAB>label` files and the label map that goes with them."""
+"""Labelled text data: reading and writing `sentence<TAB>label` files and the label map that goes with them."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import numpy as np
 
 from knowacq.errors import DataError, MalformedDataError, RowProblem
 
-__all__ = ["LabelledData", "load_tsv", "read_label_names"]
+__all__ = ["LABELS_FILE", "LabelledData", "load_tsv", "read_label_names", "write_tsv"]
 
 _INT = re.compile(r"[+-]?\d+")
 _TEXT_COLUMNS = ("sentence", "text")
@@ -214,3 +214,12 @@ def _ids_from_data(
     names = tuple(sorted(set(tokens)))
     index = {name: i for i, name in enumerate(names)}
     return names, [index[t] for t in tokens]
+
+
+def write_tsv(path: str | Path, texts: Sequence[str], labels: Sequence[str]) -> None:
+    """Write `sentence<TAB>label` rows that `load_tsv` reads back (whitespace in a text folded to one space)."""
+    with Path(path).open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle, delimiter="\t", quoting=csv.QUOTE_MINIMAL, lineterminator="\n")
+        writer.writerow(["sentence", "label"])
+        for text, label in zip(texts, labels):
+            writer.writerow([" ".join(text.split()), label])

@@ -8,7 +8,6 @@ labels beside those from `POST /feedback` (source "import").
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -17,10 +16,9 @@ from typing import Any
 
 import numpy as np
 
-from knowacq._redact import redact
-from knowacq._store import FeedbackStore, PredictionRecord
-from knowacq._strategies import Selection, select, strategy
+from knowacq.base import FeedbackStore, PredictionRecord, redact_for_storage
 from knowacq.errors import DataError, InvalidInputError, UnknownPredictionError
+from knowacq.loop._strategies import Selection, select, strategy
 
 __all__ = ["ImportResult", "export_tasks", "import_labels"]
 
@@ -183,8 +181,7 @@ def import_labels(
             if not text or not text.strip():
                 skipped.append(f"row {i}: neither prediction_id nor text")
                 continue
-            clean = redact(text).text
-            digest = hashlib.sha256(clean.encode("utf-8", "replace")).hexdigest()
+            clean, digest = redact_for_storage(text)
             found = store.find_by_text_hash(digest)
             if found is None:
                 prediction_id = "import-" + digest[:32]

@@ -15,9 +15,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from knowacq._config import TRAIN_PRESETS, train_preset
-from knowacq._data import load_tsv
+from knowacq.base import load_tsv
 from knowacq.errors import ConfigError, KnowacqError
+from knowacq.train import TRAIN_PRESETS, train_preset
 
 app = typer.Typer(
     help="Fine-tune, optimise, serve and actively improve transformer text classifiers.",
@@ -74,7 +74,7 @@ def train(
     progress: Annotated[bool, typer.Option(help="Show the progress bar.")] = True,
 ) -> None:
     """Fine-tune a pretrained encoder into a calibrated text classifier."""
-    from knowacq._train import fine_tune
+    from knowacq.train import fine_tune
 
     config = train_preset(preset)
     overrides = {"epochs": epochs, "batch_size": batch_size, "learning_rate": lr, "seed": seed}
@@ -114,12 +114,12 @@ def eval_(
     MODEL is a fine-tuned Hugging Face folder or an exported variant folder (with manifest.json).
     """
     if (model / "manifest.json").exists():
-        from export._runtime import evaluate_variant
+        from export import evaluate_variant
 
         report = evaluate_variant(model, data, batch_size=batch_size, reliability_png=reliability)
     else:
-        from knowacq._evaluate import evaluate
-        from knowacq._model import read_model_card
+        from knowacq.base import read_model_card
+        from knowacq.train import evaluate
 
         card = read_model_card(model)
         dataset = load_tsv(data, label_names=card.labels)
@@ -153,9 +153,9 @@ def optimize(
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
 ) -> None:
     """Export MODEL to ONNX as the variant PRESET (pruned, fused, quantised) and gate it."""
-    from export._optimize import optimize as run
-    from export._presets import preset as find_preset
-    from knowacq._model import read_model_card
+    from export import optimize as run
+    from export import preset as find_preset
+    from knowacq.base import read_model_card
 
     config = find_preset(preset)
     gate_changes = {k: v for k, v in (("min_agreement", min_agreement),
@@ -195,7 +195,7 @@ def bench(
     threads: Annotated[Optional[int], typer.Option(min=1, help="Threads [default: CPUs allowed].")] = None,
 ) -> None:
     """Time PyTorch fp32 and each variant on the same sentences; write JSON, Markdown and a plot."""
-    from export._bench import bench as run
+    from export import bench as run
 
     run(model, variants, data, out_file, latency_examples=latency_examples, rounds=rounds,
         threads=threads, log=lambda line: err.print(line))
@@ -221,8 +221,7 @@ def serve(
 
     Other settings (thresholds, batching, limits) come from KNOWACQ_* variables; see the README.
     """
-    from bento._launch import check_model, serve_command, service_env
-    from bento._settings import Settings
+    from bento import Settings, check_model, serve_command, service_env
 
     check_model(model)
     settings = {"model": model, "api_token": token, "store_url": store, "provider": provider, "workers": workers}
@@ -248,7 +247,7 @@ def bench_serve(
     texts_per_request: Annotated[int, typer.Option(min=1, help="Texts in each request.")] = 1,
 ) -> None:
     """Drive the real server over loopback and compare with the in-process engine on the same texts."""
-    from bento._bench_serve import bench_serve as run
+    from bento import bench_serve as run
 
     try:
         levels = tuple(int(c) for c in concurrency.split(","))
@@ -269,7 +268,7 @@ def import_model(
     name: Annotated[str, typer.Option(help="Model name in the BentoML model store.")] = "knowacq-classifier",
 ) -> None:
     """Copy a variant into the BentoML model store (for `bentoml build` and `serve --model NAME:TAG`)."""
-    from bento._launch import import_to_model_store
+    from bento import import_to_model_store
 
     tag = import_to_model_store(variant, name)
     out.print(f"stored as {tag}")
@@ -293,8 +292,8 @@ def feedback_export(
     seed: Annotated[int, typer.Option(help="Seed of the strategy's random choices.")] = 0,
 ) -> None:
     """Pick captured predictions for labelling, write Label Studio tasks or CSV, mark them queued."""
-    from knowacq._handoff import export_tasks
-    from knowacq._store import FeedbackStore
+    from knowacq.base import FeedbackStore
+    from knowacq.loop import export_tasks
 
     records = export_tasks(FeedbackStore(store), out_file, n=n, strategy_name=strategy_name, fmt=fmt, seed=seed)
     out.print(f"exported {len(records)} item(s) chosen by {strategy_name} to {out_file}; marked queued")
@@ -310,8 +309,8 @@ def feedback_import(
     annotator: Annotated[str, typer.Option(help="Annotator recorded when the file names none.")] = "",
 ) -> None:
     """Store human labels from a Label Studio export or a CSV (prediction_id or text, label)."""
-    from knowacq._handoff import import_labels
-    from knowacq._store import FeedbackStore
+    from knowacq.base import FeedbackStore
+    from knowacq.loop import import_labels
 
     result = import_labels(FeedbackStore(store), in_file,
                            label_names=_split_names(label_names) if label_names else None, annotator=annotator)
@@ -344,9 +343,9 @@ def retrain(
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
 ) -> None:
     """Retrain on the new human labels; promote only if the candidate passes its gates and is not worse."""
-    from knowacq._retrain import RetrainConfig
-    from knowacq._retrain import retrain as run
-    from knowacq._store import FeedbackStore
+    from knowacq.base import FeedbackStore
+    from knowacq.loop import RetrainConfig
+    from knowacq.loop import retrain as run
 
     result = run(current, FeedbackStore(store), out_dir, dev_file=dev, train_file=train_tsv,
                  config=RetrainConfig(replay=replay, epochs=epochs, learning_rate=lr, tolerance=tolerance),
@@ -396,7 +395,7 @@ def al_simulate(
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
 ) -> None:
     """Pool-based active learning on labelled data: learning curves per strategy, labels to reach random."""
-    from knowacq._simulate import SimulationConfig, simulate
+    from knowacq.loop import SimulationConfig, simulate
 
     config = SimulationConfig(strategies=tuple(s.strip() for s in strategies.split(",") if s.strip()),
                               seed_labels=seed_labels, batch=batch, rounds=rounds, seeds=seeds, max_pool=max_pool,
@@ -443,8 +442,7 @@ def al_demo_loop(
     min_confidence: Annotated[float, typer.Option(help="Capture threshold of the server.")] = 0.75,
 ) -> None:
     """One turn of the loop: serve, traffic, capture, label, retrain, promote or reject; printed."""
-    from knowacq._demo_loop import demo_loop
-    from knowacq._retrain import RetrainConfig
+    from knowacq.loop import RetrainConfig, demo_loop
 
     s = demo_loop(variant, traffic_tsv, out_dir, traffic=n_traffic, skip=skip, labels=labels,
                   min_confidence=min_confidence, config=RetrainConfig(replay=replay), log=lambda line: err.print(line))

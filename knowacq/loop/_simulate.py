@@ -28,11 +28,11 @@ from typing import Any, Literal, Protocol
 
 import numpy as np
 
-from knowacq._bandit import Exp3, reward_from_gain
-from knowacq._config import TrainConfig
-from knowacq._data import LabelledData, load_tsv
-from knowacq._strategies import STRATEGIES, Selection, select, strategy
+from knowacq.base import LabelledData, load_tsv
 from knowacq.errors import ConfigError
+from knowacq.loop._bandit import Exp3, reward_from_gain
+from knowacq.loop._strategies import STRATEGIES, Selection, select, strategy
+from knowacq.train import TrainConfig
 
 __all__ = ["FULL_MODE_MAX_POOL", "FULL_MODE_TRAIN", "SimulationConfig", "embed", "simulate"]
 
@@ -97,7 +97,7 @@ def embed(texts: Sequence[str], model_dir: str | Path, *, max_length: int = 64, 
     import torch
     from transformers import AutoModel, AutoTokenizer
 
-    from knowacq._model import length_sorted_batches
+    from knowacq.base import length_sorted_batches
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModel.from_pretrained(model_dir).eval()
@@ -222,7 +222,7 @@ class _FullLearner:
 
     def __init__(self, base: Path, pool: LabelledData, dev: LabelledData, held: LabelledData,
                  config: TrainConfig) -> None:
-        from knowacq._model import require_torch
+        from knowacq.base import require_torch
 
         require_torch("Full-mode simulation")
         self.base, self.pool, self.dev, self.held, self.config = base, pool, dev, held, config
@@ -232,8 +232,8 @@ class _FullLearner:
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
         from transformers import logging as hf_logging
 
-        from knowacq._train import fit
         from knowacq.errors import ModelError
+        from knowacq.train import fit
 
         config = replace(self.config, seed=self.config.seed + seed)
         names = list(self.pool.label_names)
@@ -270,7 +270,7 @@ def _probabilities_and_embeddings(model: Any, tokenizer: Any, texts: Sequence[st
     """Softmax probabilities and L2-normalised mean-pooled last hidden states, from one forward pass."""
     import torch
 
-    from knowacq._model import length_sorted_batches
+    from knowacq.base import length_sorted_batches
 
     probs = np.zeros((len(texts), model.config.num_labels))
     vectors = np.zeros((len(texts), model.config.hidden_size), dtype=np.float32)
@@ -300,7 +300,7 @@ def simulate(
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Run every strategy for `config.rounds` rounds and `config.seeds` seeds; write results.json + PNG."""
-    from knowacq._model import default_base_model
+    from knowacq.train import default_base_model
 
     started = time.perf_counter()
     out_dir = Path(out_dir)

@@ -9,7 +9,6 @@ is on disk. Texts arrive here already redacted (see `knowacq._redact`).
 from __future__ import annotations
 
 import json
-import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -24,7 +23,7 @@ from knowacq.errors import (
     UnknownPredictionError,
 )
 
-__all__ = ["PROMOTED_MODEL_KEY", "SCHEMA_VERSION", "FeedbackStore", "LabelRecord", "PredictionRecord", "default_store_url"]
+__all__ = ["SCHEMA_VERSION", "STATUSES", "FeedbackStore", "LabelRecord", "PredictionRecord", "default_store_url"]
 
 SCHEMA_VERSION = 2
 """1: predictions, labels. 2: predictions.used_in_run (which retrain run consumed the label)."""
@@ -105,7 +104,6 @@ class FeedbackStore:
         if self.backend == "sqlite":
             sa.event.listen(self.engine, "connect", _sqlite_pragmas)
         self._define_tables()
-        self._lock = threading.Lock()
         self._create_schema()
 
     def _safe_url(self) -> str:
@@ -268,6 +266,22 @@ class FeedbackStore:
         if decision == "promoted":
             self.set_meta(LAST_PROMOTION_KEY, f"{when:.0f}")
 
+    def promote(self, model: str) -> None:
+        """Publish `model` (a variant folder or model-store tag) as the one every replica should serve."""
+        self.set_meta(PROMOTED_MODEL_KEY, model)
+
+    def promoted_model(self) -> str | None:
+        """The model last published by `promote`, or None when none was."""
+        return self.get_meta(PROMOTED_MODEL_KEY)
+
+    def retrain_counts(self) -> dict[str, int]:
+        """Retraining runs recorded by `count_retrain`, per decision ("promoted", "rejected")."""
+        return {decision: int(self.get_meta(key) or 0) for decision, key in RETRAIN_KEYS.items()}
+
+    def last_promotion_time(self) -> float:
+        """Unix time of the last promotion recorded by `count_retrain` (0.0 when none was)."""
+        return float(self.get_meta(LAST_PROMOTION_KEY) or 0)
+
     def get_meta(self, key: str) -> str | None:
         sa = self._sa
         with self.engine.connect() as conn:
@@ -294,12 +308,14 @@ class FeedbackStore:
     def _insert_ignore(self, table: Any, keys: list[str]) -> Any:
         """INSERT that skips rows whose key exists (idempotent writes) on SQLite and Postgres."""
         if self.backend == "sqlite":
-            from sqlalchemy.dialects.sqlite import insert
-        elif self.backend == "postgresql":
-            from sqlalchemy.dialects.postgresql import insert
-        else:
-            return table.insert().prefix_with("IGNORE") if self.backend == "mysql" else table.insert()
-        return insert(table).on_conflict_do_nothing(index_elements=keys)
+            from sqlalchemy.dialects import sqlite
+
+            return sqlite.insert(table).on_conflict_do_nothing(index_elements=keys)
+        if self.backend == "postgresql":
+            from sqlalchemy.dialects import postgresql
+
+            return postgresql.insert(table).on_conflict_do_nothing(index_elements=keys)
+        return table.insert().prefix_with("IGNORE") if self.backend == "mysql" else table.insert()
 
     # reads ----------------------------------------------------------------------------------------
 
@@ -379,7 +395,7 @@ class FeedbackStore:
         if self.backend != "sqlite":
             return True
         with self.engine.connect() as conn:
-            return conn.execute(self._sa.text("PRAGMA integrity_check")).scalar_one() == "ok"
+            return bool(conn.execute(self._sa.text("PRAGMA integrity_check")).scalar_one() == "ok")
 
     def close(self) -> None:
         self.engine.dispose()

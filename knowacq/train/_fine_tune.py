@@ -14,26 +14,25 @@ from typing import Any
 
 import numpy as np
 
-from knowacq._config import TrainConfig
-from knowacq._data import LabelledData
-from knowacq._metrics import (
+from knowacq.base import (
+    SIDECAR,
+    LabelledData,
+    check_hf_folder,
+    library_versions,
+    require_torch,
+    softmax,
+)
+from knowacq.errors import ConfigError, DataError, ModelError
+from knowacq.train._config import TrainConfig
+from knowacq.train._metrics import (
     EvalReport,
     classification_report,
     expected_calibration_error,
     fit_temperature,
     negative_log_likelihood,
     reliability_diagram,
-    softmax,
 )
-from knowacq._model import (
-    SIDECAR,
-    check_hf_folder,
-    default_base_model,
-    predict_logits,
-    require_torch,
-)
-from knowacq._versions import library_versions
-from knowacq.errors import ConfigError, DataError, ModelError
+from knowacq.train._model import default_base_model, predict_logits
 
 __all__ = ["FitResult", "TrainResult", "fine_tune", "fit"]
 

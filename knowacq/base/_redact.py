@@ -8,12 +8,13 @@ IPs), which keeps ordinary numbers in review text ("a 1999 film", "90 minutes") 
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import re
 from collections import Counter
 from dataclasses import dataclass
 
-__all__ = ["Redaction", "redact"]
+__all__ = ["Redaction", "redact", "redact_for_storage", "text_sha256"]
 
 _EMAIL = re.compile(r"(?<![\w.+-])[\w.+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}\b")
 _URL = re.compile(r"\b(?:(?:https?|ftp)://|www\.)[^\s<>\"']+", re.IGNORECASE)
@@ -112,3 +113,14 @@ def redact(text: str) -> Redaction:
     sub(_IPV6, "IP", lambda v: v.count(":") >= 2 and _ip_ok(v))
     sub(_PHONE, "PHONE", _phone_ok)
     return Redaction(text, dict(found))
+
+
+def text_sha256(text: str) -> str:
+    """The hash under which a (redacted) text is stored and matched: SHA-256 of its UTF-8 bytes."""
+    return hashlib.sha256(text.encode("utf-8", "replace")).hexdigest()
+
+
+def redact_for_storage(text: str) -> tuple[str, str]:
+    """(redacted text, its `text_sha256`): what the feedback store keeps of a text, and its key."""
+    clean = redact(text).text
+    return clean, text_sha256(clean)

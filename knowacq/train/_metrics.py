@@ -9,6 +9,8 @@ from typing import Any
 
 import numpy as np
 
+from knowacq.base import softmax
+
 __all__ = [
     "EvalReport",
     "classification_report",
@@ -16,18 +18,9 @@ __all__ = [
     "fit_temperature",
     "negative_log_likelihood",
     "reliability_diagram",
-    "softmax",
 ]
 
 ECE_BINS = 15
-
-
-def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
-    """Row-wise softmax of `logits / temperature`, computed stably in float64."""
-    z = np.asarray(logits, dtype=np.float64) / float(temperature)
-    z = z - z.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
 
 
 def negative_log_likelihood(logits: np.ndarray, labels: np.ndarray, temperature: float = 1.0) -> float:

@@ -1,0 +1,61 @@
+"""The bottom layer: data files, the feedback store, redaction, model cards, numeric and machine helpers.
+
+Imports nothing of knowacq but `knowacq.errors`, and no heavy library (torch, transformers, onnxruntime).
+"""
+
+from __future__ import annotations
+
+from knowacq.base._card import (
+    SIDECAR,
+    ModelCard,
+    check_hf_folder,
+    read_model_card,
+    require_torch,
+)
+from knowacq.base._data import (
+    LABELS_FILE,
+    LabelledData,
+    load_tsv,
+    read_label_names,
+    write_tsv,
+)
+from knowacq.base._machine import cpu_threads, machine_info
+from knowacq.base._numeric import length_sorted_batches, softmax
+from knowacq.base._redact import Redaction, redact, redact_for_storage, text_sha256
+from knowacq.base._store import (
+    SCHEMA_VERSION,
+    STATUSES,
+    FeedbackStore,
+    LabelRecord,
+    PredictionRecord,
+    default_store_url,
+)
+from knowacq.base._versions import library_versions
+
+__all__ = [
+    "LABELS_FILE",
+    "SCHEMA_VERSION",
+    "SIDECAR",
+    "STATUSES",
+    "FeedbackStore",
+    "LabelRecord",
+    "LabelledData",
+    "ModelCard",
+    "PredictionRecord",
+    "Redaction",
+    "check_hf_folder",
+    "cpu_threads",
+    "default_store_url",
+    "length_sorted_batches",
+    "library_versions",
+    "load_tsv",
+    "machine_info",
+    "read_label_names",
+    "read_model_card",
+    "redact",
+    "redact_for_storage",
+    "require_torch",
+    "softmax",
+    "text_sha256",
+    "write_tsv",
+]

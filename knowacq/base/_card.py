@@ -1,0 +1,71 @@
+"""Model folders as knowacq reads them: the `knowacq.json` card, the Hugging Face folder check, torch's presence."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from knowacq.errors import MissingDependencyError, ModelError
+
+__all__ = ["SIDECAR", "ModelCard", "check_hf_folder", "read_model_card", "require_torch"]
+
+SIDECAR = "knowacq.json"
+"""Written beside the weights of every fine-tuned model: label map, temperature, recipe, metrics."""
+
+
+def require_torch(purpose: str) -> None:
+    """Raise MissingDependencyError naming the package when torch or transformers is absent."""
+    for package in ("torch", "transformers"):
+        if importlib.util.find_spec(package) is None:
+            raise MissingDependencyError(package, "cpu", purpose)
+
+
+def check_hf_folder(path: str | Path) -> Path:
+    path = Path(path)
+    if not path.is_dir():
+        raise ModelError(f"model folder {path} does not exist")
+    if not (path / "config.json").is_file():
+        raise ModelError(
+            f"{path} is not a Hugging Face model folder (no config.json); "
+            "pass a folder written by save_pretrained or by 'knowacq train'"
+        )
+    return path
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    """What knowacq knows about a model folder: its labels and calibration temperature."""
+
+    path: Path
+    labels: tuple[str, ...]
+    temperature: float
+    max_length: int
+    calibrated: bool
+    extra: dict[str, Any]
+
+
+def read_model_card(path: str | Path) -> ModelCard:
+    """Label map and temperature of a fine-tuned folder (from `knowacq.json`, else from `config.json`)."""
+    path = check_hf_folder(path)
+    sidecar = path / SIDECAR
+    if sidecar.is_file():
+        try:
+            data = json.loads(sidecar.read_text())
+            return ModelCard(
+                path, tuple(data["labels"]), float(data["temperature"]),
+                int(data.get("max_length", 512)), True, data,
+            )
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ModelError(f"{sidecar} is damaged ({exc}); re-run 'knowacq train'") from exc
+    try:
+        config = json.loads((path / "config.json").read_text())
+    except ValueError as exc:
+        raise ModelError(f"{path / 'config.json'} is not valid JSON: {exc}") from exc
+    id2label = config.get("id2label") or {}
+    labels = tuple(str(id2label[k]) for k in sorted(id2label, key=int)) if id2label else ()
+    if not labels:
+        raise ModelError(f"{path} has no label map (id2label); it is not a sequence classifier")
+    return ModelCard(path, labels, 1.0, int(config.get("max_position_embeddings", 512)), False, {})

@@ -1,0 +1,64 @@
+"""Stage 4, the active-learning loop: query strategies, the bandit, the labelling hand-off, gated retraining,
+the simulation and the demo turn.
+
+Sits above the service: imports `knowacq.base`, `knowacq.train`, `export` and `bento`, each through its face.
+"""
+
+from __future__ import annotations
+
+from knowacq.loop._bandit import Exp3, reward_from_gain
+from knowacq.loop._demo_loop import demo_loop
+from knowacq.loop._handoff import (
+    EMBEDDING_STRATEGIES,
+    ImportResult,
+    export_tasks,
+    import_labels,
+)
+from knowacq.loop._retrain import RetrainConfig, RetrainResult, retrain
+from knowacq.loop._simulate import (
+    FULL_MODE_MAX_POOL,
+    FULL_MODE_TRAIN,
+    SimulationConfig,
+    embed,
+    simulate,
+)
+from knowacq.loop._strategies import (
+    STRATEGIES,
+    BadgeSampling,
+    DensityWeightedSampling,
+    Selection,
+    Strategy,
+    entropy,
+    least_confidence,
+    margin,
+    select,
+    strategy,
+)
+
+__all__ = [
+    "EMBEDDING_STRATEGIES",
+    "FULL_MODE_MAX_POOL",
+    "FULL_MODE_TRAIN",
+    "STRATEGIES",
+    "BadgeSampling",
+    "DensityWeightedSampling",
+    "Exp3",
+    "ImportResult",
+    "RetrainConfig",
+    "RetrainResult",
+    "Selection",
+    "SimulationConfig",
+    "Strategy",
+    "demo_loop",
+    "embed",
+    "entropy",
+    "export_tasks",
+    "import_labels",
+    "least_confidence",
+    "margin",
+    "retrain",
+    "reward_from_gain",
+    "select",
+    "simulate",
+    "strategy",
+]

