@@ -31,21 +31,22 @@ import sys
 import tempfile
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
 # torch first: onnxruntime-gpu finds the CUDA libraries that PyTorch's wheels bring only once torch loaded them.
-import torch  # noqa: I001
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from export import CUDA_GRAPH_MAX_ROWS, Engine, Predictor, optimize_graph, preset  # noqa: E402  (no optimum or BentoML behind these)
+from export import CUDA_GRAPH_MAX_ROWS, Engine, Predictor, optimize_graph, preset
 
 PRESET = "gpu-fp16"
 BUCKET = 16
@@ -71,8 +72,20 @@ class Plan:
 
     @classmethod
     def quick(cls) -> Plan:
-        return cls(hidden=32, layers=2, heads=2, ffn=64, tokens=16, batches=(1, 4, 16), repeats=3, warmup=1,
-                   probe_rows=8, sst2_sentences=64, sst2_batches=(16,), sst2_passes=2)
+        return cls(
+            hidden=32,
+            layers=2,
+            heads=2,
+            ffn=64,
+            tokens=16,
+            batches=(1, 4, 16),
+            repeats=3,
+            warmup=1,
+            probe_rows=8,
+            sst2_sentences=64,
+            sst2_batches=(16,),
+            sst2_passes=2,
+        )
 
     def gflop_per_sequence(self) -> float:
         """Matrix-product work of the encoder for one sequence of `tokens` tokens (multiply-adds x 2)."""
@@ -97,10 +110,16 @@ def main(argv: list[str] | None = None) -> int:
         "command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),
         "quick": args.quick,
         "environment": _environment(device),
-        "plan": {"model": f"BERT {plan.layers} layers, hidden {plan.hidden}, {plan.heads} heads, FFN {plan.ffn}, "
-                          "random weights", "tokens": plan.tokens, "batches": list(plan.batches),
-                 "repeats": plan.repeats, "warmup": plan.warmup, "tokenizer": str(tokenizer_dir),
-                 "gflop_per_sequence": round(plan.gflop_per_sequence(), 3)},
+        "plan": {
+            "model": f"BERT {plan.layers} layers, hidden {plan.hidden}, {plan.heads} heads, FFN {plan.ffn}, "
+            "random weights",
+            "tokens": plan.tokens,
+            "batches": list(plan.batches),
+            "repeats": plan.repeats,
+            "warmup": plan.warmup,
+            "tokenizer": str(tokenizer_dir),
+            "gflop_per_sequence": round(plan.gflop_per_sequence(), 3),
+        },
         "skipped": [],
     }
     with tempfile.TemporaryDirectory(prefix="knowacq-gpu-bench-") as tmp:
@@ -115,8 +134,9 @@ def main(argv: list[str] | None = None) -> int:
         report["relative_error"] = _relative_error(plan, vocab, device, baselines, engines, say)
         if args.dev is not None:
             texts = _dev_texts(args.dev)
-            report["sst2"] = _sst2(plan, texts, device, baselines, engines, work / "fp16.onnx", tokenizer_dir,
-                                   deadline, report, say)
+            report["sst2"] = _sst2(
+                plan, texts, device, baselines, engines, work / "fp16.onnx", tokenizer_dir, deadline, report, say
+            )
         else:
             report["skipped"].append("sst2: no --dev")
         if args.variant is not None and args.dev is not None:
@@ -136,16 +156,28 @@ def main(argv: list[str] | None = None) -> int:
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--device", choices=("cuda", "cpu"), default="cuda",
-                        help="cuda (the benchmark) or cpu (a smoke run; not a measurement)")
+    parser.add_argument(
+        "--device",
+        choices=("cuda", "cpu"),
+        default="cuda",
+        help="cuda (the benchmark) or cpu (a smoke run; not a measurement)",
+    )
     parser.add_argument("--quick", action="store_true", help="tiny shapes and few repeats (smoke test)")
-    parser.add_argument("--tokenizer", type=Path, default=None,
-                        help="folder with tokenizer.json (default: --variant, else the installed base model)")
+    parser.add_argument(
+        "--tokenizer",
+        type=Path,
+        default=None,
+        help="folder with tokenizer.json (default: --variant, else the installed base model)",
+    )
     parser.add_argument("--variant", type=Path, default=None, help="an exported gpu-fp16 variant folder")
     parser.add_argument("--dev", type=Path, default=None, help="SST-2 dev TSV (real lengths; accuracy)")
     parser.add_argument("--batches", default=None, help="comma-separated batch sizes (default 1,32,256,1024)")
-    parser.add_argument("--budget-s", type=float, default=480.0,
-                        help="stop starting new measurements after this many seconds (default 480)")
+    parser.add_argument(
+        "--budget-s",
+        type=float,
+        default=480.0,
+        help="stop starting new measurements after this many seconds (default 480)",
+    )
     parser.add_argument("--out", default=str(REPO / "docs" / "benchmarks" / "gpu-h200.json"))
     parser.add_argument("--markdown", default=None, help="Markdown table (default: --out with .md)")
     return parser.parse_args(argv)
@@ -177,7 +209,7 @@ def _tokenizer_dir(args: argparse.Namespace) -> Path:
             from knowacq.train import default_base_model
 
             folder = default_base_model()
-        except Exception:  # noqa: BLE001 - any failure means: say which option to pass
+        except Exception:
             raise SystemExit("no tokenizer: pass --tokenizer DIR (a folder with tokenizer.json) or --variant DIR")
     if not (folder / "tokenizer.json").is_file():
         raise SystemExit(f"{folder} has no tokenizer.json; pass --tokenizer DIR")
@@ -213,9 +245,15 @@ def _vocab_size(tokenizer_dir: Path) -> int:
 def _random_bert(plan: Plan, vocab: int) -> Any:
     from transformers import AutoModelForSequenceClassification, BertConfig
 
-    config = BertConfig(vocab_size=vocab, hidden_size=plan.hidden, num_hidden_layers=plan.layers,
-                        num_attention_heads=plan.heads, intermediate_size=plan.ffn, max_position_embeddings=512,
-                        num_labels=2)
+    config = BertConfig(
+        vocab_size=vocab,
+        hidden_size=plan.hidden,
+        num_hidden_layers=plan.layers,
+        num_attention_heads=plan.heads,
+        intermediate_size=plan.ffn,
+        max_position_embeddings=512,
+        num_labels=2,
+    )
     torch.manual_seed(0)
     model = AutoModelForSequenceClassification.from_config(config, attn_implementation="sdpa")
     # Random weights of the classifier head would give near-zero logits; scale them so that relative errors
@@ -236,23 +274,36 @@ def _export(model: Any, plan: Plan, work: Path, say: Callable[[str], None]) -> d
     started = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(eager, dummy, str(work / "plain.onnx"), input_names=names, output_names=["logits"],
-                          dynamic_axes={**{n: {0: "batch", 1: "sequence"} for n in names}, "logits": {0: "batch"}},
-                          opset_version=preset(PRESET).opset, dynamo=False)
+        torch.onnx.export(
+            eager,
+            dummy,
+            str(work / "plain.onnx"),
+            input_names=names,
+            output_names=["logits"],
+            dynamic_axes={**{n: {0: "batch", 1: "sequence"} for n in names}, "logits": {0: "batch"}},
+            opset_version=preset(PRESET).opset,
+            dynamo=False,
+        )
     exported = time.perf_counter() - started
     # Heads and hidden size given: transformers 5 reshapes attention to (-1, head size), and ORT's optimizer
     # then cannot read the head count from the graph and fuses no Attention.
-    _, fused = optimize_graph(work / "plain.onnx", work / "fp16.onnx", preset(PRESET), num_heads=plan.heads,
-                              hidden_size=plan.hidden, log=say)
+    _, fused = optimize_graph(
+        work / "plain.onnx", work / "fp16.onnx", preset(PRESET), num_heads=plan.heads, hidden_size=plan.hidden, log=say
+    )
     say(f"export {exported:.1f} s; fused {fused}")
-    return {"preset": PRESET, "exporter": "torch.onnx.export (TorchScript), eager attention",
-            "export_seconds": round(exported, 1),
-            "optimize_seconds": round(time.perf_counter() - started - exported, 1),
-            "fused_operators": fused, "model_mb": round((work / "fp16.onnx").stat().st_size / 2**20, 2)}
+    return {
+        "preset": PRESET,
+        "exporter": "torch.onnx.export (TorchScript), eager attention",
+        "export_seconds": round(exported, 1),
+        "optimize_seconds": round(time.perf_counter() - started - exported, 1),
+        "fused_operators": fused,
+        "model_mb": round((work / "fp16.onnx").stat().st_size / 2**20, 2),
+    }
 
 
-def _engines(model_file: Path, tokenizer_dir: Path, plan: Plan, device: str,
-             say: Callable[[str], None]) -> dict[str, Engine]:
+def _engines(
+    model_file: Path, tokenizer_dir: Path, plan: Plan, device: str, say: Callable[[str], None]
+) -> dict[str, Engine]:
     common = {"num_labels": 2, "max_length": plan.tokens, "provider": device, "bucket_tokens": BUCKET}
     engines = {"io-binding": Engine(model_file, tokenizer_dir, **common)}
     if device == "cuda":
@@ -270,14 +321,20 @@ def _engines(model_file: Path, tokenizer_dir: Path, plan: Plan, device: str,
 
 
 def _describe(engine: Engine) -> dict[str, Any]:
-    return {"provider": engine.provider, "session_providers": engine.session_providers,
-            "cuda_graphs": engine.cuda_graphs, "cuda_graph_error": engine.cuda_graph_error,
-            "cuda_graph_max_rows": CUDA_GRAPH_MAX_ROWS if engine.cuda_graphs else None}
+    return {
+        "provider": engine.provider,
+        "session_providers": engine.session_providers,
+        "cuda_graphs": engine.cuda_graphs,
+        "cuda_graph_error": engine.cuda_graph_error,
+        "cuda_graph_max_rows": CUDA_GRAPH_MAX_ROWS if engine.cuda_graphs else None,
+    }
 
 
 def _torch_models(model: Any, device: str) -> dict[str, Any]:
-    return {name: copy.deepcopy(model).to(device=device, dtype=dtype).eval()
-            for name, dtype in (("fp32", torch.float32), ("fp16", torch.float16), ("bf16", torch.bfloat16))}
+    return {
+        name: copy.deepcopy(model).to(device=device, dtype=dtype).eval()
+        for name, dtype in (("fp32", torch.float32), ("fp16", torch.float16), ("bf16", torch.bfloat16))
+    }
 
 
 def _random_batch(rows: int, tokens: int, vocab: int, seed: int) -> dict[str, np.ndarray]:
@@ -314,14 +371,28 @@ def _torch_call(model: Any, inputs: dict[str, Any]) -> Callable[[], Any]:
 
 def _row(engine: str, precision: str, batch: int, tokens: int, times: list[float], gflop: float) -> dict[str, Any]:
     p50 = float(np.median(times))
-    return {"engine": engine, "precision": precision, "batch": batch, "tokens": tokens,
-            "seq_per_s": round(batch / p50, 1), "p50_ms": round(p50 * 1e3, 4),
-            "p90_ms": round(float(np.percentile(times, 90)) * 1e3, 4),
-            "tflop_per_s": round(batch * gflop / p50 / 1e3, 2)}
+    return {
+        "engine": engine,
+        "precision": precision,
+        "batch": batch,
+        "tokens": tokens,
+        "seq_per_s": round(batch / p50, 1),
+        "p50_ms": round(p50 * 1e3, 4),
+        "p90_ms": round(float(np.percentile(times, 90)) * 1e3, 4),
+        "tflop_per_s": round(batch * gflop / p50 / 1e3, 2),
+    }
 
 
-def _fixed_length(plan: Plan, vocab: int, device: str, baselines: dict[str, Any], engines: dict[str, Engine],
-                  deadline: float, report: dict[str, Any], say: Callable[[str], None]) -> list[dict[str, Any]]:
+def _fixed_length(
+    plan: Plan,
+    vocab: int,
+    device: str,
+    baselines: dict[str, Any],
+    engines: dict[str, Engine],
+    deadline: float,
+    report: dict[str, Any],
+    say: Callable[[str], None],
+) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     gflop = plan.gflop_per_sequence()
     for batch in plan.batches:
@@ -331,8 +402,7 @@ def _fixed_length(plan: Plan, vocab: int, device: str, baselines: dict[str, Any]
         feeds = _random_batch(batch, plan.tokens, vocab, seed=batch)
         on_device = {k: torch.from_numpy(v).to(device) for k, v in feeds.items()}
         timed: list[tuple[str, str, Callable[[], Any]]] = [
-            ("PyTorch eager (SDPA)", precision, _torch_call(model, on_device))
-            for precision, model in baselines.items()
+            ("PyTorch eager (SDPA)", precision, _torch_call(model, on_device)) for precision, model in baselines.items()
         ]
         for name, engine in engines.items():
             if name != "cuda-graphs" or batch <= CUDA_GRAPH_MAX_ROWS:  # past that, the io-binding path again
@@ -340,7 +410,7 @@ def _fixed_length(plan: Plan, vocab: int, device: str, baselines: dict[str, Any]
         for engine_name, precision, fn in timed:
             try:
                 times = _timed(fn, device, plan.repeats, plan.warmup)
-            except Exception as exc:  # noqa: BLE001 - a graph capture ONNX Runtime refuses: report, go on
+            except Exception as exc:
                 if not engine_name.endswith("cuda-graphs"):
                     raise
                 report["skipped"].append(f"cuda-graphs at batch {batch}: {type(exc).__name__}: {exc}"[:500])
@@ -348,14 +418,22 @@ def _fixed_length(plan: Plan, vocab: int, device: str, baselines: dict[str, Any]
                 continue
             row = _row(engine_name, precision, batch, plan.tokens, times, gflop)
             rows.append(row)
-            say(f"batch {batch:5d} {engine_name:36s} {precision}: {row['seq_per_s']:>12,.0f} seq/s, "
-                f"p50 {row['p50_ms']:.3f} ms")
+            say(
+                f"batch {batch:5d} {engine_name:36s} {precision}: {row['seq_per_s']:>12,.0f} seq/s, "
+                f"p50 {row['p50_ms']:.3f} ms"
+            )
         del on_device
     return rows
 
 
-def _relative_error(plan: Plan, vocab: int, device: str, baselines: dict[str, Any], engines: dict[str, Engine],
-                    say: Callable[[str], None]) -> dict[str, Any]:
+def _relative_error(
+    plan: Plan,
+    vocab: int,
+    device: str,
+    baselines: dict[str, Any],
+    engines: dict[str, Engine],
+    say: Callable[[str], None],
+) -> dict[str, Any]:
     """max |logit - fp32 logit| / max |fp32 logit| on one probe batch (rows of mixed real lengths)."""
     feeds = _random_batch(plan.probe_rows, plan.tokens, vocab, seed=7)
     lengths = np.random.default_rng(8).integers(4, plan.tokens + 1, size=plan.probe_rows)
@@ -370,29 +448,39 @@ def _relative_error(plan: Plan, vocab: int, device: str, baselines: dict[str, An
     finally:
         torch.backends.cuda.matmul.allow_tf32 = tf32
     scale = float(np.abs(reference).max())
-    out: dict[str, Any] = {"probe_rows": plan.probe_rows, "reference": "PyTorch fp32, TF32 off",
-                           "max_abs_reference_logit": round(scale, 4)}
+    out: dict[str, Any] = {
+        "probe_rows": plan.probe_rows,
+        "reference": "PyTorch fp32, TF32 off",
+        "max_abs_reference_logit": round(scale, 4),
+    }
 
     def record(name: str, logits: np.ndarray) -> None:
         diff = float(np.abs(logits - reference).max())
-        out[name] = {"relative": diff / scale, "max_abs": diff,
-                     "label_agreement": float(np.mean(logits.argmax(1) == reference.argmax(1)))}
+        out[name] = {
+            "relative": diff / scale,
+            "max_abs": diff,
+            "label_agreement": float(np.mean(logits.argmax(1) == reference.argmax(1))),
+        }
 
     for precision in ("fp16", "bf16"):
         record(f"PyTorch eager {precision}", _torch_call(baselines[precision], on_device)().float().cpu().numpy())
     for name, engine in engines.items():
         if name == "cuda-graphs":  # graphs replay at most CUDA_GRAPH_MAX_ROWS rows at a time
             try:
-                rows = [engine.run({k: v[i:i + CUDA_GRAPH_MAX_ROWS] for k, v in feeds.items()})
-                        for i in range(0, plan.probe_rows, CUDA_GRAPH_MAX_ROWS)]
-            except Exception as exc:  # noqa: BLE001 - reported, as in _fixed_length
+                rows = [
+                    engine.run({k: v[i : i + CUDA_GRAPH_MAX_ROWS] for k, v in feeds.items()})
+                    for i in range(0, plan.probe_rows, CUDA_GRAPH_MAX_ROWS)
+                ]
+            except Exception as exc:
                 out[f"knowacq runtime, ORT {name}"] = {"error": f"{type(exc).__name__}: {exc}"[:500]}
                 continue
             record(f"knowacq runtime, ORT {name}", np.concatenate(rows))
         else:
             record(f"knowacq runtime, ORT {name}", engine.run(feeds))
-    say("relative error vs fp32: " + ", ".join(f"{k} {v['relative']:.2e}" for k, v in out.items()
-                                                if isinstance(v, dict) and "relative" in v))
+    say(
+        "relative error vs fp32: "
+        + ", ".join(f"{k} {v['relative']:.2e}" for k, v in out.items() if isinstance(v, dict) and "relative" in v)
+    )
     return out
 
 
@@ -402,9 +490,18 @@ def _dev_texts(path: Path) -> list[str]:
     return list(load_tsv(path).texts)
 
 
-def _sst2(plan: Plan, texts: list[str], device: str, baselines: dict[str, Any], engines: dict[str, Engine],
-          model_file: Path, tokenizer_dir: Path, deadline: float, report: dict[str, Any],
-          say: Callable[[str], None]) -> dict[str, Any]:
+def _sst2(
+    plan: Plan,
+    texts: list[str],
+    device: str,
+    baselines: dict[str, Any],
+    engines: dict[str, Engine],
+    model_file: Path,
+    tokenizer_dir: Path,
+    deadline: float,
+    report: dict[str, Any],
+    say: Callable[[str], None],
+) -> dict[str, Any]:
     """Real sentence lengths: length buckets against padding every batch to the full width."""
     sentences = [texts[i % len(texts)] for i in range(plan.sst2_sentences)]
     base = engines["io-binding"]
@@ -413,9 +510,12 @@ def _sst2(plan: Plan, texts: list[str], device: str, baselines: dict[str, Any], 
     tokenise_s = time.perf_counter() - started
     lengths = np.array([len(e.ids) for e in encodings])
     out: dict[str, Any] = {
-        "sentences": len(sentences), "distinct": min(len(texts), len(sentences)),
-        "tokens_mean": round(float(lengths.mean()), 1), "tokens_p95": float(np.percentile(lengths, 95)),
-        "tokens_max": int(lengths.max()), "tokenise_sent_per_s": round(len(sentences) / tokenise_s, 1),
+        "sentences": len(sentences),
+        "distinct": min(len(texts), len(sentences)),
+        "tokens_mean": round(float(lengths.mean()), 1),
+        "tokens_p95": float(np.percentile(lengths, 95)),
+        "tokens_max": int(lengths.max()),
+        "tokenise_sent_per_s": round(len(sentences) / tokenise_s, 1),
         "buckets": sorted({base.width_for(int(n)) for n in lengths}) if device == "cuda" else None,
         "rows": [],
     }
@@ -424,9 +524,16 @@ def _sst2(plan: Plan, texts: list[str], device: str, baselines: dict[str, Any], 
         if time.perf_counter() > deadline:
             report["skipped"].append(f"sst2: batch {batch} and later (time budget)")
             break
-        bucketed = Engine(model_file, tokenizer_dir, num_labels=2, max_length=plan.tokens, provider=device,
-                          bucket_tokens=BUCKET, max_batch_size=batch)
-        chunks = [encodings[i:i + batch] for i in range(0, len(encodings), batch)]
+        bucketed = Engine(
+            model_file,
+            tokenizer_dir,
+            num_labels=2,
+            max_length=plan.tokens,
+            provider=device,
+            bucket_tokens=BUCKET,
+            max_batch_size=batch,
+        )
+        chunks = [encodings[i : i + batch] for i in range(0, len(encodings), batch)]
         fixed_feeds = [base.feeds(chunk, width=plan.tokens) for chunk in chunks]
 
         def fixed() -> None:
@@ -435,7 +542,7 @@ def _sst2(plan: Plan, texts: list[str], device: str, baselines: dict[str, Any], 
 
         def dynamic_torch() -> None:
             for i in range(0, len(order), batch):
-                idx = order[i:i + batch]
+                idx = order[i : i + batch]
                 feeds = base.feeds([encodings[j] for j in idx])
                 inputs = {k: torch.from_numpy(v).to(device) for k, v in feeds.items()}
                 _torch_call(baselines["bf16"], inputs)()
@@ -448,8 +555,14 @@ def _sst2(plan: Plan, texts: list[str], device: str, baselines: dict[str, Any], 
         for name, fn in runs.items():
             times = _timed(fn, device, plan.sst2_passes, 1)
             sent_s = len(sentences) / float(np.median(times))
-            out["rows"].append({"engine": name, "batch": batch, "sent_per_s": round(sent_s, 1),
-                                "pass_ms": round(float(np.median(times)) * 1e3, 3)})
+            out["rows"].append(
+                {
+                    "engine": name,
+                    "batch": batch,
+                    "sent_per_s": round(sent_s, 1),
+                    "pass_ms": round(float(np.median(times)) * 1e3, 3),
+                }
+            )
             say(f"sst2 batch {batch:5d} {name}: {sent_s:,.0f} sentences/s")
         del bucketed
     return out
@@ -465,8 +578,11 @@ def _accuracy(variant: Path, dev: Path, device: str, say: Callable[[str], None])
     logits, _ = predictor.logits(list(data.texts))
     accuracy = float(np.mean(logits.argmax(1) == data.labels))
     out: dict[str, Any] = {
-        "variant": str(variant), "preset": predictor.manifest.variant, "provider": predictor.provider,
-        "dev_examples": len(data), "accuracy": accuracy,
+        "variant": str(variant),
+        "preset": predictor.manifest.variant,
+        "provider": predictor.provider,
+        "dev_examples": len(data),
+        "accuracy": accuracy,
         "manifest_accuracy": predictor.manifest.metrics.get("accuracy"),
         "manifest_source_accuracy": predictor.manifest.metrics.get("source_accuracy"),
     }
@@ -483,8 +599,11 @@ def _acceptance(report: dict[str, Any], device: str) -> dict[str, Any]:
     rows = report.get("fixed_length", [])
 
     def best(engine_prefix: str, precision: str, batch: int, key: str) -> dict[str, Any] | None:
-        found = [r for r in rows if r["engine"].startswith(engine_prefix) and r["precision"] == precision
-                 and r["batch"] == batch]
+        found = [
+            r
+            for r in rows
+            if r["engine"].startswith(engine_prefix) and r["precision"] == precision and r["batch"] == batch
+        ]
         if not found:
             return None
         return max(found, key=lambda r: r["seq_per_s"]) if key == "max" else min(found, key=lambda r: r["p50_ms"])
@@ -494,6 +613,7 @@ def _acceptance(report: dict[str, Any], device: str) -> dict[str, Any]:
 
     def verdict(ok: bool) -> bool | None:
         return ok if judged else None  # a CPU smoke run says nothing about the bars
+
     ort_256 = best("knowacq runtime", "fp16", 256, "max")
     bf16_256 = best("PyTorch", "bf16", 256, "max")
     if ort_256 and bf16_256:
@@ -501,8 +621,12 @@ def _acceptance(report: dict[str, Any], device: str) -> dict[str, Any]:
         out["batch256_vs_torch_bf16"] = {"ratio": round(ratio, 3), "bar": 1.3, "passed": verdict(ratio >= 1.3)}
     ort_1 = best("knowacq runtime", "fp16", 1, "min")
     if ort_1:
-        out["batch1_p50_ms"] = {"value": ort_1["p50_ms"], "engine": ort_1["engine"], "bar": 0.4,
-                                "passed": verdict(ort_1["p50_ms"] <= 0.4)}
+        out["batch1_p50_ms"] = {
+            "value": ort_1["p50_ms"],
+            "engine": ort_1["engine"],
+            "bar": 0.4,
+            "passed": verdict(ort_1["p50_ms"] <= 0.4),
+        }
     sst2 = report.get("sst2") or {}
     ratios = {}
     for batch in {r["batch"] for r in sst2.get("rows", [])}:
@@ -513,9 +637,12 @@ def _acceptance(report: dict[str, Any], device: str) -> dict[str, Any]:
             ratios[batch] = round(bucketed / fixed, 3)
     if ratios:
         top = max(ratios.values())
-        out["sst2_buckets_vs_full_width"] = {"ratio_by_batch": {str(k): v for k, v in sorted(ratios.items())},
-                                             "bar": 3.0, "passed": verdict(top >= 3.0),
-                                             "judged_on": "best batch size"}
+        out["sst2_buckets_vs_full_width"] = {
+            "ratio_by_batch": {str(k): v for k, v in sorted(ratios.items())},
+            "bar": 3.0,
+            "passed": verdict(top >= 3.0),
+            "judged_on": "best batch size",
+        }
     return out
 
 
@@ -531,7 +658,8 @@ def render_markdown(report: dict[str, Any]) -> str:
         f"`{report['command']}`.",
         "",
         f"Fused operators of the {report['export']['preset']} graph: "
-        + ", ".join(f"{k} {v}" for k, v in report["export"]["fused_operators"].items()) + ".",
+        + ", ".join(f"{k} {v}" for k, v in report["export"]["fused_operators"].items())
+        + ".",
         "",
         "| engine | precision | " + " | ".join(f"batch {b}" for b in report["plan"]["batches"]) + " |",
         "|---|---|" + "---|" * len(report["plan"]["batches"]),
@@ -540,26 +668,39 @@ def render_markdown(report: dict[str, Any]) -> str:
     for engine, precision in dict.fromkeys((r["engine"], r["precision"]) for r in rows):
         cells = []
         for batch in report["plan"]["batches"]:
-            row = next((r for r in rows if (r["engine"], r["precision"], r["batch"]) == (engine, precision, batch)),
-                       None)
+            row = next(
+                (r for r in rows if (r["engine"], r["precision"], r["batch"]) == (engine, precision, batch)), None
+            )
             cells.append("–" if row is None else f"{row['seq_per_s']:,.0f} seq/s, p50 {row['p50_ms']:.3f} ms")
         lines.append(f"| {engine} | {precision} | " + " | ".join(cells) + " |")
     errors = report.get("relative_error", {})
-    lines += ["", f"Relative error against {errors.get('reference')} ({errors.get('probe_rows')} rows of mixed "
-                  "lengths): " + ", ".join(f"{k} {v['relative']:.2e}" for k, v in errors.items()
-                                            if isinstance(v, dict) and "relative" in v) + "."]
+    lines += [
+        "",
+        f"Relative error against {errors.get('reference')} ({errors.get('probe_rows')} rows of mixed "
+        "lengths): "
+        + ", ".join(f"{k} {v['relative']:.2e}" for k, v in errors.items() if isinstance(v, dict) and "relative" in v)
+        + ".",
+    ]
     sst2 = report.get("sst2")
     if sst2:
-        lines += ["", f"SST-2 dev at real lengths: {sst2['sentences']:,} sentences ({sst2['distinct']} distinct), "
-                      f"mean {sst2['tokens_mean']} tokens, p95 {sst2['tokens_p95']:.0f}; tokenised once beforehand "
-                      f"at {sst2['tokenise_sent_per_s']:,.0f} sentences/s (not in the timings).", "",
-                  "| engine | batch | sentences/s |", "|---|---|---|"]
+        lines += [
+            "",
+            f"SST-2 dev at real lengths: {sst2['sentences']:,} sentences ({sst2['distinct']} distinct), "
+            f"mean {sst2['tokens_mean']} tokens, p95 {sst2['tokens_p95']:.0f}; tokenised once beforehand "
+            f"at {sst2['tokenise_sent_per_s']:,.0f} sentences/s (not in the timings).",
+            "",
+            "| engine | batch | sentences/s |",
+            "|---|---|---|",
+        ]
         lines += [f"| {r['engine']} | {r['batch']} | {r['sent_per_s']:,.0f} |" for r in sst2["rows"]]
     accuracy = report.get("accuracy")
     if accuracy:
-        lines += ["", f"Variant {accuracy['preset']} on {accuracy['provider']}: dev accuracy "
-                      f"{accuracy['accuracy']:.4f} on {accuracy['dev_examples']} sentences (manifest, CPU provider: "
-                      f"{accuracy['manifest_accuracy']})."]
+        lines += [
+            "",
+            f"Variant {accuracy['preset']} on {accuracy['provider']}: dev accuracy "
+            f"{accuracy['accuracy']:.4f} on {accuracy['dev_examples']} sentences (manifest, CPU provider: "
+            f"{accuracy['manifest_accuracy']}).",
+        ]
     acceptance = report.get("acceptance", {})
     lines += ["", "Acceptance" + ("" if acceptance.get("judged") else " (not judged: not a CUDA measurement)") + ":"]
     for name, check in acceptance.items():

@@ -39,8 +39,9 @@ def _default_texts(variant: Path) -> Path:
     raise ConfigError(f"no --data given and no recorded dev file found for {variant}; pass --data TSV")
 
 
-async def _drive(url: str, texts: Sequence[str], concurrency: int, duration_s: float,
-                 warmup_s: float, per_request: int = 1) -> dict[str, Any]:
+async def _drive(
+    url: str, texts: Sequence[str], concurrency: int, duration_s: float, warmup_s: float, per_request: int = 1
+) -> dict[str, Any]:
     import aiohttp
 
     latencies: list[float] = []
@@ -142,16 +143,22 @@ def bench_serve(
     engine_before = _engine_rate(variant, texts, config.max_batch_size, threads, rounds=3)
     served: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="knowacq-bench-serve-") as tmp:
-        env = {**overrides, "model": str(variant), "store_url": f"sqlite:///{Path(tmp) / 'store.db'}",
-               "api_token": overrides.get("api_token", "bench")}
+        env = {
+            **overrides,
+            "model": str(variant),
+            "store_url": f"sqlite:///{Path(tmp) / 'store.db'}",
+            "api_token": overrides.get("api_token", "bench"),
+        }
         log_file = out_file.with_suffix(".server.log")
         log_file.unlink(missing_ok=True)
         with ServerProcess(env, log_file=log_file, cwd=Path(tmp)) as server:
             for c in concurrencies:
                 log(f"served: concurrency {c} for {duration_s:.0f} s ...")
                 row = asyncio.run(_drive(server.url, texts, c, duration_s, warmup_s, texts_per_request))
-                log(f"  {row['texts_per_s']:.1f} texts/s, p50 {row['p50_ms']:.1f} ms, p99 {row['p99_ms']:.1f} ms, "
-                    f"errors {row['errors']}")
+                log(
+                    f"  {row['texts_per_s']:.1f} texts/s, p50 {row['p50_ms']:.1f} ms, p99 {row['p99_ms']:.1f} ms, "
+                    f"errors {row['errors']}"
+                )
                 served.append(row)
     engine_after = _engine_rate(variant, texts, config.max_batch_size, threads, rounds=3)
     engine = max(engine_before, engine_after)
@@ -190,6 +197,8 @@ def _markdown(r: dict[str, Any]) -> str:
         "|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for s in r["served"]:
-        lines.append(f"| {s['concurrency']} | {s['requests']} | {s['texts_per_s']:.1f} | {s['ratio_to_engine']:.2f} "
-                     f"| {s['p50_ms']:.1f} | {s['p95_ms']:.1f} | {s['p99_ms']:.1f} | {s['errors']} |")
+        lines.append(
+            f"| {s['concurrency']} | {s['requests']} | {s['texts_per_s']:.1f} | {s['ratio_to_engine']:.2f} "
+            f"| {s['p50_ms']:.1f} | {s['p95_ms']:.1f} | {s['p99_ms']:.1f} | {s['errors']} |"
+        )
     return "\n".join(lines) + "\n"

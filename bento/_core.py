@@ -46,22 +46,25 @@ class Item:
 def parse_classify(body: Any, max_texts: int) -> list[str]:
     """The texts of a POST /classify body, or InvalidInputError naming the field."""
     if not isinstance(body, dict):
-        raise InvalidInputError(f"the body must be a JSON object with a 'texts' list, got {type(body).__name__}",
-                                field="texts")
+        raise InvalidInputError(
+            f"the body must be a JSON object with a 'texts' list, got {type(body).__name__}", field="texts"
+        )
     unknown = sorted(set(body) - {"texts"})
     if unknown:
-        raise InvalidInputError(f"unknown field(s) {', '.join(map(repr, unknown))}; only 'texts' is accepted",
-                                field=unknown[0])
+        raise InvalidInputError(
+            f"unknown field(s) {', '.join(map(repr, unknown))}; only 'texts' is accepted", field=unknown[0]
+        )
     texts = body.get("texts")
     if not isinstance(texts, list):
         raise InvalidInputError(
-            "'texts' must be a list of strings" + ("" if "texts" in body else " and is missing"), field="texts")
+            "'texts' must be a list of strings" + ("" if "texts" in body else " and is missing"), field="texts"
+        )
     if not texts:
         raise InvalidInputError("'texts' is empty; send at least one text", field="texts")
     if len(texts) > max_texts:
         raise PayloadTooLargeError(
-            f"{len(texts)} texts in one request; at most {max_texts} are accepted (split the request)",
-            field="texts")
+            f"{len(texts)} texts in one request; at most {max_texts} are accepted (split the request)", field="texts"
+        )
     for i, text in enumerate(texts):
         if not isinstance(text, str):
             raise InvalidInputError(f"texts[{i}] must be a string, got {type(text).__name__}", field=f"texts[{i}]")
@@ -84,8 +87,9 @@ def parse_reload(body: Any) -> str:
 def parse_feedback(body: Any) -> tuple[str, str, str]:
     """prediction_id, label and annotator of a POST /feedback body, or InvalidInputError naming the field."""
     if not isinstance(body, dict):
-        raise InvalidInputError("the body must be a JSON object with 'prediction_id' and 'label'",
-                                field="prediction_id")
+        raise InvalidInputError(
+            "the body must be a JSON object with 'prediction_id' and 'label'", field="prediction_id"
+        )
     unknown = sorted(set(body) - {"prediction_id", "label", "annotator"})
     if unknown:
         raise InvalidInputError(f"unknown field(s) {', '.join(map(repr, unknown))}", field=unknown[0])
@@ -132,8 +136,7 @@ class ClassifierCore:
         self.variant = manifest.variant
         self.model_version = f"{manifest.variant}-{manifest.model_sha256[:12]}"
         self._token = settings.api_token.encode()
-        metrics.model_info.labels(version=self.model_version, variant=self.variant,
-                                  provider=predictor.provider).set(1)
+        metrics.model_info.labels(version=self.model_version, variant=self.variant, provider=predictor.provider).set(1)
         metrics.fallback.set(1 if predictor.fallback else 0)
         try:
             created = datetime.fromisoformat(manifest.created).timestamp() if manifest.created else 0.0
@@ -153,10 +156,12 @@ class ClassifierCore:
 
     def with_predictor(self, predictor: Any) -> ClassifierCore:
         """A core for another model, sharing this one's settings, store, metrics, clock and ids."""
-        self.metrics.model_info.labels(version=self.model_version, variant=self.variant,
-                                       provider=self.predictor.provider).set(0)
-        return ClassifierCore(predictor, self.settings, store=self.store, metrics=self.metrics, clock=self.clock,
-                              new_id=self.new_id)
+        self.metrics.model_info.labels(
+            version=self.model_version, variant=self.variant, provider=self.predictor.provider
+        ).set(0)
+        return ClassifierCore(
+            predictor, self.settings, store=self.store, metrics=self.metrics, clock=self.clock, new_id=self.new_id
+        )
 
     # classify -------------------------------------------------------------------------------------
 
@@ -206,15 +211,17 @@ class ClassifierCore:
             probabilities = {name: float(p) for name, p in zip(self.labels, probs[i])}
             captured = bool(top[i] < self.settings.min_confidence or margins[i] < self.settings.min_margin)
             prediction_id = self.new_id()
-            answers.append({
-                "label": label,
-                "score": float(top[i]),
-                "probabilities": probabilities,
-                "prediction_id": prediction_id,
-                "model_version": self.model_version,
-                "low_confidence": captured,
-                "truncated": bool(truncated[i]),
-            })
+            answers.append(
+                {
+                    "label": label,
+                    "score": float(top[i]),
+                    "probabilities": probabilities,
+                    "prediction_id": prediction_id,
+                    "model_version": self.model_version,
+                    "low_confidence": captured,
+                    "truncated": bool(truncated[i]),
+                }
+            )
             m.predictions.labels(label=label).inc()
             m.confidence.observe(float(top[i]))
             if truncated[i]:
@@ -223,11 +230,20 @@ class ClassifierCore:
                 m.captures.inc()
             if captured or self.settings.record == "all":
                 clean, digest = redact_for_storage(item.text[: self.settings.max_stored_chars])
-                records.append(PredictionRecord(
-                    prediction_id=prediction_id, model_version=self.model_version, text=clean,
-                    text_sha256=digest, label=label,
-                    score=float(top[i]), margin=float(margins[i]), probabilities=probabilities,
-                    captured=captured, created_at=created))
+                records.append(
+                    PredictionRecord(
+                        prediction_id=prediction_id,
+                        model_version=self.model_version,
+                        text=clean,
+                        text_sha256=digest,
+                        label=label,
+                        score=float(top[i]),
+                        margin=float(margins[i]),
+                        probabilities=probabilities,
+                        captured=captured,
+                        created_at=created,
+                    )
+                )
         t3 = self.clock()
         recorded = True
         try:
@@ -262,7 +278,8 @@ class ClassifierCore:
         if label not in self.labels:
             self.metrics.feedback.labels(outcome="unknown_label").inc()
             raise UnknownLabelError(
-                f"unknown label {label!r}; this model's labels are {', '.join(self.labels)}", field="label")
+                f"unknown label {label!r}; this model's labels are {', '.join(self.labels)}", field="label"
+            )
         try:
             outcome = self.store.add_label(prediction_id, label, source="api", annotator=annotator)
         except StoreError:
@@ -286,13 +303,11 @@ class ClassifierCore:
             "provider": self.predictor.provider,
             "requested_provider": self.settings.provider,
             "fallback": bool(self.predictor.fallback),
-            "thresholds": {"min_confidence": self.settings.min_confidence,
-                           "min_margin": self.settings.min_margin},
+            "thresholds": {"min_confidence": self.settings.min_confidence, "min_margin": self.settings.min_margin},
             "max_length": int(manifest.max_length),
             "temperature": float(manifest.temperature),
             "source_sha256": manifest.source.get("sha256", ""),
-            "gates": [{"name": g.name, "value": g.value, "limit": g.limit, "passed": g.passed}
-                      for g in manifest.gates],
+            "gates": [{"name": g.name, "value": g.value, "limit": g.limit, "passed": g.passed} for g in manifest.gates],
             "settings": self.settings.public(),
         }
 
@@ -302,8 +317,7 @@ class ClassifierCore:
         if not self.store.ping():
             return 503, {**body, "status": "not_ready", "reason": "the feedback store does not answer"}
         if self.predictor.fallback:
-            return 200, {**body, "status": "degraded",
-                         "reason": "CUDA was asked for but the CPU provider is running"}
+            return 200, {**body, "status": "degraded", "reason": "CUDA was asked for but the CPU provider is running"}
         return 200, {**body, "status": "ready"}
 
 

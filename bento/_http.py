@@ -56,9 +56,17 @@ class State:
 
 async def _respond(send: Send, status: int, body: dict[str, Any], headers: list[tuple[bytes, bytes]] = ()) -> None:
     payload = json.dumps(body).encode()
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"),
-                            (b"content-length", str(len(payload)).encode()), *headers]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(payload)).encode()),
+                *headers,
+            ],
+        }
+    )
     await send({"type": "http.response.body", "body": payload})
 
 
@@ -89,17 +97,24 @@ class RequestGuard:
             return
         core = self.state.core
         if core is None:
-            await _respond(send, 503, {"error": "the model is still loading", "reason": "not_ready"},
-                           [(b"retry-after", b"1")])
+            await _respond(
+                send, 503, {"error": "the model is still loading", "reason": "not_ready"}, [(b"retry-after", b"1")]
+            )
             return
         start = time.perf_counter()
         state = self.state
         state.last_request = time.monotonic()
         if state.in_flight >= core.settings.max_concurrency:  # over the limit: 429 at once
             core.metrics.fail("overloaded")
-            await _respond(send, 429, {"error": f"too many requests in flight (limit "
-                                                f"{core.settings.max_concurrency}); retry later",
-                                       "reason": "overloaded"}, [(b"retry-after", b"1")])
+            await _respond(
+                send,
+                429,
+                {
+                    "error": f"too many requests in flight (limit {core.settings.max_concurrency}); retry later",
+                    "reason": "overloaded",
+                },
+                [(b"retry-after", b"1")],
+            )
             return
         state.in_flight += 1
         try:
@@ -108,8 +123,9 @@ class RequestGuard:
             state.in_flight -= 1
             state.last_request = time.monotonic()
 
-    async def _guarded(self, scope: Scope, receive: Receive, send: Send, core: Any, endpoint: str,
-                       start: float) -> None:
+    async def _guarded(
+        self, scope: Scope, receive: Receive, send: Send, core: Any, endpoint: str, start: float
+    ) -> None:
         status = {"code": 500}
 
         async def send_counted(message: Message) -> None:
@@ -157,8 +173,8 @@ class RequestGuard:
         media = headers.get("content-type", "").split(";")[0].strip().lower()
         if media != "application/json":
             raise UnsupportedMediaError(
-                f"content type {media or '(none)'!r} is not accepted; send application/json",
-                field="content-type")
+                f"content type {media or '(none)'!r} is not accepted; send application/json", field="content-type"
+            )
         limit = settings.max_body_bytes
         declared = headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
@@ -182,8 +198,7 @@ class RequestGuard:
         except UnicodeDecodeError:
             raise BadRequestError("the body is not valid UTF-8") from None
         except (json.JSONDecodeError, RecursionError) as exc:
-            raise BadRequestError(f"the body is not valid JSON: {getattr(exc, 'msg', 'too deeply nested')}") \
-                from None
+            raise BadRequestError(f"the body is not valid JSON: {getattr(exc, 'msg', 'too deeply nested')}") from None
         from bento._core import parse_classify, parse_feedback, parse_reload
 
         if endpoint == "classify":
@@ -217,5 +232,6 @@ def _check_encodable(texts: list[str]) -> None:
         try:
             text.encode("utf-8")
         except UnicodeEncodeError:
-            raise InvalidInputError(f"texts[{i}] contains a lone surrogate (invalid Unicode)",
-                                    field=f"texts[{i}]") from None
+            raise InvalidInputError(
+                f"texts[{i}] contains a lone surrogate (invalid Unicode)", field=f"texts[{i}]"
+            ) from None

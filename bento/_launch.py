@@ -33,8 +33,10 @@ def check_model(spec: str) -> Path:
 
             path = Path(bentoml.models.get(spec).path)
         except Exception:
-            raise ModelError(f"{spec!r} is neither a variant folder nor a model in the BentoML model store; "
-                             "make one with 'knowacq optimize'") from None
+            raise ModelError(
+                f"{spec!r} is neither a variant folder nor a model in the BentoML model store; "
+                "make one with 'knowacq optimize'"
+            ) from None
     read_manifest(path)
     return path.resolve()
 
@@ -65,8 +67,15 @@ def free_port() -> int:
 class ServerProcess:
     """A `bentoml serve` subprocess on loopback; `with ServerProcess(...) as server:` waits for /readyz."""
 
-    def __init__(self, settings: Mapping[str, str | int | float | bool | None], *, port: int | None = None,
-                 log_file: Path | None = None, startup_timeout: float = 120.0, cwd: Path | None = None) -> None:
+    def __init__(
+        self,
+        settings: Mapping[str, str | int | float | bool | None],
+        *,
+        port: int | None = None,
+        log_file: Path | None = None,
+        startup_timeout: float = 120.0,
+        cwd: Path | None = None,
+    ) -> None:
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.settings = dict(settings)
@@ -83,10 +92,14 @@ class ServerProcess:
         self.stop()
 
     def start(self) -> None:
-        out = open(self.log_file, "ab") if self.log_file else subprocess.DEVNULL  # noqa: SIM115
+        out = open(self.log_file, "ab") if self.log_file else subprocess.DEVNULL
         self.process = subprocess.Popen(
-            serve_command("127.0.0.1", self.port), env=service_env(self.settings), stdout=out,
-            stderr=subprocess.STDOUT, cwd=self.cwd, start_new_session=True,
+            serve_command("127.0.0.1", self.port),
+            env=service_env(self.settings),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=self.cwd,
+            start_new_session=True,
         )
         self.wait_ready()
 
@@ -96,8 +109,10 @@ class ServerProcess:
         deadline = time.monotonic() + self.startup_timeout
         while time.monotonic() < deadline:
             if self.process is not None and self.process.poll() is not None:
-                raise KnowacqError(f"the server exited with code {self.process.returncode} while starting"
-                                   + (f"; see {self.log_file}" if self.log_file else ""))
+                raise KnowacqError(
+                    f"the server exited with code {self.process.returncode} while starting"
+                    + (f"; see {self.log_file}" if self.log_file else "")
+                )
             failure = self._startup_failure()
             if failure:
                 self.stop()
@@ -109,8 +124,10 @@ class ServerProcess:
                 pass
             time.sleep(0.25)
         self.stop()
-        raise KnowacqError(f"the server was not ready within {self.startup_timeout:.0f} s"
-                           + (f"; see {self.log_file}" if self.log_file else ""))
+        raise KnowacqError(
+            f"the server was not ready within {self.startup_timeout:.0f} s"
+            + (f"; see {self.log_file}" if self.log_file else "")
+        )
 
     def _startup_failure(self) -> str:
         """The error that stopped a worker from starting, read from the log (BentoML keeps retrying)."""
@@ -174,8 +191,12 @@ def import_to_model_store(variant: Path, name: str) -> str:
     from export import read_manifest
 
     manifest = read_manifest(variant)
-    metadata = {"variant": manifest.variant, "model_sha256": manifest.model_sha256,
-                "labels": list(manifest.labels), "source_sha256": manifest.source.get("sha256", "")}
+    metadata = {
+        "variant": manifest.variant,
+        "model_sha256": manifest.model_sha256,
+        "labels": list(manifest.labels),
+        "source_sha256": manifest.source.get("sha256", ""),
+    }
     with bentoml.models.create(name, labels={"variant": manifest.variant}, metadata=metadata) as model:
         shutil.copytree(variant, model.path, dirs_exist_ok=True)
     return str(model.tag)

@@ -14,11 +14,26 @@ __all__ = ["FAILURE_REASONS", "FEEDBACK_OUTCOMES", "STAGES", "ServiceMetrics"]
 
 STAGES = ("tokenize", "queue", "infer", "store")
 FAILURE_REASONS = (
-    "invalid_json", "invalid_input", "unknown_label", "unknown_prediction", "unauthorized", "too_large",
-    "unsupported_media_type", "overloaded", "store_error", "internal",
+    "invalid_json",
+    "invalid_input",
+    "unknown_label",
+    "unknown_prediction",
+    "unauthorized",
+    "too_large",
+    "unsupported_media_type",
+    "overloaded",
+    "store_error",
+    "internal",
 )
-FEEDBACK_OUTCOMES = ("created", "unchanged", "updated", "unknown_prediction", "unknown_label", "unauthorized",
-                     "store_error")
+FEEDBACK_OUTCOMES = (
+    "created",
+    "unchanged",
+    "updated",
+    "unknown_prediction",
+    "unknown_label",
+    "unauthorized",
+    "store_error",
+)
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 _CONFIDENCE_BUCKETS = (0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95, 0.975, 0.99, 1.0)
@@ -42,53 +57,88 @@ class ServiceMetrics:
                 return getattr(module, kind)(*args, registry=registry, **kwargs)
 
         self.request_seconds = make(
-            "Histogram", "knowacq_request_duration_seconds", "Time from request received to response sent",
-            ["endpoint"], buckets=_LATENCY_BUCKETS)
+            "Histogram",
+            "knowacq_request_duration_seconds",
+            "Time from request received to response sent",
+            ["endpoint"],
+            buckets=_LATENCY_BUCKETS,
+        )
         self.stage_seconds = make(
-            "Histogram", "knowacq_stage_duration_seconds",
+            "Histogram",
+            "knowacq_stage_duration_seconds",
             "Time per stage: tokenize and infer per batch, queue per text, store per write",
-            ["stage"], buckets=_LATENCY_BUCKETS)
+            ["stage"],
+            buckets=_LATENCY_BUCKETS,
+        )
         self.batch_texts = make(
-            "Histogram", "knowacq_batch_size_texts", "Texts per adaptive batch run by the model",
-            buckets=_BATCH_BUCKETS)
-        self.predictions = make(
-            "Counter", "knowacq_predictions_total", "Predictions by predicted label", ["label"])
+            "Histogram", "knowacq_batch_size_texts", "Texts per adaptive batch run by the model", buckets=_BATCH_BUCKETS
+        )
+        self.predictions = make("Counter", "knowacq_predictions_total", "Predictions by predicted label", ["label"])
         self.confidence = make(
-            "Histogram", "knowacq_prediction_confidence_ratio", "Calibrated probability of the predicted label",
-            buckets=_CONFIDENCE_BUCKETS)
+            "Histogram",
+            "knowacq_prediction_confidence_ratio",
+            "Calibrated probability of the predicted label",
+            buckets=_CONFIDENCE_BUCKETS,
+        )
         self.captures = make(
-            "Counter", "knowacq_low_confidence_captures_total",
-            "Predictions under the confidence or margin threshold, written to the feedback store")
+            "Counter",
+            "knowacq_low_confidence_captures_total",
+            "Predictions under the confidence or margin threshold, written to the feedback store",
+        )
         self.truncated = make(
-            "Counter", "knowacq_truncated_texts_total", "Texts longer than the model's window, cut to fit")
+            "Counter", "knowacq_truncated_texts_total", "Texts longer than the model's window, cut to fit"
+        )
         self.feedback = make("Counter", "knowacq_feedback_total", "Feedback calls by outcome", ["outcome"])
         self.store_failures = make(
-            "Counter", "knowacq_store_write_failures_total", "Writes to the feedback store that failed",
-            ["kind"])
-        self.failures = make(
-            "Counter", "knowacq_failures_total", "Refused or failed requests by reason", ["reason"])
+            "Counter", "knowacq_store_write_failures_total", "Writes to the feedback store that failed", ["kind"]
+        )
+        self.failures = make("Counter", "knowacq_failures_total", "Refused or failed requests by reason", ["reason"])
         self.model_info = make(
-            "Gauge", "knowacq_model_info", "The model being served (value is always 1)",
-            ["version", "variant", "provider"], multiprocess_mode="max")
+            "Gauge",
+            "knowacq_model_info",
+            "The model being served (value is always 1)",
+            ["version", "variant", "provider"],
+            multiprocess_mode="max",
+        )
         self.fallback = make(
-            "Gauge", "knowacq_provider_fallback",
-            "1 when a GPU was asked for and the CPU provider is running instead", multiprocess_mode="max")
+            "Gauge",
+            "knowacq_provider_fallback",
+            "1 when a GPU was asked for and the CPU provider is running instead",
+            multiprocess_mode="max",
+        )
         # Read from the feedback store every few seconds (the same value in every worker: "max" keeps one).
         self.backlog = make(
-            "Gauge", "knowacq_labelling_backlog_items", "Stored predictions waiting for a label, by status",
-            ["status"], multiprocess_mode="max")
+            "Gauge",
+            "knowacq_labelling_backlog_items",
+            "Stored predictions waiting for a label, by status",
+            ["status"],
+            multiprocess_mode="max",
+        )
         self.labels_stored = make(
-            "Gauge", "knowacq_labels_stored_items", "Human labels in the feedback store (all sources)",
-            multiprocess_mode="max")
+            "Gauge",
+            "knowacq_labels_stored_items",
+            "Human labels in the feedback store (all sources)",
+            multiprocess_mode="max",
+        )
         self.retrain_runs = make(
-            "Gauge", "knowacq_retrain_runs", "Retraining runs recorded in the feedback store, by decision",
-            ["decision"], multiprocess_mode="max")
+            "Gauge",
+            "knowacq_retrain_runs",
+            "Retraining runs recorded in the feedback store, by decision",
+            ["decision"],
+            multiprocess_mode="max",
+        )
         self.last_promotion = make(
-            "Gauge", "knowacq_last_promotion_timestamp_seconds",
-            "When a retrained model was last promoted (0: never)", multiprocess_mode="max")
+            "Gauge",
+            "knowacq_last_promotion_timestamp_seconds",
+            "When a retrained model was last promoted (0: never)",
+            multiprocess_mode="max",
+        )
         self.model_created = make(
-            "Gauge", "knowacq_model_created_timestamp_seconds", "When the served variant was exported",
-            multiprocess_mode="max")
+            "Gauge",
+            "knowacq_model_created_timestamp_seconds",
+            "When the served variant was exported",
+            multiprocess_mode="max",
+        )
         # Create every series up front, so that rates start at 0 instead of appearing on first use.
         for stage in STAGES:
             self.stage_seconds.labels(stage=stage)

@@ -87,17 +87,27 @@ class Settings:
         if self.record not in ("all", "captured"):
             raise ConfigError(f"KNOWACQ_RECORD must be 'all' or 'captured', got {self.record!r}")
         if not 0.0 <= self.drain_s <= 3_600 or not 0.0 < self.drain_quiet_s <= 60:
-            raise ConfigError(f"KNOWACQ_DRAIN_S must be in [0, 3600] and KNOWACQ_DRAIN_QUIET_S in (0, 60], got "
-                              f"{self.drain_s} and {self.drain_quiet_s}")
+            raise ConfigError(
+                f"KNOWACQ_DRAIN_S must be in [0, 3600] and KNOWACQ_DRAIN_QUIET_S in (0, 60], got "
+                f"{self.drain_s} and {self.drain_quiet_s}"
+            )
         if not 0.0 <= self.reload_poll_s <= 86_400:
             raise ConfigError(f"KNOWACQ_RELOAD_POLL_S must be in [0, 86400], got {self.reload_poll_s}")
         for name in ("min_confidence", "min_margin"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ConfigError(f"KNOWACQ_{name.upper()} must be in [0, 1], got {getattr(self, name)}")
-        limits = {"max_texts": (1, 10_000), "max_body_bytes": (1_024, 1 << 30), "max_stored_chars": (16, 10**7),
-                  "max_batch_size": (1, 100_000), "bucket_tokens": (1, 4_096), "max_latency_ms": (10, 600_000),
-                  "max_concurrency": (1, 1_000_000), "timeout_s": (1, 3_600), "workers": (1, 256),
-                  "threads": (0, 1_024)}
+        limits = {
+            "max_texts": (1, 10_000),
+            "max_body_bytes": (1_024, 1 << 30),
+            "max_stored_chars": (16, 10**7),
+            "max_batch_size": (1, 100_000),
+            "bucket_tokens": (1, 4_096),
+            "max_latency_ms": (10, 600_000),
+            "max_concurrency": (1, 1_000_000),
+            "timeout_s": (1, 3_600),
+            "workers": (1, 256),
+            "threads": (0, 1_024),
+        }
         for name, (lo, hi) in limits.items():
             if not lo <= getattr(self, name) <= hi:
                 raise ConfigError(f"KNOWACQ_{name.upper()} must be in [{lo}, {hi}], got {getattr(self, name)}")
@@ -121,11 +131,11 @@ class Settings:
                 else:
                     values[f.name] = kind(raw)
             except ValueError:
-                raise ConfigError(
-                    f"{ENV_PREFIX}{f.name.upper()}={raw!r} is not a valid {kind.__name__}") from None
+                raise ConfigError(f"{ENV_PREFIX}{f.name.upper()}={raw!r} is not a valid {kind.__name__}") from None
         return cls(**values)
 
     def public(self) -> dict[str, Any]:
         """The settings without secrets (for GET /model and logs)."""
-        return {f.name: getattr(self, f.name) for f in fields(self)
-                if f.name not in ("api_token", "store_url", "model")}
+        return {
+            f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("api_token", "store_url", "model")
+        }

@@ -33,8 +33,9 @@ from knowacq.errors import ModelError, RequestError, StoreError
 log = logging.getLogger("knowacq.service")
 if not logging.getLogger("knowacq").handlers:  # BentoML configures only its own loggers
     _handler = logging.StreamHandler()
-    _handler.setFormatter(logging.Formatter("%(asctime)s [%(levelname)s] [%(name)s] %(message)s",
-                                            "%Y-%m-%dT%H:%M:%S%z"))
+    _handler.setFormatter(
+        logging.Formatter("%(asctime)s [%(levelname)s] [%(name)s] %(message)s", "%Y-%m-%dT%H:%M:%S%z")
+    )
     logging.getLogger("knowacq").addHandler(_handler)
     logging.getLogger("knowacq").setLevel(logging.INFO)
     logging.getLogger("knowacq").propagate = False  # BentoML's root handler would print each line again
@@ -63,8 +64,12 @@ def _drain_on_sigterm(state: State, settings: Settings) -> None:
             original(server, sig, frame)
             return
         state.draining = True
-        log.info("signal %d: draining (answering until idle for %.1f s, at most %.0f s)", sig,
-                 settings.drain_quiet_s, settings.drain_s)
+        log.info(
+            "signal %d: draining (answering until idle for %.1f s, at most %.0f s)",
+            sig,
+            settings.drain_quiet_s,
+            settings.drain_s,
+        )
 
         def finish() -> None:
             deadline = time.monotonic() + settings.drain_s
@@ -138,8 +143,11 @@ class Classifier:
             raise ServiceUnavailable("overloaded: the batching queue is full; retry later")
 
         self._dispatcher: Any = CorkDispatcher(
-            max_latency_in_ms=SETTINGS.max_latency_ms, max_batch_size=SETTINGS.max_batch_size,
-            fallback=refuse, get_batch_size=len, batch_dim=(0, 0),
+            max_latency_in_ms=SETTINGS.max_latency_ms,
+            max_batch_size=SETTINGS.max_batch_size,
+            fallback=refuse,
+            get_batch_size=len,
+            batch_dim=(0, 0),
         )
         _bound_cork_wait(self._dispatcher.optimizer)
         # The callback reads self.core when a batch starts: after a reload, the next batch uses the new model
@@ -147,8 +155,14 @@ class Classifier:
         self._infer = self._dispatcher(lambda batches: self.core.classify_batches(batches))
         self._reload_lock = threading.Lock()
         STATE.core = self.core
-        log.info("serving %s (%s) on the %s provider from %s; store %r", self.core.model_version,
-                 self.core.variant, predictor.provider, folder, store)
+        log.info(
+            "serving %s (%s) on the %s provider from %s; store %r",
+            self.core.model_version,
+            self.core.variant,
+            predictor.provider,
+            folder,
+            store,
+        )
         self._refresh_gauges()
         if SETTINGS.reload_poll_s > 0:
             threading.Thread(target=self._watch, name="knowacq-reload-watch", daemon=True).start()
@@ -159,9 +173,13 @@ class Classifier:
 
         folder = resolve_model(spec)
         predictor = Predictor(
-            folder, provider=SETTINGS.provider, allow_fallback=SETTINGS.allow_fallback,  # type: ignore[arg-type]
-            threads=SETTINGS.threads or None, max_batch_size=SETTINGS.max_batch_size,
-            bucket_tokens=SETTINGS.bucket_tokens, cuda_graphs=SETTINGS.cuda_graphs,
+            folder,
+            provider=SETTINGS.provider,
+            allow_fallback=SETTINGS.allow_fallback,  # type: ignore[arg-type]
+            threads=SETTINGS.threads or None,
+            max_batch_size=SETTINGS.max_batch_size,
+            bucket_tokens=SETTINGS.bucket_tokens,
+            cuda_graphs=SETTINGS.cuda_graphs,
         )
         return predictor, folder
 
@@ -208,8 +226,11 @@ class Classifier:
         try:
             return await self._infer([Item(text, now) for text in texts])
         except ServiceUnavailable as exc:  # the dispatcher's bound on queueing time: refuse, do not wait
-            return JSONResponse({"error": str(exc), "reason": "overloaded"}, status_code=503,  # type: ignore[return-value]
-                                headers={"retry-after": "1"})
+            return JSONResponse(
+                {"error": str(exc), "reason": "overloaded"},
+                status_code=503,  # type: ignore[return-value]
+                headers={"retry-after": "1"},
+            )
 
     @bentoml.api(route="/feedback")
     async def feedback(
@@ -219,14 +240,16 @@ class Classifier:
         try:
             self.core.check_token(ctx.request.headers.get("authorization"))
             return await anyio.to_thread.run_sync(
-                functools.partial(self.core.feedback, prediction_id, label, annotator))
+                functools.partial(self.core.feedback, prediction_id, label, annotator)
+            )
         except RequestError as exc:
             self.core.metrics.fail(exc.reason)
             return _error(ctx, exc.status, exc.to_body())
         except StoreError:
             self.core.metrics.fail("store_error")
-            return _error(ctx, 503, {"error": "the feedback store is unavailable; retry later",
-                                     "reason": "store_error"})
+            return _error(
+                ctx, 503, {"error": "the feedback store is unavailable; retry later", "reason": "store_error"}
+            )
 
     @bentoml.api(route="/admin/reload")
     async def reload(self, ctx: bentoml.Context, model: str = "") -> dict[str, Any]:
@@ -242,8 +265,15 @@ class Classifier:
         except RequestError as exc:
             return _error(ctx, exc.status, exc.to_body())
         except ModelError as exc:
-            return _error(ctx, 422, {"error": f"not switched, still serving {self.core.model_version}: {exc}",
-                                     "reason": "invalid_input", "field": "model"})
+            return _error(
+                ctx,
+                422,
+                {
+                    "error": f"not switched, still serving {self.core.model_version}: {exc}",
+                    "reason": "invalid_input",
+                    "field": "model",
+                },
+            )
 
 
 def _error(ctx: bentoml.Context, status: int, body: dict[str, str]) -> Any:

@@ -80,23 +80,36 @@ def bench(
 
     def torch_logits(batch: list[str]) -> np.ndarray:
         with torch.inference_mode():
-            encoded = tokenizer(batch, padding=True, truncation=True, max_length=card.max_length,
-                                return_tensors="pt")
+            encoded = tokenizer(batch, padding=True, truncation=True, max_length=card.max_length, return_tensors="pt")
             return model(**encoded).logits.numpy()
 
-    engines: list[tuple[str, str, Callable[[list[str]], np.ndarray], dict[str, Any]]] = [(
-        "pytorch-fp32", str(card.path), torch_logits,
-        {"size_mb": _size_mb(card.path, ("*.safetensors", "*.bin")),
-         "params": sum(p.numel() for p in model.parameters()), "provider": "torch-cpu"},
-    )]
+    engines: list[tuple[str, str, Callable[[list[str]], np.ndarray], dict[str, Any]]] = [
+        (
+            "pytorch-fp32",
+            str(card.path),
+            torch_logits,
+            {
+                "size_mb": _size_mb(card.path, ("*.safetensors", "*.bin")),
+                "params": sum(p.numel() for p in model.parameters()),
+                "provider": "torch-cpu",
+            },
+        )
+    ]
     for folder in map(Path, variants):
         manifest = read_manifest(folder)
         predictor = Predictor(folder, threads=threads, max_batch_size=THROUGHPUT_BATCH)
-        engines.append((
-            manifest.variant, str(folder), lambda batch, p=predictor: p.logits(batch)[0],
-            {"size_mb": _size_mb(folder, ("*.onnx",)), "params": int(manifest.metrics.get("params_after", 0)),
-             "provider": predictor.provider},
-        ))
+        engines.append(
+            (
+                manifest.variant,
+                str(folder),
+                lambda batch, p=predictor: p.logits(batch)[0],
+                {
+                    "size_mb": _size_mb(folder, ("*.onnx",)),
+                    "params": int(manifest.metrics.get("params_after", 0)),
+                    "provider": predictor.provider,
+                },
+            )
+        )
     names = [e[0] for e in engines]
     if len(set(names)) != len(names):
         raise ConfigError(f"two variants share a name: {names}; bench each preset once")
@@ -126,8 +139,10 @@ def bench(
                 fn([text])
                 times[i] = time.perf_counter() - t0
             latencies[name].append(times)
-            log(f"round {r + 1}/{rounds} {name}: {throughput[name][-1]:.1f} sentences/s, "
-                f"batch-1 p50 {np.median(times) * 1e3:.2f} ms")
+            log(
+                f"round {r + 1}/{rounds} {name}: {throughput[name][-1]:.1f} sentences/s, "
+                f"batch-1 p50 {np.median(times) * 1e3:.2f} ms"
+            )
 
     rows = []
     base_tp = float(np.median(throughput["pytorch-fp32"]))
@@ -136,9 +151,21 @@ def bench(
         tp = float(np.median(throughput[name]))
         p50 = float(np.median([np.median(t) for t in latencies[name]]) * 1e3)
         p95 = float(np.median([np.percentile(t, 95) for t in latencies[name]]) * 1e3)
-        rows.append(BenchRow(name, path, round(tp, 2), round(p50, 3), round(p95, 3), accuracy[name],
-                             extra["size_mb"], extra["params"], extra["provider"],
-                             round(tp / base_tp, 3), round(base_p50 / p50, 3)))
+        rows.append(
+            BenchRow(
+                name,
+                path,
+                round(tp, 2),
+                round(p50, 3),
+                round(p95, 3),
+                accuracy[name],
+                extra["size_mb"],
+                extra["params"],
+                extra["provider"],
+                round(tp / base_tp, 3),
+                round(base_p50 / p50, 3),
+            )
+        )
     result = {
         "machine": machine_info(threads),
         "data": str(Path(data_file).resolve()),

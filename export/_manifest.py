@@ -78,8 +78,7 @@ def read_manifest(folder: str | Path, *, require_passed: bool = True, verify_has
     path = folder / MANIFEST_FILE
     if not path.is_file():
         raise ModelError(
-            f"{folder} has no {MANIFEST_FILE}: it is not a variant written by 'knowacq optimize' "
-            "and will not be served"
+            f"{folder} has no {MANIFEST_FILE}: it is not a variant written by 'knowacq optimize' and will not be served"
         )
     try:
         data = json.loads(path.read_text())

@@ -8,10 +8,11 @@ import shutil
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -33,9 +34,19 @@ __all__ = ["CUDA_FUSIONS", "OptimizeResult", "attention_shape", "fusion_gate", "
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt")
 FUSED_OPS = (
-    "Attention", "QAttention", "MultiHeadAttention", "EmbedLayerNormalization", "QEmbedLayerNormalization",
-    "SkipLayerNormalization", "LayerNormalization", "BiasGelu", "FastGelu", "Gelu", "MatMulInteger",
-    "DynamicQuantizeLinear", "MatMul",
+    "Attention",
+    "QAttention",
+    "MultiHeadAttention",
+    "EmbedLayerNormalization",
+    "QEmbedLayerNormalization",
+    "SkipLayerNormalization",
+    "LayerNormalization",
+    "BiasGelu",
+    "FastGelu",
+    "Gelu",
+    "MatMulInteger",
+    "DynamicQuantizeLinear",
+    "MatMul",
 )
 CUDA_FUSIONS = ("Attention", "SkipLayerNormalization", "BiasGelu")
 """Fused operators a CUDA graph must hold, at least one of each per encoder layer: without them ORT's CUDA
@@ -116,26 +127,57 @@ def optimize(
         shutil.copy(plain / "model.onnx", work / "plain.onnx")  # keep the export for the parity probe
         probe = list(dev.texts[: config.gates.probe_examples])
         probe_reference = reference_logits[: len(probe)]
-        gates.append(_parity_gate("parity fp32 export", work / "plain.onnx", plain, probe,
-                                  probe_reference, len(card.labels), max_length, config.gates.parity_atol))
+        gates.append(
+            _parity_gate(
+                "parity fp32 export",
+                work / "plain.onnx",
+                plain,
+                probe,
+                probe_reference,
+                len(card.labels),
+                max_length,
+                config.gates.parity_atol,
+            )
+        )
 
         current, fused = work / "plain.onnx", _op_counts(work / "plain.onnx")
         if config.graph_optimization:
             num_heads, hidden_size, layers = attention_shape(model)
-            current, fused = optimize_graph(current, work / "optimized.onnx", config, num_heads=num_heads,
-                                            hidden_size=hidden_size, log=say)
+            current, fused = optimize_graph(
+                current, work / "optimized.onnx", config, num_heads=num_heads, hidden_size=hidden_size, log=say
+            )
             if config.target == "cuda":
                 gates.append(fusion_gate(fused, layers))
             if not config.fp16:
-                gates.append(_parity_gate("parity fp32 optimised", current, plain, probe, probe_reference,
-                                          len(card.labels), max_length, config.gates.parity_atol))
+                gates.append(
+                    _parity_gate(
+                        "parity fp32 optimised",
+                        current,
+                        plain,
+                        probe,
+                        probe_reference,
+                        len(card.labels),
+                        max_length,
+                        config.gates.parity_atol,
+                    )
+                )
         if config.quantize:
             keep = _matching_nodes(current, config.keep_fp32)
             if config.smooth is not None:
                 assert train is not None
                 current = _smooth(current, work / "smoothed.onnx", plain, train, config, keep, max_length, say)
-                gates.append(_parity_gate("parity fp32 smoothed", current, plain, probe, probe_reference,
-                                          len(card.labels), max_length, config.gates.parity_atol))
+                gates.append(
+                    _parity_gate(
+                        "parity fp32 smoothed",
+                        current,
+                        plain,
+                        probe,
+                        probe_reference,
+                        len(card.labels),
+                        max_length,
+                        config.gates.parity_atol,
+                    )
+                )
             current = _quantize(current, plain / "config.json", work / "quantized", config, keep, say)
             fused = _op_counts(current)
             metrics["fp32_nodes"] = keep
@@ -145,20 +187,32 @@ def optimize(
         variant_labels = variant_logits.argmax(1)
         accuracy = float(np.mean(variant_labels == dev.labels))
         agreement = float(np.mean(variant_labels == reference_logits.argmax(1)))
-        metrics.update(accuracy=accuracy, agreement_with_fp32=agreement, dev_examples=len(dev),
-                       max_logit_diff_vs_fp32=float(np.abs(variant_logits - reference_logits).max()))
+        metrics.update(
+            accuracy=accuracy,
+            agreement_with_fp32=agreement,
+            dev_examples=len(dev),
+            max_logit_diff_vs_fp32=float(np.abs(variant_logits - reference_logits).max()),
+        )
         if config.quantize or config.fp16:
-            gates.append(GateResult(
-                "label agreement with fp32", agreement, config.gates.min_agreement,
-                agreement >= config.gates.min_agreement,
-                f"{int(np.sum(variant_labels != reference_logits.argmax(1)))} of {len(dev)} dev labels differ",
-            ))
+            gates.append(
+                GateResult(
+                    "label agreement with fp32",
+                    agreement,
+                    config.gates.min_agreement,
+                    agreement >= config.gates.min_agreement,
+                    f"{int(np.sum(variant_labels != reference_logits.argmax(1)))} of {len(dev)} dev labels differ",
+                )
+            )
         drop = source_accuracy - accuracy
-        gates.append(GateResult(
-            "dev accuracy drop", drop, config.gates.max_accuracy_drop,
-            drop <= config.gates.max_accuracy_drop + 1e-12,
-            f"source {source_accuracy:.4f}, variant {accuracy:.4f}",
-        ))
+        gates.append(
+            GateResult(
+                "dev accuracy drop",
+                drop,
+                config.gates.max_accuracy_drop,
+                drop <= config.gates.max_accuracy_drop + 1e-12,
+                f"source {source_accuracy:.4f}, variant {accuracy:.4f}",
+            )
+        )
         for gate in gates:
             say(f"gate {gate}")
 
@@ -171,8 +225,17 @@ def optimize(
             max_length=max_length,
             source={"path": str(card.path.resolve()), "sha256": folder_sha256(card.path)},
             config=config.to_dict(),
-            versions=library_versions("knowacq", "torch", "transformers", "optimum", "optimum-onnx", "onnx",
-                                      "onnxruntime", "onnxruntime-gpu", "tokenizers"),
+            versions=library_versions(
+                "knowacq",
+                "torch",
+                "transformers",
+                "optimum",
+                "optimum-onnx",
+                "onnx",
+                "onnxruntime",
+                "onnxruntime-gpu",
+                "tokenizers",
+            ),
             opset=config.opset,
             fused_operators=fused,
             gates=gates,
@@ -196,8 +259,10 @@ def optimize(
             shutil.copy(plain / name, out_dir / name)
         manifest.write(out_dir)
     seconds = time.perf_counter() - started
-    say(f"variant {config.name} written to {out_dir} in {seconds:.0f} s: dev accuracy {accuracy:.4f} "
-        f"(source {source_accuracy:.4f}), {manifest.metrics['size_mb']:.1f} MB")
+    say(
+        f"variant {config.name} written to {out_dir} in {seconds:.0f} s: dev accuracy {accuracy:.4f} "
+        f"(source {source_accuracy:.4f}), {manifest.metrics['size_mb']:.1f} MB"
+    )
     return OptimizeResult(out_dir, manifest, seconds)
 
 
@@ -225,8 +290,13 @@ def _recorded_data(card: ModelCard, key: str, option: str) -> LabelledData:
 
 
 def _prune_and_recover(
-    source: Any, tokenizer: Any, train: LabelledData, config: OptimizeConfig, max_length: int,
-    say: Callable[[str], None], progress: bool,
+    source: Any,
+    tokenizer: Any,
+    train: LabelledData,
+    config: OptimizeConfig,
+    max_length: int,
+    say: Callable[[str], None],
+    progress: bool,
 ) -> tuple[Any, dict[str, Any]]:
     from export._prune import prune
 
@@ -242,27 +312,41 @@ def _prune_and_recover(
     student = copy.deepcopy(source)
     prune_config = dataclasses.replace(config.prune, max_length=max_length)
     result = prune(student, tokenizer, pool, prune_config, rng=rng)
-    say(f"pruned: heads {result.heads_before} -> {result.heads_after}, FFN neurons "
+    say(
+        f"pruned: heads {result.heads_before} -> {result.heads_after}, FFN neurons "
         f"{result.neurons_before} -> {result.neurons_after}, parameters {result.params_before:,} -> "
-        f"{result.params_after:,}")
+        f"{result.params_after:,}"
+    )
     metrics: dict[str, Any] = {"pruning": result.to_dict()}
     if config.recovery is not None:
         from knowacq.train import fit
 
         rec = config.recovery
         fit_config = TrainConfig(
-            epochs=rec.epochs, learning_rate=rec.learning_rate, max_length=max_length,
+            epochs=rec.epochs,
+            learning_rate=rec.learning_rate,
+            max_length=max_length,
             max_train_examples=min(rec.examples, len(pool)) if len(pool) > 1 else None,
-            evals_per_epoch=2, patience=2, warmup_ratio=0.06, save_checkpoints=False,
+            evals_per_epoch=2,
+            patience=2,
+            warmup_ratio=0.06,
+            save_checkpoints=False,
         )
         sample = pool
         if fit_config.max_train_examples is not None and fit_config.max_train_examples < len(pool):
             sample = pool.subset(rng.choice(len(pool), fit_config.max_train_examples, replace=False))
         say(f"recovery: distilling from the unpruned model on {len(sample)} training rows")
         source.eval()
-        fitted = fit(student, tokenizer, sample, held_out, fit_config,
-                     loss_fn=_distillation_loss(source, rec.distill_temperature, rec.alpha),
-                     progress=progress, say=say)
+        fitted = fit(
+            student,
+            tokenizer,
+            sample,
+            held_out,
+            fit_config,
+            loss_fn=_distillation_loss(source, rec.distill_temperature, rec.alpha),
+            progress=progress,
+            say=say,
+        )
         metrics["recovery"] = {"examples": len(sample), "history": list(fitted.history)}
     student.eval()
     return student, metrics
@@ -276,8 +360,14 @@ def _distillation_loss(teacher: Any, temperature: float, alpha: float) -> Callab
         out = model(**batch)
         with torch.no_grad():
             target = teacher(**{k: v for k, v in batch.items() if k != "labels"}).logits
-        soft = F.kl_div(F.log_softmax(out.logits / temperature, dim=-1), F.softmax(target / temperature, dim=-1),
-                        reduction="batchmean") * temperature**2
+        soft = (
+            F.kl_div(
+                F.log_softmax(out.logits / temperature, dim=-1),
+                F.softmax(target / temperature, dim=-1),
+                reduction="batchmean",
+            )
+            * temperature**2
+        )
         return alpha * out.loss + (1.0 - alpha) * soft
 
     return loss_fn
@@ -304,8 +394,14 @@ def _export_onnx(model: Any, folder: Path, opset: int, say: Callable[[str], None
 
 
 def _parity_gate(
-    name: str, onnx_file: Path, tokenizer_dir: Path, texts: list[str], reference: np.ndarray,
-    num_labels: int, max_length: int, atol: float,
+    name: str,
+    onnx_file: Path,
+    tokenizer_dir: Path,
+    texts: list[str],
+    reference: np.ndarray,
+    num_labels: int,
+    max_length: int,
+    atol: float,
 ) -> GateResult:
     engine = Engine(onnx_file, tokenizer_dir, num_labels=num_labels, max_length=max_length, provider="cpu")
     logits, _ = engine.logits(texts)
@@ -313,8 +409,9 @@ def _parity_gate(
         return GateResult(name, float("inf"), atol, False, f"shape {logits.shape} != {reference.shape}")
     diff = np.abs(logits - reference)
     worst = int(diff.max(axis=1).argmax())
-    return GateResult(name, float(diff.max()), atol, bool(diff.max() <= atol),
-                      f"{len(texts)} probe texts, worst row {worst}")
+    return GateResult(
+        name, float(diff.max()), atol, bool(diff.max() <= atol), f"{len(texts)} probe texts, worst row {worst}"
+    )
 
 
 def attention_shape(model: Any) -> tuple[int, int, int]:
@@ -342,13 +439,20 @@ def fusion_gate(fused: dict[str, int], layers: int) -> GateResult:
     worst = min(counts.values())
     detail = ", ".join(f"{op} {n}" for op, n in counts.items()) + f"; {layers} encoder layer(s)"
     if worst < layers:
-        detail += ("; the graph runs unfused on CUDA (export with eager attention; give num_heads and "
-                   "hidden_size when ORT cannot read them from the graph)")
+        detail += (
+            "; the graph runs unfused on CUDA (export with eager attention; give num_heads and "
+            "hidden_size when ORT cannot read them from the graph)"
+        )
     return GateResult("fused operators for CUDA", float(worst), float(layers), worst >= layers, detail)
 
 
 def optimize_graph(
-    source: Path, target: Path, config: OptimizeConfig, *, num_heads: int = 0, hidden_size: int = 0,
+    source: Path,
+    target: Path,
+    config: OptimizeConfig,
+    *,
+    num_heads: int = 0,
+    hidden_size: int = 0,
     log: Callable[[str], None] | None = None,
 ) -> tuple[Path, dict[str, int]]:
     """ONNX Runtime's transformer optimizer on the BERT graph `source`, as `config` says (fusions for its
@@ -374,8 +478,15 @@ def optimize_graph(
     level = fusion_log.level
     fusion_log.setLevel(logging.ERROR)
     try:
-        optimized = optimize_model(str(source), model_type="bert", num_heads=num_heads, hidden_size=hidden_size,
-                                   opt_level=0, use_gpu=config.target == "cuda", optimization_options=options)
+        optimized = optimize_model(
+            str(source),
+            model_type="bert",
+            num_heads=num_heads,
+            hidden_size=hidden_size,
+            opt_level=0,
+            use_gpu=config.target == "cuda",
+            optimization_options=options,
+        )
     finally:
         fusion_log.setLevel(level)
     if config.fp16:
@@ -403,8 +514,14 @@ def _matching_nodes(path: Path, patterns: tuple[str, ...]) -> list[str]:
 
 
 def _smooth(
-    source: Path, target: Path, tokenizer_dir: Path, train: LabelledData, config: OptimizeConfig,
-    keep: list[str], max_length: int, say: Callable[[str], None],
+    source: Path,
+    target: Path,
+    tokenizer_dir: Path,
+    train: LabelledData,
+    config: OptimizeConfig,
+    keep: list[str],
+    max_length: int,
+    say: Callable[[str], None],
 ) -> Path:
     from export._smooth import smooth_activations
     from knowacq.base import length_sorted_batches
@@ -415,21 +532,33 @@ def _smooth(
     rows = rng.choice(len(train), min(config.smooth.calibration_examples, len(train)), replace=False)
     texts = [train.texts[i] for i in rows]
     engine = Engine(source, tokenizer_dir, num_labels=len(train.label_names), max_length=max_length, provider="cpu")
-    batches = [engine.encode([texts[i] for i in idx])[0]
-               for idx in length_sorted_batches(np.array([len(t) for t in texts]), 32)]
+    batches = [
+        engine.encode([texts[i] for i in idx])[0]
+        for idx in length_sorted_batches(np.array([len(t) for t in texts]), 32)
+    ]
     ops = config.quantize_ops
     skipped = set(keep)
     count = smooth_activations(
-        source, target, batches, config.smooth.alpha, threads=engine.threads,
+        source,
+        target,
+        batches,
+        config.smooth.alpha,
+        threads=engine.threads,
         select=lambda op_type, name: (ops is None or op_type in ops) and name not in skipped,
     )
-    say(f"smoothed {count} nodes (alpha {config.smooth.alpha}, {len(texts)} training rows) "
-        f"in {time.perf_counter() - started:.1f} s")
+    say(
+        f"smoothed {count} nodes (alpha {config.smooth.alpha}, {len(texts)} training rows) "
+        f"in {time.perf_counter() - started:.1f} s"
+    )
     return target
 
 
 def _quantize(
-    source: Path, config_json: Path, folder: Path, config: OptimizeConfig, keep: list[str],
+    source: Path,
+    config_json: Path,
+    folder: Path,
+    config: OptimizeConfig,
+    keep: list[str],
     say: Callable[[str], None],
 ) -> Path:
     import onnx
@@ -446,14 +575,18 @@ def _quantize(
     onnx.save(graph, str(folder / "model.onnx"))
     shutil.copy(config_json, folder / "config.json")
     qconfig = getattr(AutoQuantizationConfig, config.isa)(
-        is_static=False, per_channel=config.per_channel, nodes_to_exclude=keep,
+        is_static=False,
+        per_channel=config.per_channel,
+        nodes_to_exclude=keep,
         operators_to_quantize=list(config.quantize_ops) if config.quantize_ops is not None else None,
     )
     quantizer = ORTQuantizer.from_pretrained(folder, file_name="model.onnx")
     quantizer.quantize(qconfig, folder / "out")
     result = folder / "out" / "model_quantized.onnx"
-    say(f"quantised (dynamic int8, {config.isa}, per-channel={config.per_channel}, "
-        f"{len(keep)} node(s) kept in fp32) in {time.perf_counter() - started:.1f} s")
+    say(
+        f"quantised (dynamic int8, {config.isa}, per-channel={config.per_channel}, "
+        f"{len(keep)} node(s) kept in fp32) in {time.perf_counter() - started:.1f} s"
+    )
     return result
 
 

@@ -87,9 +87,7 @@ class SmoothConfig:
         if isinstance(self.alpha, bool) or not 0.0 < self.alpha <= 1.0:
             raise ConfigError(f"smooth alpha must be in (0, 1], got {self.alpha!r}")
         if isinstance(self.calibration_examples, bool) or not 1 <= self.calibration_examples <= 10**6:
-            raise ConfigError(
-                f"smooth calibration_examples must be in [1, 1000000], got {self.calibration_examples!r}"
-            )
+            raise ConfigError(f"smooth calibration_examples must be in [1, 1000000], got {self.calibration_examples!r}")
 
 
 @dataclass(frozen=True)
@@ -161,7 +159,10 @@ PRESETS: MappingProxyType[str, OptimizeConfig] = MappingProxyType(
         # smoothed into the weights, embeddings and the two most sensitive MatMuls left in fp32. Measured in
         # docs/benchmarks/README.md; it costs about 12% of int8 throughput.
         "cpu-int8": OptimizeConfig(
-            "cpu-int8", quantize="dynamic-int8", quantize_ops=INT8_OPS, keep_fp32=EARLY_FFN_OUTPUTS,
+            "cpu-int8",
+            quantize="dynamic-int8",
+            quantize_ops=INT8_OPS,
+            keep_fp32=EARLY_FFN_OUTPUTS,
             smooth=SmoothConfig(),
         ),
         "cpu-int8-pruned": OptimizeConfig(
@@ -174,9 +175,7 @@ PRESETS: MappingProxyType[str, OptimizeConfig] = MappingProxyType(
             recovery=RecoveryConfig(),
         ),
         # fp16 on the CUDA provider; graph exported with eager attention so that ORT fuses Attention.
-        "gpu-fp16": OptimizeConfig(
-            "gpu-fp16", target="cuda", fp16=True, gates=GateConfig(max_accuracy_drop=0.003)
-        ),
+        "gpu-fp16": OptimizeConfig("gpu-fp16", target="cuda", fp16=True, gates=GateConfig(max_accuracy_drop=0.003)),
     }
 )
 

@@ -119,8 +119,7 @@ def _layers(model: Any) -> Any:
     for i, layer in enumerate(layers):
         try:
             attn = layer.attention.self
-            for name in ("query", "key", "value", "num_attention_heads", "attention_head_size",
-                         "all_head_size"):
+            for name in ("query", "key", "value", "num_attention_heads", "attention_head_size", "all_head_size"):
                 getattr(attn, name)
             layer.attention.output.dense  # noqa: B018
             layer.intermediate.dense  # noqa: B018
@@ -209,8 +208,7 @@ def importance(
     first = next(model.parameters())
     device, dtype = first.device, first.dtype
     head_gates = [
-        torch.ones(int(layer.attention.self.num_attention_heads), device=device, dtype=dtype,
-                   requires_grad=True)
+        torch.ones(int(layer.attention.self.num_attention_heads), device=device, dtype=dtype, requires_grad=True)
         for layer in layers
     ]
     neuron_gates = [
@@ -235,8 +233,13 @@ def importance(
         gates = head_gates + neuron_gates
         with torch.enable_grad():
             for idx in length_sorted_batches(lengths, config.batch_size):
-                batch = tokenizer([texts[i] for i in idx], truncation=True, max_length=config.max_length,
-                                  padding=True, return_tensors="pt").to(device)
+                batch = tokenizer(
+                    [texts[i] for i in idx],
+                    truncation=True,
+                    max_length=config.max_length,
+                    padding=True,
+                    return_tensors="pt",
+                ).to(device)
                 logits = model(**batch).logits
                 target = torch.as_tensor(labels[idx], device=device)
                 loss = torch.nn.functional.cross_entropy(logits.float(), target, reduction="sum")
@@ -337,16 +340,12 @@ def _layer_indices(indices: Iterable[int], count: int, name: str) -> set[int]:
     out = set()
     for index in indices:
         if isinstance(index, bool) or not isinstance(index, (int, np.integer)) or not 0 <= index < count:
-            raise ConfigError(
-                f"{name}: layer index {index!r} is not in 0..{count - 1} for a {count}-layer model"
-            )
+            raise ConfigError(f"{name}: layer index {index!r} is not in 0..{count - 1} for a {count}-layer model")
         out.add(int(index))
     return out
 
 
-def _index_plan(
-    keep: Mapping[int, Iterable[int]], sizes: list[int], name: str, unit: str
-) -> dict[int, list[int]]:
+def _index_plan(keep: Mapping[int, Iterable[int]], sizes: list[int], name: str, unit: str) -> dict[int, list[int]]:
     plan: dict[int, list[int]] = {}
     _layer_indices(keep.keys(), len(sizes), name)
     for layer, indices in keep.items():
@@ -372,8 +371,7 @@ def _sliced_linear(linear: Any, index: Any, dim: int) -> Any:
     if bias is not None and dim == 0:
         bias = bias.index_select(0, index)
     out_features, in_features = weight.shape
-    new = torch.nn.Linear(in_features, out_features, bias=bias is not None,
-                          device=weight.device, dtype=weight.dtype)
+    new = torch.nn.Linear(in_features, out_features, bias=bias is not None, device=weight.device, dtype=weight.dtype)
     new.weight.copy_(weight)
     if bias is not None:
         new.bias.copy_(bias)
@@ -419,15 +417,11 @@ def _reshape_empty(model: Any, heads: list[int], neurons: list[int]) -> None:
         attn.key = torch.nn.Linear(hidden, width, **kw)
         attn.value = torch.nn.Linear(hidden, width, **kw)
         dense = layer.attention.output.dense
-        layer.attention.output.dense = torch.nn.Linear(
-            width, dense.out_features, bias=dense.bias is not None, **kw
-        )
+        layer.attention.output.dense = torch.nn.Linear(width, dense.out_features, bias=dense.bias is not None, **kw)
         attn.num_attention_heads = n_heads
         attn.all_head_size = width
         inter = layer.intermediate.dense
-        layer.intermediate.dense = torch.nn.Linear(
-            inter.in_features, n_neurons, bias=inter.bias is not None, **kw
-        )
+        layer.intermediate.dense = torch.nn.Linear(inter.in_features, n_neurons, bias=inter.bias is not None, **kw)
         out = layer.output.dense
         layer.output.dense = torch.nn.Linear(n_neurons, out.out_features, bias=out.bias is not None, **kw)
 
@@ -483,9 +477,7 @@ def prune(
     count = len(heads_now)
     drop = _layer_indices(config.drop_layers, count, "drop_layers")
     if len(drop) >= count:
-        raise ConfigError(
-            f"drop_layers {sorted(drop)} would remove all {count} layers of the model; keep at least one"
-        )
+        raise ConfigError(f"drop_layers {sorted(drop)} would remove all {count} layers of the model; keep at least one")
     params_before = count_parameters(model)
     kept_layers = [i for i in range(count) if i not in drop]
 
@@ -540,9 +532,7 @@ def _check_scores(scores: Importance, heads: list[int], neurons: list[int]) -> N
     problem = None
     if scores.heads.shape[0] != len(heads) or len(scores.neurons) != len(neurons):
         problem = f"{scores.heads.shape[0]} layers of scores for a {len(heads)}-layer model"
-    elif scores.heads.shape[1] < max(heads) or any(
-        np.isnan(scores.heads[i, :n]).any() for i, n in enumerate(heads)
-    ):
+    elif scores.heads.shape[1] < max(heads) or any(np.isnan(scores.heads[i, :n]).any() for i, n in enumerate(heads)):
         problem = f"head scores of shape {scores.heads.shape} for heads per layer {heads}"
     elif [len(n) for n in scores.neurons] != neurons:
         problem = f"neuron scores for {[len(n) for n in scores.neurons]} neurons, model has {neurons}"
@@ -627,7 +617,4 @@ def _read_safetensors(path: Path) -> dict[str, Any]:
             return state
     except (OSError, ValueError, KeyError) as exc:
         raise ModelError(f"cannot read the weights in {path}: {exc}") from exc
-    raise ModelError(
-        f"{path} has no {_WEIGHTS}; a pruned model must be saved with save_pretrained (safetensors)"
-    )
-
+    raise ModelError(f"{path} has no {_WEIGHTS}; a pruned model must be saved with save_pretrained (safetensors)")

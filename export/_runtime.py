@@ -19,14 +19,27 @@ from knowacq.base import cpu_threads, length_sorted_batches, softmax
 from knowacq.errors import MissingDependencyError, ModelError, ProviderError
 
 __all__ = [
-    "CUDA_GRAPH_MAX_ROWS", "Engine", "Prediction", "Predictor", "bucket_width", "check_providers",
-    "evaluate_variant", "graph_shape", "pad_feeds", "plan_providers", "require_onnxruntime",
+    "CUDA_GRAPH_MAX_ROWS",
+    "Engine",
+    "Prediction",
+    "Predictor",
+    "bucket_width",
+    "check_providers",
+    "evaluate_variant",
+    "graph_shape",
+    "pad_feeds",
+    "plan_providers",
+    "require_onnxruntime",
 ]
 
 Provider = Literal["auto", "cpu", "cuda"]
 _ORT_NAMES = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
-_NUMPY_TYPES = {"tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(float)": np.float32,
-                "tensor(float16)": np.float16}
+_NUMPY_TYPES = {
+    "tensor(int64)": np.int64,
+    "tensor(int32)": np.int32,
+    "tensor(float)": np.float32,
+    "tensor(float16)": np.float16,
+}
 CUDA_GRAPH_MAX_ROWS = 32
 """Largest batch replayed as a CUDA graph (rows rounded up to a power of two, padded with copies of a real
 row). A graph saves the launch of every kernel of the model (~100 for a fused 6-layer BERT), which is what
@@ -111,8 +124,10 @@ class Engine:
         if provider not in ("auto", "cpu", "cuda"):
             raise ProviderError(f"provider must be 'auto', 'cpu' or 'cuda', got {provider!r}")
         if cuda_graphs and bucket_tokens is None:
-            raise ModelError("cuda_graphs needs bucket_tokens: a CUDA graph replays one fixed shape, so batches "
-                             "must be padded to fixed bucket widths")
+            raise ModelError(
+                "cuda_graphs needs bucket_tokens: a CUDA graph replays one fixed shape, so batches "
+                "must be padded to fixed bucket widths"
+            )
         self.num_labels = num_labels
         self.max_length = max_length
         self.max_batch_size = max_batch_size
@@ -147,16 +162,19 @@ class Engine:
                 self.cuda_graphs = True
             except ModelError as exc:
                 self.cuda_graph_error = str(exc)
-                warnings.warn(f"CUDA graphs were asked for but ONNX Runtime refused them ({exc}); "
-                              "running without them", RuntimeWarning, stacklevel=3)
+                warnings.warn(
+                    f"CUDA graphs were asked for but ONNX Runtime refused them ({exc}); running without them",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
         self.session = session or _session(ort, model_file, options, planned, disabled)
         self.session_providers = list(self.session.get_providers())
-        self.provider, self.fallback = check_providers(provider, planned, self.session_providers,
-                                                       allow_fallback=allow_fallback)
+        self.provider, self.fallback = check_providers(
+            provider, planned, self.session_providers, allow_fallback=allow_fallback
+        )
         self.cuda_graphs = self.cuda_graphs and self.provider == "cuda"
         if self.fallback:
-            warnings.warn(f"CUDA was asked for but {model_file} runs on the CPU provider",
-                          RuntimeWarning, stacklevel=3)
+            warnings.warn(f"CUDA was asked for but {model_file} runs on the CPU provider", RuntimeWarning, stacklevel=3)
         self._inputs = [i.name for i in self.session.get_inputs()]
         self._input_types = {i.name: _NUMPY_TYPES.get(i.type, np.int64) for i in self.session.get_inputs()}
         self._output = self.session.get_outputs()[0].name
@@ -179,7 +197,7 @@ class Engine:
         lengths = np.array([len(e.ids) for e in encodings])
         order = np.argsort(lengths, kind="stable")
         if self.bucket_tokens is None:
-            return [order[i:i + self.max_batch_size] for i in range(0, len(order), self.max_batch_size)]
+            return [order[i : i + self.max_batch_size] for i in range(0, len(order), self.max_batch_size)]
         groups: list[np.ndarray] = []
         start, ceiling = 0, 0
         for pos, i in enumerate(order):
@@ -253,8 +271,15 @@ class Engine:
         if static is None:
             graph_id = len(self._static) + 1 if self.cuda_graphs else -1  # 0 is ONNX Runtime's own default
             static = self._static[shape] = _StaticBinding(
-                self._ort, self.session, self._input_types, self._output, self._output_type,
-                (shape[0], self.num_labels), shape, self._device, graph_id,
+                self._ort,
+                self.session,
+                self._input_types,
+                self._output,
+                self._output_type,
+                (shape[0], self.num_labels),
+                shape,
+                self._device,
+                graph_id,
             )
         out = static.run(self.session, pad_feeds(feeds, shape, self._pad_id))
         return np.asarray(out[:rows], dtype=np.float32)
@@ -311,9 +336,16 @@ class Predictor:
         self.labels = tuple(self.manifest.labels)
         self.temperature = float(self.manifest.temperature)
         self.engine = Engine(
-            self.path / self.manifest.model_file, self.path, num_labels=len(self.labels),
-            max_length=int(self.manifest.max_length), provider=provider, allow_fallback=allow_fallback,
-            threads=threads, max_batch_size=max_batch_size, bucket_tokens=bucket_tokens, cuda_graphs=cuda_graphs,
+            self.path / self.manifest.model_file,
+            self.path,
+            num_labels=len(self.labels),
+            max_length=int(self.manifest.max_length),
+            provider=provider,
+            allow_fallback=allow_fallback,
+            threads=threads,
+            max_batch_size=max_batch_size,
+            bucket_tokens=bucket_tokens,
+            cuda_graphs=cuda_graphs,
         )
 
     @property
@@ -355,12 +387,22 @@ class _StaticBinding:
     reads the output once."""
 
     def __init__(
-        self, ort: Any, session: Any, input_types: dict[str, Any], output: str, output_type: Any,
-        output_shape: tuple[int, int], shape: tuple[int, int], device: str, graph_id: int,
+        self,
+        ort: Any,
+        session: Any,
+        input_types: dict[str, Any],
+        output: str,
+        output_type: Any,
+        output_shape: tuple[int, int],
+        shape: tuple[int, int],
+        device: str,
+        graph_id: int,
     ) -> None:
         self.types = input_types
-        self.values = {name: ort.OrtValue.ortvalue_from_shape_and_type(list(shape), dtype, device, 0)
-                       for name, dtype in input_types.items()}
+        self.values = {
+            name: ort.OrtValue.ortvalue_from_shape_and_type(list(shape), dtype, device, 0)
+            for name, dtype in input_types.items()
+        }
         self.output = ort.OrtValue.ortvalue_from_shape_and_type(list(output_shape), output_type, device, 0)
         self.binding = session.io_binding()
         for name, value in self.values.items():
@@ -460,6 +502,11 @@ def evaluate_variant(
     data = load_tsv(data_file, label_names=predictor.labels)
     logits, _ = predictor.logits(list(data.texts))
     if reliability_png is not None:
-        reliability_diagram(logits, data.labels, predictor.temperature, reliability_png,
-                            title=f"{Path(path).name} on {data.source} (n={len(data)})")
+        reliability_diagram(
+            logits,
+            data.labels,
+            predictor.temperature,
+            reliability_png,
+            title=f"{Path(path).name} on {data.source} (n={len(data)})",
+        )
     return classification_report(logits, data.labels, predictor.labels, predictor.temperature)

@@ -44,7 +44,8 @@ def smooth_activations(
     graph = model.graph
     initializers = {i.name: i for i in graph.initializer}
     nodes = [
-        n for n in graph.node
+        n
+        for n in graph.node
         if n.op_type in SMOOTHED_OPS and len(n.input) > 1 and n.input[1] in initializers and select(n.op_type, n.name)
     ]
     if not nodes:

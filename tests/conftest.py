@@ -81,21 +81,34 @@ def tiny_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     tok.decoder = decoders.WordPiece()
     tok.train_from_iterator(corpus, trainers.WordPieceTrainer(vocab_size=2000, special_tokens=specials))
-    tokenizer = BertTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]",
-                                  cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]",
-                                  model_max_length=128)
+    tokenizer = BertTokenizerFast(
+        tokenizer_object=tok,
+        unk_token="[UNK]",
+        pad_token="[PAD]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        mask_token="[MASK]",
+        model_max_length=128,
+    )
     # The BERT post-processor adds [CLS] ... [SEP] like a real BERT tokenizer does.
     from tokenizers.processors import TemplateProcessing
 
     tokenizer.backend_tokenizer.post_processor = TemplateProcessing(
-        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        single="[CLS] $A [SEP]",
+        pair="[CLS] $A [SEP] $B:1 [SEP]:1",
         special_tokens=[("[CLS]", tok.token_to_id("[CLS]")), ("[SEP]", tok.token_to_id("[SEP]"))],
     )
     import torch
 
     torch.manual_seed(0)
-    config = BertConfig(vocab_size=tok.get_vocab_size(), hidden_size=32, num_hidden_layers=2,
-                        num_attention_heads=2, intermediate_size=64, max_position_embeddings=128)
+    config = BertConfig(
+        vocab_size=tok.get_vocab_size(),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=128,
+    )
     out = tmp_path_factory.mktemp("tiny-bert")
     BertModel(config).save_pretrained(out)
     tokenizer.save_pretrained(out)
@@ -135,9 +148,8 @@ _hypothesis_settings.load_profile("knowacq")
 @pytest.fixture(scope="session")
 def model_dir(tiny_base: Path, binary_sets, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny BERT fine-tuned on the synthetic binary set (labels negative, positive)."""
-    from test_train import FAST
-
     from knowacq import fine_tune, load_tsv
+    from test_train import FAST
 
     train = load_tsv(binary_sets[0], label_names=("negative", "positive"))
     dev = load_tsv(binary_sets[1], label_names=train.label_names)
@@ -169,7 +181,7 @@ def _postgres_available() -> str | None:
             conn.execute(sa.text("SELECT 1"))
         engine.dispose()
         return None
-    except Exception as exc:  # noqa: BLE001 - driver missing, server down, auth refused: all mean "absent"
+    except Exception as exc:
         return f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}"
 
 
@@ -220,8 +232,11 @@ def figures(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
     """A dict the test fills with its measured figures; written as JSON when the test ends, pass or fail."""
     out = Path(os.environ.get("KNOWACQ_RELIABILITY_OUT") or tmp_path_factory.getbasetemp() / "reliability")
     full = os.environ.get("KNOWACQ_RELIABILITY", "short") == "full"
-    record: dict[str, Any] = {"test": request.node.nodeid, "mode": "full" if full else "short",
-                              "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    record: dict[str, Any] = {
+        "test": request.node.nodeid,
+        "mode": "full" if full else "short",
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
     started = time.perf_counter()
     yield record
     record["seconds"] = round(time.perf_counter() - started, 1)
@@ -237,19 +252,26 @@ def second_variant(tiny_base: Path, binary_sets, tmp_path_factory: pytest.TempPa
     """Another fine-tune of the tiny BERT (seed 11, not FAST's 7: a different model_version), exported cpu-fp32."""
     import dataclasses
 
-    from test_train import FAST
-
     from export import preset
     from export._optimize import optimize
     from knowacq import fine_tune, load_tsv
+    from test_train import FAST
 
     train = load_tsv(binary_sets[0], label_names=("negative", "positive"))
     dev = load_tsv(binary_sets[1], label_names=train.label_names)
     folder = tmp_path_factory.mktemp("second")
-    fine_tune(train, dev, folder / "model", base=tiny_base, config=dataclasses.replace(FAST, seed=11),
-              progress=False, log=lambda _: None)
-    return optimize(folder / "model", preset("cpu-fp32"), folder / "cpu-fp32", progress=False,
-                    log=lambda _: None).out_dir
+    fine_tune(
+        train,
+        dev,
+        folder / "model",
+        base=tiny_base,
+        config=dataclasses.replace(FAST, seed=11),
+        progress=False,
+        log=lambda _: None,
+    )
+    return optimize(
+        folder / "model", preset("cpu-fp32"), folder / "cpu-fp32", progress=False, log=lambda _: None
+    ).out_dir
 
 
 RELIABILITY_TOKEN = "rel-token-5f1c2b9e"
@@ -262,8 +284,15 @@ def fuzz_server(fp32_variant: Path, tmp_path_factory: pytest.TempPathFactory) ->
     from bento._launch import ServerProcess
 
     folder = tmp_path_factory.mktemp("fuzz-server")
-    settings = {"model": str(fp32_variant), "api_token": RELIABILITY_TOKEN,
-                "store_url": f"sqlite:///{folder / 'store.db'}", "max_texts": 16, "threads": 1, "record": "all", "reload_poll_s": 0}
+    settings = {
+        "model": str(fp32_variant),
+        "api_token": RELIABILITY_TOKEN,
+        "store_url": f"sqlite:///{folder / 'store.db'}",
+        "max_texts": 16,
+        "threads": 1,
+        "record": "all",
+        "reload_poll_s": 0,
+    }
     with ServerProcess(settings, log_file=folder / "server.log", cwd=folder) as server:
         server.log_path = folder / "server.log"  # type: ignore[attr-defined]
         yield server

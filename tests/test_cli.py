@@ -6,9 +6,9 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import write_tsv
 from typer.testing import CliRunner
 
+from conftest import write_tsv
 from knowacq.cli import app
 
 runner = CliRunner()
@@ -17,11 +17,29 @@ runner = CliRunner()
 @pytest.fixture(scope="module")
 def cli_model(tiny_base: Path, binary_sets, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("cli") / "model"
-    result = runner.invoke(app, [
-        "train", "--train", str(binary_sets[0]), "--dev", str(binary_sets[1]), "--out", str(out),
-        "--base", str(tiny_base), "--epochs", "8", "--batch-size", "16", "--lr", "3e-3",
-        "--label-names", "negative,positive", "--no-progress",
-    ])
+    result = runner.invoke(
+        app,
+        [
+            "train",
+            "--train",
+            str(binary_sets[0]),
+            "--dev",
+            str(binary_sets[1]),
+            "--out",
+            str(out),
+            "--base",
+            str(tiny_base),
+            "--epochs",
+            "8",
+            "--batch-size",
+            "16",
+            "--lr",
+            "3e-3",
+            "--label-names",
+            "negative,positive",
+            "--no-progress",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert f"model:       {out}" in result.output
     assert "confusion matrix" in result.output
@@ -43,8 +61,7 @@ def test_eval_json(cli_model: Path, binary_sets) -> None:
 
 def test_eval_table_and_reliability(cli_model: Path, binary_sets, tmp_path: Path) -> None:
     png = tmp_path / "rel.png"
-    result = runner.invoke(app, ["eval", str(cli_model), "--data", str(binary_sets[1]),
-                                 "--reliability", str(png)])
+    result = runner.invoke(app, ["eval", str(cli_model), "--data", str(binary_sets[1]), "--reliability", str(png)])
     assert result.exit_code == 0, result.output
     assert "macro-F1" in result.output and "ECE (15 bins), calibrated" in result.output
     assert png.read_bytes()[:4] == b"\x89PNG"
@@ -66,8 +83,10 @@ def test_eval_accepts_label_names_in_the_data(cli_model: Path, tmp_path: Path) -
     ],
 )
 def test_train_errors_are_one_line(binary_sets, tmp_path: Path, args: list[str], message: str) -> None:
-    result = runner.invoke(app, ["train", "--train", str(binary_sets[0]), "--dev", str(binary_sets[1]),
-                                 "--out", str(tmp_path / "o"), *args])
+    result = runner.invoke(
+        app,
+        ["train", "--train", str(binary_sets[0]), "--dev", str(binary_sets[1]), "--out", str(tmp_path / "o"), *args],
+    )
     assert result.exit_code == 2
     assert message in result.output
     assert "Traceback" not in result.output

@@ -57,12 +57,12 @@ def test_every_malformed_row_is_reported_with_its_line(tmp_path: Path) -> None:
     text = (
         "sentence\tlabel\n"
         "fine\t1\n"
-        "too\tmany\tfields\n"      # line 3
-        "\t0\n"                    # line 4: empty sentence
-        "\n"                       # line 5: blank lines are skipped
-        "no label here\t\n"        # line 6
+        "too\tmany\tfields\n"  # line 3
+        "\t0\n"  # line 4: empty sentence
+        "\n"  # line 5: blank lines are skipped
+        "no label here\t\n"  # line 6
         "ok\t0\n"
-        "negative id\t-1\n"        # line 8
+        "negative id\t-1\n"  # line 8
     )
     with pytest.raises(MalformedDataError) as info:
         load_tsv(write(tmp_path / "d.tsv", text))
@@ -138,10 +138,15 @@ def test_labelled_data_checks_itself() -> None:
         data.labels[0] = 1  # read-only: LabelledData is immutable
 
 
-texts = st.text(
-    alphabet=st.characters(blacklist_categories=("Cs", "Cc"), blacklist_characters="\r\n\x85\u2028\u2029"),
-    min_size=1, max_size=40,
-).map(str.strip).filter(bool)
+texts = (
+    st.text(
+        alphabet=st.characters(blacklist_categories=("Cs", "Cc"), blacklist_characters="\r\n\x85\u2028\u2029"),
+        min_size=1,
+        max_size=40,
+    )
+    .map(str.strip)
+    .filter(bool)
+)
 
 
 @settings(max_examples=60, deadline=None)

@@ -46,8 +46,9 @@ def test_manifests_validate_against_the_kubernetes_schemas() -> None:
 
 def test_settings_in_manifests_are_settings_the_service_reads() -> None:
     known = {f"KNOWACQ_{f.name.upper()}" for f in dataclasses.fields(Settings)}
-    names = set(by_kind("ConfigMap")[0]["data"]) | set(yaml.safe_load(
-        (KUBE / "secret.example.yaml").read_text())["stringData"])
+    names = set(by_kind("ConfigMap")[0]["data"]) | set(
+        yaml.safe_load((KUBE / "secret.example.yaml").read_text())["stringData"]
+    )
     for deployment in by_kind("Deployment"):
         names |= {e["name"] for e in deployment["spec"]["template"]["spec"]["containers"][0].get("env", [])}
     knowacq = {n for n in names if n.startswith("KNOWACQ_")}
@@ -94,7 +95,9 @@ def test_service_targets_the_container_port_and_kustomization_lists_files() -> N
 
 def test_the_deployment_guide_names_only_files_that_exist() -> None:
     guide = (REPO / "deploy" / "README.md").read_text()
-    named = set(re.findall(r"`([a-z0-9.-]+\.ya?ml)`", guide)) | set(re.findall(r"(deploy/kubernetes/[a-z0-9.-]+\.yaml)", guide))
+    named = set(re.findall(r"`([a-z0-9.-]+\.ya?ml)`", guide)) | set(
+        re.findall(r"(deploy/kubernetes/[a-z0-9.-]+\.yaml)", guide)
+    )
     named |= set(re.findall(r"-f (bentofile[a-z.]*\.yaml)", guide))
     assert len(named) >= 10
     for name in named:

@@ -98,7 +98,8 @@ def test_int8_presets_smooth_and_keep_the_chosen_nodes_in_fp32(variants: dict[st
     assert gates["parity fp32 smoothed"].passed and "label agreement with fp32" in gates
     assert manifest.config["smooth"] == {"alpha": 0.8, "calibration_examples": 512}
     assert manifest.metrics["fp32_nodes"] == [
-        "/bert/encoder/layer.0/output/dense/MatMul", "/bert/encoder/layer.1/output/dense/MatMul",
+        "/bert/encoder/layer.0/output/dense/MatMul",
+        "/bert/encoder/layer.1/output/dense/MatMul",
     ]
     assert manifest.fused_operators.get("MatMul", 0) >= 2  # the two kept in fp32
     assert manifest.fused_operators.get("MatMulInteger", 0) > 0
@@ -108,8 +109,7 @@ def test_int8_presets_smooth_and_keep_the_chosen_nodes_in_fp32(variants: dict[st
     assert np.mean(predictor.logits(list(dev.texts))[0].argmax(1) == dev.labels) >= 0.9
 
 
-def test_smoothing_does_not_change_the_fp32_function(variants: dict[str, Path], binary_sets,
-                                                      tmp_path: Path) -> None:
+def test_smoothing_does_not_change_the_fp32_function(variants: dict[str, Path], binary_sets, tmp_path: Path) -> None:
     import onnx
 
     from export._smooth import smooth_activations
@@ -118,8 +118,13 @@ def test_smoothing_does_not_change_the_fp32_function(variants: dict[str, Path], 
     engine = Engine(folder / "model.onnx", folder, num_labels=2, max_length=32, threads=1)
     texts = list(load_tsv(binary_sets[0], label_names=("negative", "positive")).texts[:64])
     batches = [engine.encode(texts[i : i + 16])[0] for i in range(0, 64, 16)]
-    count = smooth_activations(folder / "model.onnx", tmp_path / "smoothed.onnx", batches, 0.8,
-                               select=lambda op_type, name: op_type == "MatMul")
+    count = smooth_activations(
+        folder / "model.onnx",
+        tmp_path / "smoothed.onnx",
+        batches,
+        0.8,
+        select=lambda op_type, name: op_type == "MatMul",
+    )
     nodes = onnx.load(str(tmp_path / "smoothed.onnx")).graph.node
     assert count == sum(n.name.endswith("/smooth") for n in nodes) > 0
     smoothed = Engine(tmp_path / "smoothed.onnx", folder, num_labels=2, max_length=32, threads=1)
@@ -210,8 +215,9 @@ def test_parity_gate_refuses_and_writes_no_model(model_dir: Path, tmp_path: Path
         Predictor(tmp_path / "v")
 
 
-def test_a_refused_rerun_keeps_the_variant_already_there(model_dir: Path, variants: dict[str, Path],
-                                                       tmp_path: Path) -> None:
+def test_a_refused_rerun_keeps_the_variant_already_there(
+    model_dir: Path, variants: dict[str, Path], tmp_path: Path
+) -> None:
     folder = tmp_path / "v"
     shutil.copytree(variants["cpu-fp32"], folder)
     strict = dataclasses.replace(preset("cpu-fp32"), gates=GateConfig(parity_atol=1e-12))
@@ -267,14 +273,21 @@ def test_optimize_cli(model_dir: Path, tmp_path: Path) -> None:
     assert "gates passed" in result.output and "manifest:" in result.output
     result = runner.invoke(app, ["optimize", str(model_dir), "--preset", "tpu-int4", "--out", str(tmp_path / "w")])
     assert result.exit_code == 2
-    assert "unknown optimisation preset 'tpu-int4'; known presets: cpu-fp32, cpu-int8, cpu-int8-pruned, gpu-fp16" in result.output
+    assert (
+        "unknown optimisation preset 'tpu-int4'; known presets: cpu-fp32, cpu-int8, cpu-int8-pruned, gpu-fp16"
+        in result.output
+    )
     result = runner.invoke(app, ["optimize", str(model_dir), "--preset", "cpu-int8", "--out", str(tmp_path / "v")])
     assert result.exit_code == 2 and "not empty" in result.output
-    result = runner.invoke(app, ["optimize", str(model_dir), "--preset", "cpu-int8", "--out", str(tmp_path / "x"),
-                                 "--min-agreement", "1.5"])
+    result = runner.invoke(
+        app,
+        ["optimize", str(model_dir), "--preset", "cpu-int8", "--out", str(tmp_path / "x"), "--min-agreement", "1.5"],
+    )
     assert result.exit_code == 2 and "min_agreement must be in [0, 1], got 1.5" in result.output
-    result = runner.invoke(app, ["optimize", str(model_dir), "--preset", "cpu-int8", "--out", str(tmp_path / "y"),
-                                 "--min-agreement", "0.9"])
+    result = runner.invoke(
+        app,
+        ["optimize", str(model_dir), "--preset", "cpu-int8", "--out", str(tmp_path / "y"), "--min-agreement", "0.9"],
+    )
     assert result.exit_code == 0, result.output
     assert read_manifest(tmp_path / "y").config["gates"]["min_agreement"] == 0.9
 
@@ -310,8 +323,11 @@ def test_cpu_isa_from_flags(tmp_path: Path, monkeypatch) -> None:
     import platform
 
     monkeypatch.setattr(platform, "machine", lambda: "x86_64")
-    for flags, expected in [("avx2 avx512f avx512bw avx512_vnni", "avx512_vnni"),
-                            ("avx2 avx512f avx512bw", "avx512"), ("sse4_2 avx2", "avx2")]:
+    for flags, expected in [
+        ("avx2 avx512f avx512bw avx512_vnni", "avx512_vnni"),
+        ("avx2 avx512f avx512bw", "avx512"),
+        ("sse4_2 avx2", "avx2"),
+    ]:
         (tmp_path / "cpuinfo").write_text(f"flags\t\t: fpu {flags}\n")
         assert cpu_isa(tmp_path / "cpuinfo") == expected
     monkeypatch.setattr(platform, "machine", lambda: "aarch64")
@@ -324,14 +340,32 @@ def test_pruning_preset_is_a_real_prune() -> None:
     assert config.quantize == "dynamic-int8"
 
 
-def test_bench_writes_json_markdown_and_plot(model_dir: Path, variants: dict[str, Path], binary_sets,
-                                             tmp_path: Path) -> None:
+def test_bench_writes_json_markdown_and_plot(
+    model_dir: Path, variants: dict[str, Path], binary_sets, tmp_path: Path
+) -> None:
     out = tmp_path / "bench" / "results.json"
-    result = CliRunner().invoke(app, [
-        "bench", "--model", str(model_dir), "--variants", str(variants["cpu-fp32"]),
-        "--variants", str(variants["cpu-int8"]), "--data", str(binary_sets[1]), "--out", str(out),
-        "--latency-examples", "20", "--rounds", "1", "--threads", "1",
-    ])
+    result = CliRunner().invoke(
+        app,
+        [
+            "bench",
+            "--model",
+            str(model_dir),
+            "--variants",
+            str(variants["cpu-fp32"]),
+            "--variants",
+            str(variants["cpu-int8"]),
+            "--data",
+            str(binary_sets[1]),
+            "--out",
+            str(out),
+            "--latency-examples",
+            "20",
+            "--rounds",
+            "1",
+            "--threads",
+            "1",
+        ],
+    )
     assert result.exit_code == 0, result.output
     data = json.loads(out.read_text())
     assert [v["name"] for v in data["variants"]] == ["pytorch-fp32", "cpu-fp32", "cpu-int8"]

@@ -52,17 +52,30 @@ def fp16_graph(tiny_base: Path, tmp_path_factory: pytest.TempPathFactory) -> tup
 
     torch.manual_seed(1)
     model = AutoModelForSequenceClassification.from_pretrained(
-        tiny_base, num_labels=2, attn_implementation="eager", local_files_only=True).eval()
+        tiny_base, num_labels=2, attn_implementation="eager", local_files_only=True
+    ).eval()
     folder = tmp_path_factory.mktemp("fp16-graph")
     names = ["input_ids", "attention_mask", "token_type_ids"]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(model, tuple(torch.ones((2, 8), dtype=torch.long) for _ in names),
-                          str(folder / "plain.onnx"), input_names=names, output_names=["logits"],
-                          dynamic_axes={**{n: {0: "b", 1: "s"} for n in names}, "logits": {0: "b"}},
-                          opset_version=17, dynamo=False)
-    _, fused = optimize_graph(folder / "plain.onnx", folder / "model.onnx", preset("gpu-fp16"), num_heads=2,
-                              hidden_size=32, log=lambda _: None)
+        torch.onnx.export(
+            model,
+            tuple(torch.ones((2, 8), dtype=torch.long) for _ in names),
+            str(folder / "plain.onnx"),
+            input_names=names,
+            output_names=["logits"],
+            dynamic_axes={**{n: {0: "b", 1: "s"} for n in names}, "logits": {0: "b"}},
+            opset_version=17,
+            dynamo=False,
+        )
+    _, fused = optimize_graph(
+        folder / "plain.onnx",
+        folder / "model.onnx",
+        preset("gpu-fp16"),
+        num_heads=2,
+        hidden_size=32,
+        log=lambda _: None,
+    )
     assert fused["Attention"] == 2 and fused["BiasGelu"] == 2 and fused["SkipLayerNormalization"] >= 2
     tokenizer = AutoTokenizer.from_pretrained(tiny_base, local_files_only=True)
     with torch.no_grad():
@@ -130,7 +143,13 @@ def test_requesting_cuda_where_it_is_absent_fails_or_reports(fp16_variant: Path)
 
 def test_graph_shapes_round_rows_up_to_powers_of_two() -> None:
     assert [graph_shape(n, 32) for n in (1, 2, 3, 5, 17, 32)] == [
-        (1, 32), (2, 32), (4, 32), (8, 32), (32, 32), (32, 32)]
+        (1, 32),
+        (2, 32),
+        (4, 32),
+        (8, 32),
+        (32, 32),
+        (32, 32),
+    ]
     assert graph_shape(CUDA_GRAPH_MAX_ROWS + 1, 16) is None
     assert graph_shape(3, 16, max_rows=2) is None
 
@@ -179,16 +198,28 @@ def test_gpu_benchmark_smoke_run_without_optimum_or_bentoml(fp16_variant: Path, 
     """benchmarks/gpu.py end to end on the CPU (tiny shapes) with optimum and BentoML made unimportable, as
     on the GPU machine: the JSON and Markdown it writes have every section."""
     out = tmp_path / "gpu.json"
-    argv = ["--device", "cpu", "--quick", "--variant", str(fp16_variant), "--dev", str(binary_sets[1]),
-            "--out", str(out)]
-    code = ("import sys, runpy\n"
-            "for name in ('optimum', 'optimum.onnxruntime', 'optimum.exporters', 'bentoml'):\n"
-            "    sys.modules[name] = None\n"
-            f"sys.argv = ['benchmarks/gpu.py', *{argv!r}]\n"
-            "runpy.run_path('benchmarks/gpu.py', run_name='__main__')\n")
+    argv = [
+        "--device",
+        "cpu",
+        "--quick",
+        "--variant",
+        str(fp16_variant),
+        "--dev",
+        str(binary_sets[1]),
+        "--out",
+        str(out),
+    ]
+    code = (
+        "import sys, runpy\n"
+        "for name in ('optimum', 'optimum.onnxruntime', 'optimum.exporters', 'bentoml'):\n"
+        "    sys.modules[name] = None\n"
+        f"sys.argv = ['benchmarks/gpu.py', *{argv!r}]\n"
+        "runpy.run_path('benchmarks/gpu.py', run_name='__main__')\n"
+    )
     env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True,
-                            timeout=240)
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=240
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(out.read_text())
     fused = report["export"]["fused_operators"]
@@ -201,7 +232,9 @@ def test_gpu_benchmark_smoke_run_without_optimum_or_bentoml(fp16_variant: Path, 
     assert all(r["seq_per_s"] > 0 and r["p50_ms"] > 0 for r in report["fixed_length"])
     assert report["relative_error"]["knowacq runtime, ORT io-binding"]["relative"] < 0.05
     assert {r["engine"] for r in report["sst2"]["rows"]} >= {
-        "knowacq runtime, ORT io-binding, length buckets", "knowacq runtime, ORT io-binding, padded to full width"}
+        "knowacq runtime, ORT io-binding, length buckets",
+        "knowacq runtime, ORT io-binding, padded to full width",
+    }
     assert report["accuracy"]["accuracy"] >= 0.9 and report["accuracy"]["provider"] == "cpu"
     assert report["acceptance"]["judged"] is False
     assert report["acceptance"]["batch1_p50_ms"]["passed"] is None  # a CPU smoke run judges nothing
@@ -226,8 +259,9 @@ def test_cuda_io_binding_and_graphs_match_the_cpu(fp16_graph) -> None:
     assert cuda.provider == "cuda" and not cuda.fallback and cuda.session_providers[0] == CUDA
     np.testing.assert_allclose(cuda.logits(texts)[0], on_cpu, atol=2e-2)
     big = cuda.feeds(cuda.tokenize(TEXTS * 20))  # 80 rows: past the graphs, the unbound IO-binding path
-    np.testing.assert_allclose(cuda.run(big), Engine(model_file, tokenizer_dir, provider="cpu", **common).run(big),
-                               atol=2e-2)
+    np.testing.assert_allclose(
+        cuda.run(big), Engine(model_file, tokenizer_dir, provider="cpu", **common).run(big), atol=2e-2
+    )
     graphed = Engine(model_file, tokenizer_dir, provider="cuda", cuda_graphs=True, **common)
     if not graphed.cuda_graphs:
         pytest.fail(f"ONNX Runtime refused CUDA graphs: {graphed.cuda_graph_error}")

@@ -22,10 +22,20 @@ def fill(store: FeedbackStore) -> None:
     records = []
     for i in range(10):
         p = 0.5 + i * 0.045  # item 0 is the most uncertain
-        records.append(PredictionRecord(
-            prediction_id=f"p{i}", model_version="cpu-int8-abc", text=f"review number {i}", text_sha256=f"h{i}",
-            label="positive", score=p, margin=2 * p - 1, probabilities={"negative": 1 - p, "positive": p},
-            captured=i < 8, created_at=T0 + timedelta(seconds=i)))
+        records.append(
+            PredictionRecord(
+                prediction_id=f"p{i}",
+                model_version="cpu-int8-abc",
+                text=f"review number {i}",
+                text_sha256=f"h{i}",
+                label="positive",
+                score=p,
+                margin=2 * p - 1,
+                probabilities={"negative": 1 - p, "positive": p},
+                captured=i < 8,
+                created_at=T0 + timedelta(seconds=i),
+            )
+        )
     store.record_predictions(records)
 
 
@@ -47,10 +57,16 @@ def test_label_studio_round_trip(store_url: str, tmp_path: Path) -> None:
 
     # What Label Studio exports after annotation: the task plus "annotations".
     for task, choice in zip(tasks, ["negative", "positive", "negative"]):
-        task["annotations"] = [{"completed_by": 7, "was_cancelled": False, "result": [
-            {"from_name": "label", "to_name": "text", "type": "choices", "value": {"choices": [choice]}}]}]
-    tasks.append({"data": {"text": "t", "prediction_id": "p9"},
-                  "annotations": [{"was_cancelled": True, "result": []}]})
+        task["annotations"] = [
+            {
+                "completed_by": 7,
+                "was_cancelled": False,
+                "result": [
+                    {"from_name": "label", "to_name": "text", "type": "choices", "value": {"choices": [choice]}}
+                ],
+            }
+        ]
+    tasks.append({"data": {"text": "t", "prediction_id": "p9"}, "annotations": [{"was_cancelled": True, "result": []}]})
     export_file = tmp_path / "export.json"
     export_file.write_text(json.dumps(tasks))
     result = import_labels(store, export_file)
@@ -119,5 +135,7 @@ def test_feedback_cli(tmp_path: Path) -> None:
     labels.write_text("prediction_id,label\np0,negative\n")
     done = runner.invoke(app, ["feedback", "import", str(labels), "--store", url])
     assert done.exit_code == 0 and "labels: 1 new" in done.output
-    bad = runner.invoke(app, ["feedback", "export", "--store", url, "--strategy", "oracle", "--out", str(tmp_path / "x")])
+    bad = runner.invoke(
+        app, ["feedback", "export", "--store", url, "--strategy", "oracle", "--out", str(tmp_path / "x")]
+    )
     assert bad.exit_code == 2 and "known strategies" in bad.output

@@ -21,14 +21,21 @@ from knowacq.loop import export_tasks, import_labels
 TOKEN = "loop-token"
 
 
-def test_capture_label_retrain_promote_and_hot_swap(fp32_variant: Path, binary_sets, store_url: str,
-                                                    tmp_path: Path) -> None:
+def test_capture_label_retrain_promote_and_hot_swap(
+    fp32_variant: Path, binary_sets, store_url: str, tmp_path: Path
+) -> None:
     train_file, dev_file = binary_sets
     dev = load_tsv(dev_file, label_names=("negative", "positive"))
     truth = dict(zip(dev.texts, (dev.label_names[i] for i in dev.labels)))
     bentoml_home = tmp_path / "bentoml"
-    settings = {"model": str(fp32_variant), "api_token": TOKEN, "store_url": store_url, "threads": 1,
-                "min_confidence": 1.0, "reload_poll_s": 0.5}
+    settings = {
+        "model": str(fp32_variant),
+        "api_token": TOKEN,
+        "store_url": store_url,
+        "threads": 1,
+        "min_confidence": 1.0,
+        "reload_poll_s": 0.5,
+    }
     os.environ["BENTOML_HOME"] = str(bentoml_home)  # the server (started below) inherits it
     try:
         server = ServerProcess(settings, log_file=tmp_path / "server.log", cwd=tmp_path)
@@ -49,8 +56,19 @@ def test_capture_label_retrain_promote_and_hot_swap(fp32_variant: Path, binary_s
         assert len(exported) == 20
         tasks = json.loads(tasks_file.read_text())
         for task in tasks:
-            task["annotations"] = [{"completed_by": 1, "result": [{"type": "choices", "from_name": "label",
-                                   "to_name": "text", "value": {"choices": [truth[task["data"]["text"]]]}}]}]
+            task["annotations"] = [
+                {
+                    "completed_by": 1,
+                    "result": [
+                        {
+                            "type": "choices",
+                            "from_name": "label",
+                            "to_name": "text",
+                            "value": {"choices": [truth[task["data"]["text"]]]},
+                        }
+                    ],
+                }
+            ]
         (tmp_path / "annotated.json").write_text(json.dumps(tasks))
         assert import_labels(store, tmp_path / "annotated.json").created == 20
 
@@ -70,10 +88,34 @@ def test_capture_label_retrain_promote_and_hot_swap(fp32_variant: Path, binary_s
             t.start()
         env = {**service_env({}), "BENTOML_HOME": str(bentoml_home)}
         done = subprocess.run(
-            [sys.executable, "-m", "knowacq", "retrain", "--current", str(fp32_variant), "--store", store_url,
-             "--out", str(tmp_path / "runs"), "--dev", str(dev_file), "--train", str(train_file),
-             "--replay", "100", "--tolerance", "1.0", "--lr", "1e-3", "--no-progress"],
-            env=env, capture_output=True, text=True, timeout=600)
+            [
+                sys.executable,
+                "-m",
+                "knowacq",
+                "retrain",
+                "--current",
+                str(fp32_variant),
+                "--store",
+                store_url,
+                "--out",
+                str(tmp_path / "runs"),
+                "--dev",
+                str(dev_file),
+                "--train",
+                str(train_file),
+                "--replay",
+                "100",
+                "--tolerance",
+                "1.0",
+                "--lr",
+                "1e-3",
+                "--no-progress",
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
         assert done.returncode == 0, done.stdout + done.stderr
         assert "PROMOTED" in done.stdout and "tag knowacq-classifier:" in done.stdout
         deadline = time.monotonic() + 60
@@ -91,7 +133,7 @@ def test_capture_label_retrain_promote_and_hot_swap(fp32_variant: Path, binary_s
         assert len(new_versions) == 1, set(versions)
         # Once switched, every later answer comes from the new model.
         switch = versions.index(next(iter(new_versions)))
-        assert first_version not in versions[switch + 8:]
+        assert first_version not in versions[switch + 8 :]
 
         # 4. The run record, the labels' status, the published tag.
         record = json.loads(next((tmp_path / "runs").glob("run-*/record.json")).read_text())
@@ -106,8 +148,13 @@ def test_capture_label_retrain_promote_and_hot_swap(fp32_variant: Path, binary_s
 
 
 def test_admin_reload_needs_the_token_and_refuses_a_bad_model(fp32_variant: Path, tmp_path: Path) -> None:
-    settings = {"model": str(fp32_variant), "api_token": TOKEN, "store_url": f"sqlite:///{tmp_path / 's.db'}",
-                "threads": 1, "reload_poll_s": 0}
+    settings = {
+        "model": str(fp32_variant),
+        "api_token": TOKEN,
+        "store_url": f"sqlite:///{tmp_path / 's.db'}",
+        "threads": 1,
+        "reload_poll_s": 0,
+    }
     with ServerProcess(settings, log_file=tmp_path / "server.log", cwd=tmp_path) as server:
         auth = {"authorization": f"Bearer {TOKEN}"}
         assert httpx.post(f"{server.url}/admin/reload", json={}, timeout=30).status_code == 401
@@ -118,16 +165,29 @@ def test_admin_reload_needs_the_token_and_refuses_a_bad_model(fp32_variant: Path
         assert httpx.post(f"{server.url}/classify", json={"texts": ["ok"]}, timeout=30).status_code == 200
 
 
-def test_a_worse_candidate_is_rejected_and_not_published(fp32_variant: Path, binary_sets, tmp_path: Path,
-                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_worse_candidate_is_rejected_and_not_published(
+    fp32_variant: Path, binary_sets, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import export as runtime  # retrain takes evaluate_variant from the face when it runs
     from knowacq.base import PredictionRecord
     from knowacq.loop import RetrainConfig, retrain
 
     store = FeedbackStore(f"sqlite:///{tmp_path / 's.db'}")
-    store.record_predictions([PredictionRecord(
-        prediction_id="p1", model_version="v", text="a great film", text_sha256="h", label="negative", score=0.6,
-        margin=0.2, probabilities={"negative": 0.6, "positive": 0.4}, captured=True)])
+    store.record_predictions(
+        [
+            PredictionRecord(
+                prediction_id="p1",
+                model_version="v",
+                text="a great film",
+                text_sha256="h",
+                label="negative",
+                score=0.6,
+                margin=0.2,
+                probabilities={"negative": 0.6, "positive": 0.4},
+                captured=True,
+            )
+        ]
+    )
     store.add_label("p1", "positive")
     real = runtime.evaluate_variant
 
@@ -140,9 +200,17 @@ def test_a_worse_candidate_is_rejected_and_not_published(fp32_variant: Path, bin
         return report
 
     monkeypatch.setattr(runtime, "evaluate_variant", rigged)
-    result = retrain(fp32_variant, store, tmp_path / "runs", dev_file=binary_sets[1], train_file=binary_sets[0],
-                     config=RetrainConfig(replay=50, tolerance=0.005), register_as="never-used", progress=False,
-                     log=lambda _: None)
+    result = retrain(
+        fp32_variant,
+        store,
+        tmp_path / "runs",
+        dev_file=binary_sets[1],
+        train_file=binary_sets[0],
+        config=RetrainConfig(replay=50, tolerance=0.005),
+        register_as="never-used",
+        progress=False,
+        log=lambda _: None,
+    )
     assert not result.promoted and result.tag is None
     assert "below the current" in result.reasons[0]
     assert (result.run_dir / "variant" / "model.onnx").is_file()  # kept for inspection
@@ -153,9 +221,33 @@ def test_a_worse_candidate_is_rejected_and_not_published(fp32_variant: Path, bin
 def test_demo_loop_command(fp32_variant: Path, binary_sets, tmp_path: Path) -> None:
     env = {**service_env({}), "BENTOML_HOME": str(tmp_path / "bentoml")}
     done = subprocess.run(
-        [sys.executable, "-m", "knowacq", "al", "demo-loop", "--variant", str(fp32_variant),
-         "--traffic", str(binary_sets[0]), "--out", str(tmp_path / "loop"), "--n-traffic", "60", "--labels", "20",
-         "--replay", "40", "--min-confidence", "1.0"], env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+        [
+            sys.executable,
+            "-m",
+            "knowacq",
+            "al",
+            "demo-loop",
+            "--variant",
+            str(fp32_variant),
+            "--traffic",
+            str(binary_sets[0]),
+            "--out",
+            str(tmp_path / "loop"),
+            "--n-traffic",
+            "60",
+            "--labels",
+            "20",
+            "--replay",
+            "40",
+            "--min-confidence",
+            "1.0",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=tmp_path,
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     summary = json.loads((tmp_path / "loop" / "loop.json").read_text())
     assert summary["traffic"] == 60 and summary["labelled"] == 20

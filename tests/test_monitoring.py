@@ -43,8 +43,12 @@ def test_promtool_checks_the_rules_and_the_config() -> None:
 
 def test_promtool_unit_tests_cover_every_alert_firing_and_quiet() -> None:
     promtool = _tool("promtool")
-    done = subprocess.run([promtool, "test", "rules", str(MONITORING / "tests" / "knowacq.test.yml")],
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [promtool, "test", "rules", str(MONITORING / "tests" / "knowacq.test.yml")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     alerts = {r["alert"] for g in yaml.safe_load(RULES.read_text())["groups"] for r in g["rules"] if "alert" in r}
     tests = yaml.safe_load((MONITORING / "tests" / "knowacq.test.yml").read_text())["tests"]
@@ -86,8 +90,14 @@ def service(fp32_variant: Path, tmp_path_factory: pytest.TempPathFactory) -> Ite
     folder = tmp_path_factory.mktemp("monitoring")
     # The tiny model is near-certain about everything (scores > 0.996); a threshold of 1.0 makes its answers
     # count as low-confidence, so that the low-confidence alert has something to see.
-    settings = {"model": str(fp32_variant), "api_token": "t", "store_url": f"sqlite:///{folder / 's.db'}",
-                "threads": 1, "min_confidence": 1.0, "reload_poll_s": 1}
+    settings = {
+        "model": str(fp32_variant),
+        "api_token": "t",
+        "store_url": f"sqlite:///{folder / 's.db'}",
+        "threads": 1,
+        "min_confidence": 1.0,
+        "reload_poll_s": 1,
+    }
     with ServerProcess(settings, log_file=folder / "server.log", cwd=folder) as server:
         yield server
 
@@ -107,14 +117,28 @@ def test_real_prometheus_scrapes_records_and_alerts(service: ServerProcess, tmp_
     prometheus = _tool("prometheus")
     port = free_port()
     config = tmp_path / "prometheus.yml"
-    config.write_text(yaml.safe_dump({
-        "global": {"scrape_interval": "2s", "evaluation_interval": "2s"},
-        "rule_files": [str(RULES)],
-        "scrape_configs": [{"job_name": "knowacq", "static_configs": [{"targets": [service.url.split("//")[1]]}]}],
-    }))
-    log = open(tmp_path / "prometheus.log", "wb")  # noqa: SIM115
-    proc = subprocess.Popen([prometheus, f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'data'}",
-                             f"--web.listen-address=127.0.0.1:{port}"], stdout=log, stderr=subprocess.STDOUT)
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "global": {"scrape_interval": "2s", "evaluation_interval": "2s"},
+                "rule_files": [str(RULES)],
+                "scrape_configs": [
+                    {"job_name": "knowacq", "static_configs": [{"targets": [service.url.split("//")[1]]}]}
+                ],
+            }
+        )
+    )
+    log = open(tmp_path / "prometheus.log", "wb")
+    proc = subprocess.Popen(
+        [
+            prometheus,
+            f"--config.file={config}",
+            f"--storage.tsdb.path={tmp_path / 'data'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     api = f"http://127.0.0.1:{port}/api/v1"
     stop = threading.Event()
     phase = {"texts": ["a great lovely superb film"]}

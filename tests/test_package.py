@@ -9,12 +9,28 @@ import knowacq
 
 
 def test_public_names_are_pinned() -> None:
-    assert sorted(knowacq.__all__) == sorted([
-        "TRAIN_PRESETS", "ConfigError", "DataError", "EvalReport", "KnowacqError", "LabelledData",
-        "MalformedDataError", "MissingDependencyError", "ModelError", "TrainConfig", "TrainResult",
-        "evaluate", "expected_calibration_error", "fine_tune", "fit_temperature", "load_tsv",
-        "read_label_names", "train_preset",
-    ])
+    assert sorted(knowacq.__all__) == sorted(
+        [
+            "TRAIN_PRESETS",
+            "ConfigError",
+            "DataError",
+            "EvalReport",
+            "KnowacqError",
+            "LabelledData",
+            "MalformedDataError",
+            "MissingDependencyError",
+            "ModelError",
+            "TrainConfig",
+            "TrainResult",
+            "evaluate",
+            "expected_calibration_error",
+            "fine_tune",
+            "fit_temperature",
+            "load_tsv",
+            "read_label_names",
+            "train_preset",
+        ]
+    )
     for name in knowacq.__all__:
         assert getattr(knowacq, name) is not None
 

@@ -24,10 +24,14 @@ from export._prune import (  # noqa: E402
     prune_model,
 )
 
-TEXTS = ["a great and lovely film", "an awful dull story", "the plot was really quite boring and weak",
-         "good", "superb brilliant fine film it was very good and the story was lovely"]
-FAST = TrainConfig(epochs=2, batch_size=16, learning_rate=3e-3, max_length=32, seed=7,
-                   save_checkpoints=False)
+TEXTS = [
+    "a great and lovely film",
+    "an awful dull story",
+    "the plot was really quite boring and weak",
+    "good",
+    "superb brilliant fine film it was very good and the story was lovely",
+]
+FAST = TrainConfig(epochs=2, batch_size=16, learning_rate=3e-3, max_length=32, seed=7, save_checkpoints=False)
 
 
 @pytest.fixture(scope="module")
@@ -175,8 +179,7 @@ def test_importance_removes_its_hooks_on_error(trained: Path, tokenizer, dev) ->
 def test_pruning_nothing_is_an_identity(trained: Path, tokenizer, dev) -> None:
     model = fresh(trained)
     reference = logits(model, tokenizer)
-    result = prune(model, tokenizer, dev, dataclasses.replace(CALIB, head_fraction=0.0, ffn_fraction=0.0),
-                   rng=rng())
+    result = prune(model, tokenizer, dev, dataclasses.replace(CALIB, head_fraction=0.0, ffn_fraction=0.0), rng=rng())
     assert result.params_after == result.params_before == count_parameters(model)
     assert (result.heads_after, result.neurons_after) == (4, 128)
     assert torch.equal(logits(model, tokenizer), reference)
@@ -209,7 +212,7 @@ def test_pruning_shrinks_the_weights_and_keeps_the_most_important(trained: Path,
         assert head == int(np.argmax(scores.heads[i]))
         assert set(result.kept_neurons[i]) == set(np.argsort(scores.neurons[i])[32:].tolist())
         old = original.bert.encoder.layer[i]
-        assert torch.equal(attn.value.weight, old.attention.self.value.weight[head * 16:(head + 1) * 16])
+        assert torch.equal(attn.value.weight, old.attention.self.value.weight[head * 16 : (head + 1) * 16])
         assert torch.equal(layer.output.dense.weight, old.output.dense.weight[:, result.kept_neurons[i]])
     assert model.config.knowacq_pruning == {"heads": [1, 1], "intermediate": [32, 32]}
     assert torch.isfinite(logits(model, tokenizer)).all()
@@ -223,7 +226,7 @@ def test_slicing_equals_silencing_the_removed_heads_and_neurons(tiny_base: Path,
     with torch.no_grad():
         for i, layer in enumerate(silenced.bert.encoder.layer):
             for h in set(range(4)) - set(keep_heads[i]):
-                layer.attention.output.dense.weight[:, h * 8:(h + 1) * 8] = 0.0
+                layer.attention.output.dense.weight[:, h * 8 : (h + 1) * 8] = 0.0
             for j in set(range(64)) - set(keep_neurons[i]):
                 layer.output.dense.weight[:, j] = 0.0
     prune_model(model, keep_heads=keep_heads, keep_neurons=keep_neurons)
@@ -297,8 +300,7 @@ def pruned_unevenly(trained: Path):
     layers = model.bert.encoder.layer
     model.bert.encoder.layer = torch.nn.ModuleList([copy.deepcopy(layers[0]), layers[0], layers[1]])
     model.config.num_hidden_layers = 3
-    return prune_model(model, keep_heads={1: [1]}, keep_neurons={1: [0, 5, 9], 2: list(range(40))},
-                       drop_layers=[0])
+    return prune_model(model, keep_heads={1: [1]}, keep_neurons={1: [0, 5, 9], 2: list(range(40))}, drop_layers=[0])
 
 
 def test_pruned_model_saves_and_reloads_with_same_logits(trained: Path, tokenizer, tmp_path: Path) -> None:
@@ -360,8 +362,13 @@ def test_pruned_model_exports_to_onnx_with_the_same_logits(trained: Path, tokeni
     sample = tokenizer(TEXTS[:2], padding=True, return_tensors="pt")
     path = tmp_path / "model.onnx"
     torch.onnx.export(
-        model, tuple(sample[k] for k in names), str(path), dynamo=False, opset_version=17,
-        input_names=names, output_names=["logits"],
+        model,
+        tuple(sample[k] for k in names),
+        str(path),
+        dynamo=False,
+        opset_version=17,
+        input_names=names,
+        output_names=["logits"],
         dynamic_axes={**{k: {0: "batch", 1: "sequence"} for k in names}, "logits": {0: "batch"}},
     )
     options = ort.SessionOptions()

@@ -36,13 +36,16 @@ def test_each_kind_is_replaced_by_its_placeholder(text: str, kind: str) -> None:
     assert sum(c.isdigit() for c in out.text) < max(digits_before, 1) or kind in ("EMAIL", "URL")
 
 
-@pytest.mark.parametrize("text", [
-    "a 1999 film that runs 90 minutes",
-    "rated 8.5/10 , 3 1/2 stars out of 4",
-    "the 2001 - 2003 trilogy , at 10:30 pm",
-    "4111 1111 1111 1112 is not a valid card",  # fails the Luhn check
-    "version 1.2.3 of the script",
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "a 1999 film that runs 90 minutes",
+        "rated 8.5/10 , 3 1/2 stars out of 4",
+        "the 2001 - 2003 trilogy , at 10:30 pm",
+        "4111 1111 1111 1112 is not a valid card",  # fails the Luhn check
+        "version 1.2.3 of the script",
+    ],
+)
 def test_ordinary_numbers_are_kept(text: str) -> None:
     assert redact(text).text == text
 

@@ -75,7 +75,8 @@ def test_padding_to_a_bucket_width_does_not_change_answers(fp32_variant: Path) -
     engine = Predictor(fp32_variant, threads=1).engine
     encodings = engine.tokenize(["a great film", "an awful dull story that goes on", "fine"])
     longest = max(len(e.ids) for e in encodings)
-    np.testing.assert_allclose(engine.run(engine.feeds(encodings, width=engine.max_length)),
-                               engine.run(engine.feeds(encodings)), atol=1e-5)
+    np.testing.assert_allclose(
+        engine.run(engine.feeds(encodings, width=engine.max_length)), engine.run(engine.feeds(encodings)), atol=1e-5
+    )
     with pytest.raises(ModelError, match="cannot pad"):
         engine.feeds(encodings, width=longest - 1)

@@ -33,8 +33,9 @@ TOKEN = "s3cret-token"
 def make_core(variant: Path, tmp_path: Path, **overrides: Any) -> tuple[ClassifierCore, CollectorRegistry]:
     settings = Settings(model=str(variant), **{"api_token": TOKEN, **overrides})
     registry = CollectorRegistry()
-    predictor = Predictor(variant, threads=1, max_batch_size=settings.max_batch_size,
-                          bucket_tokens=settings.bucket_tokens)
+    predictor = Predictor(
+        variant, threads=1, max_batch_size=settings.max_batch_size, bucket_tokens=settings.bucket_tokens
+    )
     store = FeedbackStore(f"sqlite:///{tmp_path / 'feedback.db'}")
     core = ClassifierCore(predictor, settings, store=store, metrics=ServiceMetrics(predictor.labels, registry=registry))
     return core, registry
@@ -47,9 +48,16 @@ def metric(registry: CollectorRegistry, name: str, labels: dict[str, str] | None
 
 # settings -----------------------------------------------------------------------------------------
 
+
 def test_settings_from_env_parse_and_validate() -> None:
-    s = Settings.from_env({"KNOWACQ_MODEL": "m", "KNOWACQ_MAX_TEXTS": "8", "KNOWACQ_ALLOW_FALLBACK": "false",
-                           "KNOWACQ_MIN_CONFIDENCE": "0.9"})
+    s = Settings.from_env(
+        {
+            "KNOWACQ_MODEL": "m",
+            "KNOWACQ_MAX_TEXTS": "8",
+            "KNOWACQ_ALLOW_FALLBACK": "false",
+            "KNOWACQ_MIN_CONFIDENCE": "0.9",
+        }
+    )
     assert (s.model, s.max_texts, s.allow_fallback, s.min_confidence) == ("m", 8, False, 0.9)
     assert "api_token" not in s.public() and "store_url" not in s.public()
     assert Settings.from_env({}).model == "knowacq-classifier:latest"
@@ -65,15 +73,19 @@ def test_settings_from_env_parse_and_validate() -> None:
 
 # request parsing ----------------------------------------------------------------------------------
 
-@pytest.mark.parametrize(("body", "error", "field"), [
-    ([], InvalidInputError, "texts"),
-    ({}, InvalidInputError, "texts"),
-    ({"texts": "one"}, InvalidInputError, "texts"),
-    ({"texts": []}, InvalidInputError, "texts"),
-    ({"texts": ["a", 3]}, InvalidInputError, "texts[1]"),
-    ({"texts": ["a"], "extra": 1}, InvalidInputError, "extra"),
-    ({"texts": ["a"] * 9}, PayloadTooLargeError, "texts"),
-])
+
+@pytest.mark.parametrize(
+    ("body", "error", "field"),
+    [
+        ([], InvalidInputError, "texts"),
+        ({}, InvalidInputError, "texts"),
+        ({"texts": "one"}, InvalidInputError, "texts"),
+        ({"texts": []}, InvalidInputError, "texts"),
+        ({"texts": ["a", 3]}, InvalidInputError, "texts[1]"),
+        ({"texts": ["a"], "extra": 1}, InvalidInputError, "extra"),
+        ({"texts": ["a"] * 9}, PayloadTooLargeError, "texts"),
+    ],
+)
 def test_classify_bodies_are_refused_with_the_field_named(body: Any, error: type, field: str) -> None:
     with pytest.raises(error) as info:
         parse_classify(body, max_texts=8)
@@ -82,14 +94,18 @@ def test_classify_bodies_are_refused_with_the_field_named(body: Any, error: type
 
 def test_feedback_bodies() -> None:
     assert parse_feedback({"prediction_id": "p", "label": "x"}) == ("p", "x", "")
-    for body, field in [({"label": "x"}, "prediction_id"), ({"prediction_id": "p", "label": 1}, "label"),
-                        ({"prediction_id": "p", "label": "x", "annotator": 5}, "annotator")]:
+    for body, field in [
+        ({"label": "x"}, "prediction_id"),
+        ({"prediction_id": "p", "label": 1}, "label"),
+        ({"prediction_id": "p", "label": "x", "annotator": 5}, "annotator"),
+    ]:
         with pytest.raises(InvalidInputError) as info:
             parse_feedback(body)
         assert info.value.field == field
 
 
 # the core -----------------------------------------------------------------------------------------
+
 
 def test_classify_answers_and_records(fp32_variant: Path, tmp_path: Path) -> None:
     core, registry = make_core(fp32_variant, tmp_path, record="all")
@@ -109,12 +125,17 @@ def test_classify_answers_and_records(fp32_variant: Path, tmp_path: Path) -> Non
     assert metric(registry, "knowacq_truncated_texts_total") == 1
     assert metric(registry, "knowacq_batch_size_texts_count") == 1
     assert metric(registry, "knowacq_stage_duration_seconds_count", {"stage": "infer"}) == 1
-    assert metric(registry, "knowacq_model_info", {"version": core.model_version, "variant": "cpu-fp32",
-                                                   "provider": "cpu"}) == 1
+    assert (
+        metric(
+            registry, "knowacq_model_info", {"version": core.model_version, "variant": "cpu-fp32", "provider": "cpu"}
+        )
+        == 1
+    )
 
 
-def test_low_confidence_predictions_are_captured_with_personal_data_redacted(fp32_variant: Path,
-                                                                            tmp_path: Path) -> None:
+def test_low_confidence_predictions_are_captured_with_personal_data_redacted(
+    fp32_variant: Path, tmp_path: Path
+) -> None:
     # Threshold 1.0: every prediction is low-confidence; "captured" mode stores only those.
     core, registry = make_core(fp32_variant, tmp_path, min_confidence=1.0, record="captured")
     answers = core.classify(["mail bob@example.com or call +44 20 7946 0958 about the film"])
@@ -136,7 +157,7 @@ def test_batching_never_changes_answers(fp32_variant: Path, tmp_path: Path) -> N
     words = ["great", "awful", "film", "plot", "the", "quite", "lovely", "boring"]
     texts = [" ".join(rng.choice(words, size=int(n))) for n in rng.integers(1, 40, size=23)]
     alone = [core.classify([t])[0] for t in texts]
-    requests = [[Item(t, 0.0) for t in texts[i:i + 5]] for i in range(0, len(texts), 5)]
+    requests = [[Item(t, 0.0) for t in texts[i : i + 5]] for i in range(0, len(texts), 5)]
     batched = [a for group in core.classify_batches(requests) for a in group]
     for one, many in zip(alone, batched):
         assert one["label"] == many["label"]
@@ -200,6 +221,7 @@ def test_metric_names_carry_namespace_and_no_user_text(fp32_variant: Path, tmp_p
 
 # the HTTP guard, in front of a stand-in app -----------------------------------------------------------
 
+
 async def _echo_app(scope: dict, receive: Any, send: Any) -> None:
     body = b""
     while True:
@@ -237,10 +259,16 @@ def test_guard_refuses_bad_requests_with_json_errors(guarded) -> None:
             client.post("/classify", content=b"\x80\x04K\x01.", headers={"content-type": "application/python-pickle"}),
             client.post("/classify", content=b'{"texts": ["ok"]}', headers={"content-type": "text/plain"}),
             client.post("/feedback", content=b'{"prediction_id": "p", "label": "x"}', headers=json_type),
-            client.post("/feedback", content=b'{"prediction_id": "p", "label": "x"}',
-                        headers={**json_type, "authorization": "Bearer nope"}),
-            client.post("/feedback", content=b'{"prediction_id": "p"}',
-                        headers={**json_type, "authorization": f"Bearer {TOKEN}"}),
+            client.post(
+                "/feedback",
+                content=b'{"prediction_id": "p", "label": "x"}',
+                headers={**json_type, "authorization": "Bearer nope"},
+            ),
+            client.post(
+                "/feedback",
+                content=b'{"prediction_id": "p"}',
+                headers={**json_type, "authorization": f"Bearer {TOKEN}"},
+            ),
         ]
         responses = await asyncio.gather(*cases)
         return [(r.status_code, r.json()) for r in responses]
@@ -290,8 +318,7 @@ def test_guard_before_the_model_is_loaded() -> None:
 
     async def run() -> tuple[httpx.Response, httpx.Response]:
         async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
-            return await asyncio.gather(client.get("/readyz"),
-                                        client.post("/classify", json={"texts": ["a"]}))
+            return await asyncio.gather(client.get("/readyz"), client.post("/classify", json={"texts": ["a"]}))
 
     ready, classify = asyncio.run(run())
     assert ready.status_code == 503 and classify.status_code == 503
@@ -306,8 +333,12 @@ def test_cpu_fallback_is_reported_as_degraded(fp32_variant: Path, tmp_path: Path
     with pytest.warns(RuntimeWarning, match="runs on the CPU provider"):
         predictor = Predictor(fp32_variant, provider="cuda", allow_fallback=True, threads=1)
     registry = CollectorRegistry()
-    core = ClassifierCore(predictor, settings, store=FeedbackStore(f"sqlite:///{tmp_path / 'f.db'}"),
-                          metrics=ServiceMetrics(predictor.labels, registry=registry))
+    core = ClassifierCore(
+        predictor,
+        settings,
+        store=FeedbackStore(f"sqlite:///{tmp_path / 'f.db'}"),
+        metrics=ServiceMetrics(predictor.labels, registry=registry),
+    )
     status, body = core.readiness()
     assert status == 200 and body["status"] == "degraded" and body["provider"] == "cpu"
     info = core.model_info()

@@ -19,8 +19,14 @@ TOKEN = "e2e-token-123"
 @pytest.fixture(scope="module")
 def server(fp32_variant: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     folder = tmp_path_factory.mktemp("e2e")
-    settings = {"model": str(fp32_variant), "api_token": TOKEN, "store_url": f"sqlite:///{folder / 'store.db'}",
-                "max_texts": 16, "threads": 1, "record": "all"}
+    settings = {
+        "model": str(fp32_variant),
+        "api_token": TOKEN,
+        "store_url": f"sqlite:///{folder / 'store.db'}",
+        "max_texts": 16,
+        "threads": 1,
+        "record": "all",
+    }
     with ServerProcess(settings, log_file=folder / "server.log", cwd=folder) as proc:
         proc.log_path = folder / "server.log"  # type: ignore[attr-defined]
         yield proc
@@ -31,8 +37,10 @@ def test_classify_feedback_and_model(server: ServerProcess) -> None:
         r = client.post("/classify", json={"texts": ["great lovely film", "awful boring plot"]})
         assert r.status_code == 200, r.text
         answers = r.json()
-        assert [set(a) >= {"label", "score", "probabilities", "prediction_id", "model_version"} for a in answers] \
-            == [True, True]
+        assert [set(a) >= {"label", "score", "probabilities", "prediction_id", "model_version"} for a in answers] == [
+            True,
+            True,
+        ]
         pid = answers[0]["prediction_id"]
 
         def feedback(headers: dict[str, str], body: dict[str, str]) -> httpx.Response:
@@ -40,8 +48,9 @@ def test_classify_feedback_and_model(server: ServerProcess) -> None:
 
         good = {"authorization": f"Bearer {TOKEN}"}
         assert feedback({}, {"prediction_id": pid, "label": "negative"}).status_code == 401
-        assert feedback({"authorization": "Bearer wrong"}, {"prediction_id": pid, "label": "negative"}).status_code \
-            == 401
+        assert (
+            feedback({"authorization": "Bearer wrong"}, {"prediction_id": pid, "label": "negative"}).status_code == 401
+        )
         first = feedback(good, {"prediction_id": pid, "label": "negative"})
         assert first.status_code == 200 and first.json()["outcome"] == "created"
         again = feedback(good, {"prediction_id": pid, "label": "negative"})
@@ -109,11 +118,19 @@ def test_metrics_are_scraped_without_user_text(server: ServerProcess) -> None:
     with httpx.Client(base_url=server.url, timeout=30) as client:
         client.post("/classify", json={"texts": ["a private note from alice@example.com"]})
         text = client.get("/metrics").text
-    for name in ("knowacq_request_duration_seconds_bucket", "knowacq_stage_duration_seconds_bucket",
-                 "knowacq_batch_size_texts_bucket", "knowacq_predictions_total",
-                 "knowacq_prediction_confidence_ratio_bucket", "knowacq_low_confidence_captures_total",
-                 "knowacq_feedback_total", "knowacq_store_write_failures_total", "knowacq_failures_total",
-                 "knowacq_model_info", "knowacq_provider_fallback"):
+    for name in (
+        "knowacq_request_duration_seconds_bucket",
+        "knowacq_stage_duration_seconds_bucket",
+        "knowacq_batch_size_texts_bucket",
+        "knowacq_predictions_total",
+        "knowacq_prediction_confidence_ratio_bucket",
+        "knowacq_low_confidence_captures_total",
+        "knowacq_feedback_total",
+        "knowacq_store_write_failures_total",
+        "knowacq_failures_total",
+        "knowacq_model_info",
+        "knowacq_provider_fallback",
+    ):
         assert re.search(rf"^{name}[{{ ]", text, re.MULTILINE), f"{name} missing from /metrics"
     assert 'stage="queue"' in text and 'stage="tokenize"' in text and 'stage="infer"' in text
     assert re.search(r'knowacq_failures_total\{reason="invalid_json"\} [1-9]', text)
@@ -139,12 +156,19 @@ def test_bentoml_build_packages_a_bento_that_serves(fp32_variant: Path, tmp_path
     env = {**service_env({}), "BENTOML_HOME": str(tmp_path / "bentoml"), "BENTOML_DO_NOT_TRACK": "true"}
     env.pop("KNOWACQ_MODEL", None)
     knowacq = [sys.executable, "-m", "knowacq"]
-    stored = subprocess.run([*knowacq, "import-model", str(fp32_variant)], env=env, capture_output=True, text=True,
-                            timeout=120)
+    stored = subprocess.run(
+        [*knowacq, "import-model", str(fp32_variant)], env=env, capture_output=True, text=True, timeout=120
+    )
     assert stored.returncode == 0, stored.stderr
     assert "stored as knowacq-classifier:" in stored.stdout
-    built = subprocess.run([sys.executable, "-m", "bentoml", "build", str(repo)], env=env, capture_output=True,
-                           text=True, timeout=300, cwd=repo)
+    built = subprocess.run(
+        [sys.executable, "-m", "bentoml", "build", str(repo)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=repo,
+    )
     assert built.returncode == 0, built.stdout[-2000:] + built.stderr[-2000:]
     bentos = list((tmp_path / "bentoml" / "bentos" / "knowacq").glob("*/bento.yaml"))
     assert len(bentos) == 1
@@ -158,20 +182,32 @@ def test_bentoml_build_packages_a_bento_that_serves(fp32_variant: Path, tmp_path
     requirements = (bentos[0].parent / "env" / "python" / "requirements.txt").read_text().lower()
     assert "onnxruntime==" in requirements and "torch" not in requirements and "transformers" not in requirements
     # The CUDA bento: same service, a CUDA base image and onnxruntime-gpu.
-    gpu = subprocess.run([sys.executable, "-m", "bentoml", "build", "-f", str(repo / "bentofile.gpu.yaml"),
-                          str(repo)], env=env, capture_output=True, text=True, timeout=300, cwd=repo)
+    gpu = subprocess.run(
+        [sys.executable, "-m", "bentoml", "build", "-f", str(repo / "bentofile.gpu.yaml"), str(repo)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=repo,
+    )
     assert gpu.returncode == 0, gpu.stdout[-2000:] + gpu.stderr[-2000:]
-    gpu_bento = max((tmp_path / "bentoml" / "bentos" / "knowacq").glob("*/bento.yaml"),
-                    key=lambda p: p.stat().st_mtime).parent
+    gpu_bento = max(
+        (tmp_path / "bentoml" / "bentos" / "knowacq").glob("*/bento.yaml"), key=lambda p: p.stat().st_mtime
+    ).parent
     assert "nvidia/cuda" in (gpu_bento / "env" / "docker" / "Dockerfile").read_text()
     assert "onnxruntime-gpu==" in (gpu_bento / "env" / "python" / "requirements.txt").read_text()
     port = free_port()
     log = tmp_path / "bento.log"
     env.update({"KNOWACQ_STORE_URL": f"sqlite:///{tmp_path / 'store.db'}", "KNOWACQ_THREADS": "1"})
     with open(log, "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "bentoml", "serve", cpu_tag, "--port", str(port),
-                                 "--host", "127.0.0.1"], env=env, stdout=out, stderr=subprocess.STDOUT,
-                                cwd=tmp_path, start_new_session=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "bentoml", "serve", cpu_tag, "--port", str(port), "--host", "127.0.0.1"],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=tmp_path,
+            start_new_session=True,
+        )
     try:
         import time
 
@@ -198,10 +234,17 @@ def test_bentoml_build_packages_a_bento_that_serves(fp32_variant: Path, tmp_path
 def test_two_workers_share_the_store_and_add_up_their_metrics(fp32_variant: Path, tmp_path: Path) -> None:
     """Two BentoML worker processes write one SQLite file; /metrics sums both; nothing is lost."""
     store = tmp_path / "store.db"
-    settings = {"model": str(fp32_variant), "api_token": TOKEN, "store_url": f"sqlite:///{store}",
-                "workers": 2, "threads": 1, "record": "all"}
+    settings = {
+        "model": str(fp32_variant),
+        "api_token": TOKEN,
+        "store_url": f"sqlite:///{store}",
+        "workers": 2,
+        "threads": 1,
+        "record": "all",
+    }
     texts = [f"text {i} was {'great' if i % 3 else 'dull'}" for i in range(120)]
     with ServerProcess(settings, log_file=tmp_path / "server.log", cwd=tmp_path) as server:
+
         def one(text: str) -> httpx.Response:
             return httpx.post(f"{server.url}/classify", json={"texts": [text]}, timeout=60)
 
@@ -211,13 +254,22 @@ def test_two_workers_share_the_store_and_add_up_their_metrics(fp32_variant: Path
         ids = [r.json()[0]["prediction_id"] for r in responses]
         # Feedback for every id goes to whichever worker answers: all must find the prediction.
         with ThreadPoolExecutor(12) as pool:
-            fed = list(pool.map(lambda pid: httpx.post(
-                f"{server.url}/feedback", json={"prediction_id": pid, "label": "positive"},
-                headers={"authorization": f"Bearer {TOKEN}"}, timeout=60), ids[:40]))
+            fed = list(
+                pool.map(
+                    lambda pid: httpx.post(
+                        f"{server.url}/feedback",
+                        json={"prediction_id": pid, "label": "positive"},
+                        headers={"authorization": f"Bearer {TOKEN}"},
+                        timeout=60,
+                    ),
+                    ids[:40],
+                )
+            )
         assert [r.status_code for r in fed] == [200] * 40
         metrics = httpx.get(f"{server.url}/metrics", timeout=30).text
-    total = sum(float(m.group(1)) for m in re.finditer(r'^knowacq_predictions_total\{[^}]*\} (\S+)$', metrics,
-                                                       re.MULTILINE))
+    total = sum(
+        float(m.group(1)) for m in re.finditer(r"^knowacq_predictions_total\{[^}]*\} (\S+)$", metrics, re.MULTILINE)
+    )
     assert total == len(texts)
     from knowacq.base import FeedbackStore
 
@@ -226,9 +278,14 @@ def test_two_workers_share_the_store_and_add_up_their_metrics(fp32_variant: Path
 
 
 def test_overload_is_refused_with_503_not_queued(fp32_variant: Path, tmp_path: Path) -> None:
-    settings = {"model": str(fp32_variant), "store_url": f"sqlite:///{tmp_path / 's.db'}", "threads": 1,
-                "max_concurrency": 2}
+    settings = {
+        "model": str(fp32_variant),
+        "store_url": f"sqlite:///{tmp_path / 's.db'}",
+        "threads": 1,
+        "max_concurrency": 2,
+    }
     with ServerProcess(settings, log_file=tmp_path / "server.log", cwd=tmp_path) as server:
+
         def one(i: int) -> httpx.Response:
             return httpx.post(f"{server.url}/classify", json={"texts": ["a long film " * 20] * 8}, timeout=60)
 
@@ -246,9 +303,16 @@ def test_overload_is_refused_with_503_not_queued(fp32_variant: Path, tmp_path: P
 
 
 def test_a_full_batching_queue_answers_503_with_retry_after(fp32_variant: Path, tmp_path: Path) -> None:
-    settings = {"model": str(fp32_variant), "store_url": f"sqlite:///{tmp_path / 's.db'}", "threads": 1,
-                "max_latency_ms": 10, "max_batch_size": 4, "max_texts": 4}
+    settings = {
+        "model": str(fp32_variant),
+        "store_url": f"sqlite:///{tmp_path / 's.db'}",
+        "threads": 1,
+        "max_latency_ms": 10,
+        "max_batch_size": 4,
+        "max_texts": 4,
+    }
     with ServerProcess(settings, log_file=tmp_path / "server.log", cwd=tmp_path) as server:
+
         def one(i: int) -> httpx.Response:
             return httpx.post(f"{server.url}/classify", json={"texts": ["a long film " * 20] * 4}, timeout=60)
 

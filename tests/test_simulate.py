@@ -16,13 +16,22 @@ from knowacq.train import TrainConfig
 
 def test_simulation_writes_curves_and_label_counts(tiny_base: Path, binary_sets, tmp_path: Path) -> None:
     config = SimulationConfig(seed_labels=20, batch=20, rounds=3, seeds=2, heldout=40)
-    result = simulate(binary_sets[0], binary_sets[1], tmp_path, config=config, base=tiny_base,
-                      label_names=("negative", "positive"), progress=False, log=lambda _: None)
+    result = simulate(
+        binary_sets[0],
+        binary_sets[1],
+        tmp_path,
+        config=config,
+        base=tiny_base,
+        label_names=("negative", "positive"),
+        progress=False,
+        log=lambda _: None,
+    )
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved["labels"] == [20, 40, 60, 80] and saved["random_final_labels"] == 80
     assert set(saved["labels_to_reach_random_final"]) == set(config.strategies)
-    assert saved["labels_to_reach_random_final"]["random"] == 80 or \
-        saved["labels_to_reach_random_final"]["random"] <= 80
+    assert (
+        saved["labels_to_reach_random_final"]["random"] == 80 or saved["labels_to_reach_random_final"]["random"] <= 80
+    )
     for name, curve in saved["curves"].items():
         assert len(curve["per_seed"]) == 2 and all(len(c) == 4 for c in curve["per_seed"])
         assert all(0.0 <= a <= 1.0 for c in curve["per_seed"] for a in c)
@@ -31,15 +40,26 @@ def test_simulation_writes_curves_and_label_counts(tiny_base: Path, binary_sets,
     held = saved["heldout"]
     assert held["rows"] == 40 and set(held["curves"]) == set(config.strategies)
     assert all(len(c) == 4 for c in held["curves"]["random"]["per_seed"])
-    assert all(abs(round(a * 40) - a * 40) < 1e-9  # accuracies on the 40 held-out rows, not on dev
-               for c in held["curves"]["margin"]["per_seed"] for a in c)
+    assert all(
+        abs(round(a * 40) - a * 40) < 1e-9  # accuracies on the 40 held-out rows, not on dev
+        for c in held["curves"]["margin"]["per_seed"]
+        for a in c
+    )
     assert held["random_final_accuracy"] == held["curves"]["random"]["mean"][-1]
     assert set(held["labels_to_reach_random_final"]) == set(config.strategies)
     assert (tmp_path / "learning-curves.png").stat().st_size > 1000
     assert result["curves"]["random"]["mean"] == saved["curves"]["random"]["mean"]
     # Cached embeddings make a second run reproduce the first exactly.
-    again = simulate(binary_sets[0], binary_sets[1], tmp_path, config=config, base=tiny_base,
-                     label_names=("negative", "positive"), progress=False, log=lambda _: None)
+    again = simulate(
+        binary_sets[0],
+        binary_sets[1],
+        tmp_path,
+        config=config,
+        base=tiny_base,
+        label_names=("negative", "positive"),
+        progress=False,
+        log=lambda _: None,
+    )
     assert again["curves"] == result["curves"]
 
 
@@ -51,44 +71,157 @@ def test_simulation_refuses_bad_configs(tiny_base: Path, binary_sets, tmp_path: 
     with pytest.raises(ConfigError, match="near_duplicate_cosine"):
         SimulationConfig(near_duplicate_cosine=1.5)
     with pytest.raises(ConfigError, match="needs 1100 pool labels but the pool has 320 rows"):
-        simulate(binary_sets[0], binary_sets[1], tmp_path, base=tiny_base, config=SimulationConfig(heldout=0, batch=100),
-                 label_names=("negative", "positive"), progress=False, log=lambda _: None)
+        simulate(
+            binary_sets[0],
+            binary_sets[1],
+            tmp_path,
+            base=tiny_base,
+            config=SimulationConfig(heldout=0, batch=100),
+            label_names=("negative", "positive"),
+            progress=False,
+            log=lambda _: None,
+        )
 
 
 def test_al_simulate_cli(tiny_base: Path, binary_sets, tmp_path: Path) -> None:
-    result = CliRunner().invoke(app, [
-        "al", "simulate", "--data", str(binary_sets[0]), "--dev", str(binary_sets[1]), "--out", str(tmp_path),
-        "--strategies", "random,margin", "--seed-labels", "20", "--batch", "20", "--rounds", "2", "--seeds", "1", "--heldout", "40",
-        "--near-duplicate-cosine", "0", "--base", str(tiny_base), "--label-names", "negative,positive", "--no-progress"])
+    result = CliRunner().invoke(
+        app,
+        [
+            "al",
+            "simulate",
+            "--data",
+            str(binary_sets[0]),
+            "--dev",
+            str(binary_sets[1]),
+            "--out",
+            str(tmp_path),
+            "--strategies",
+            "random,margin",
+            "--seed-labels",
+            "20",
+            "--batch",
+            "20",
+            "--rounds",
+            "2",
+            "--seeds",
+            "1",
+            "--heldout",
+            "40",
+            "--near-duplicate-cosine",
+            "0",
+            "--base",
+            str(tiny_base),
+            "--label-names",
+            "negative,positive",
+            "--no-progress",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "labels to reach random's final accuracy" in result.output
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved["config"]["near_duplicate_cosine"] is None and saved["heldout"]["rows"] == 40
-    bad = CliRunner().invoke(app, ["al", "simulate", "--data", str(binary_sets[0]), "--dev", str(binary_sets[1]),
-                                   "--out", str(tmp_path), "--strategies", "margin"])
+    bad = CliRunner().invoke(
+        app,
+        [
+            "al",
+            "simulate",
+            "--data",
+            str(binary_sets[0]),
+            "--dev",
+            str(binary_sets[1]),
+            "--out",
+            str(tmp_path),
+            "--strategies",
+            "margin",
+        ],
+    )
     assert bad.exit_code == 2 and "needs 'random'" in bad.output
-    slow = CliRunner().invoke(app, ["al", "simulate", "--data", str(binary_sets[0]), "--dev", str(binary_sets[1]),
-                                    "--out", str(tmp_path), "--mode", "slow"])
+    slow = CliRunner().invoke(
+        app,
+        [
+            "al",
+            "simulate",
+            "--data",
+            str(binary_sets[0]),
+            "--dev",
+            str(binary_sets[1]),
+            "--out",
+            str(tmp_path),
+            "--mode",
+            "slow",
+        ],
+    )
     assert slow.exit_code == 2 and "mode must be one of fast, full" in slow.output
-    full = CliRunner().invoke(app, [
-        "al", "simulate", "--data", str(binary_sets[0]), "--dev", str(binary_sets[1]), "--out", str(tmp_path / "full"),
-        "--mode", "full", "--strategies", "random,margin", "--seed-labels", "20", "--batch", "20", "--rounds", "1",
-        "--seeds", "1", "--heldout", "40", "--base", str(tiny_base), "--label-names", "negative,positive",
-        "--no-progress"])
+    full = CliRunner().invoke(
+        app,
+        [
+            "al",
+            "simulate",
+            "--data",
+            str(binary_sets[0]),
+            "--dev",
+            str(binary_sets[1]),
+            "--out",
+            str(tmp_path / "full"),
+            "--mode",
+            "full",
+            "--strategies",
+            "random,margin",
+            "--seed-labels",
+            "20",
+            "--batch",
+            "20",
+            "--rounds",
+            "1",
+            "--seeds",
+            "1",
+            "--heldout",
+            "40",
+            "--base",
+            str(tiny_base),
+            "--label-names",
+            "negative,positive",
+            "--no-progress",
+        ],
+    )
     assert full.exit_code == 0, full.output
     assert "full mode:" in full.output and "s per fit-and-predict after round 0" in full.output
     assert json.loads((tmp_path / "full" / "results.json").read_text())["mode"] == "full"
 
 
-TINY_FINE_TUNE = TrainConfig(epochs=20, batch_size=16, learning_rate=3e-3, warmup_ratio=0.1, max_length=32,
-                             patience=20, seed=0, save_checkpoints=False)
+TINY_FINE_TUNE = TrainConfig(
+    epochs=20,
+    batch_size=16,
+    learning_rate=3e-3,
+    warmup_ratio=0.1,
+    max_length=32,
+    patience=20,
+    seed=0,
+    save_checkpoints=False,
+)
 
 
 def test_full_mode_fine_tunes_each_round(tiny_base: Path, binary_sets, tmp_path: Path) -> None:
-    config = SimulationConfig(strategies=("random", "margin", "badge"), seed_labels=20, batch=20, rounds=2,
-                              seeds=1, heldout=40, mode="full", train=TINY_FINE_TUNE)
-    result = simulate(binary_sets[0], binary_sets[1], tmp_path, config=config, base=tiny_base,
-                      label_names=("negative", "positive"), progress=False, log=lambda _: None)
+    config = SimulationConfig(
+        strategies=("random", "margin", "badge"),
+        seed_labels=20,
+        batch=20,
+        rounds=2,
+        seeds=1,
+        heldout=40,
+        mode="full",
+        train=TINY_FINE_TUNE,
+    )
+    result = simulate(
+        binary_sets[0],
+        binary_sets[1],
+        tmp_path,
+        config=config,
+        base=tiny_base,
+        label_names=("negative", "positive"),
+        progress=False,
+        log=lambda _: None,
+    )
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved["mode"] == "full" and saved["config"]["mode"] == "full" and "fine-tuned" in saved["model"]
     assert saved["config"]["train"]["epochs"] == 20
@@ -116,8 +249,15 @@ def test_full_mode_needs_a_bounded_pool(tiny_base: Path, binary_sets, tmp_path: 
 
     monkeypatch.setattr(sim, "FULL_MODE_MAX_POOL", 100)
     with pytest.raises(ConfigError, match="the pool has 280 rows, the limit is 100: set max_pool"):
-        simulate(binary_sets[0], binary_sets[1], tmp_path, base=tiny_base, label_names=("negative", "positive"),
-                 config=SimulationConfig(heldout=40, seed_labels=20, batch=20, rounds=1, mode="full"),
-                 progress=False, log=lambda _: None)
+        simulate(
+            binary_sets[0],
+            binary_sets[1],
+            tmp_path,
+            base=tiny_base,
+            label_names=("negative", "positive"),
+            config=SimulationConfig(heldout=40, seed_labels=20, batch=20, rounds=1, mode="full"),
+            progress=False,
+            log=lambda _: None,
+        )
     with pytest.raises(ConfigError, match="mode must be one of fast, full"):
         SimulationConfig(mode="slow")  # type: ignore[arg-type]

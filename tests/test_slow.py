@@ -16,11 +16,23 @@ from knowacq.cli import app
 def test_demo_preset_reaches_the_acceptance_bar(shared_data: Path, tmp_path: Path) -> None:
     """The acceptance of the foundation issue: >= 0.87 dev accuracy and ECE <= 0.03 after scaling."""
     out = tmp_path / "demo"
-    result = CliRunner().invoke(app, [
-        "train", "--preset", "demo", "--train", str(shared_data / "sst2" / "train.tsv"),
-        "--dev", str(shared_data / "sst2" / "dev.tsv"), "--label-names", "negative,positive",
-        "--out", str(out), "--no-progress",
-    ])
+    result = CliRunner().invoke(
+        app,
+        [
+            "train",
+            "--preset",
+            "demo",
+            "--train",
+            str(shared_data / "sst2" / "train.tsv"),
+            "--dev",
+            str(shared_data / "sst2" / "dev.tsv"),
+            "--label-names",
+            "negative,positive",
+            "--out",
+            str(out),
+            "--no-progress",
+        ],
+    )
     assert result.exit_code == 0, result.output
     dev = json.loads((out / "metrics.json").read_text())["dev"]
     assert dev["accuracy"] >= 0.87

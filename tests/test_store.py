@@ -14,9 +14,16 @@ from knowacq.errors import ConfigError, StoreError, UnknownPredictionError
 
 def record(i: int, *, captured: bool = True, model: str = "v1") -> PredictionRecord:
     return PredictionRecord(
-        prediction_id=f"p{i}", model_version=model, text=f"text number {i}", text_sha256=f"{i:064x}",
-        label="positive", score=0.6, margin=0.2, probabilities={"negative": 0.4, "positive": 0.6},
-        captured=captured, created_at=datetime(2026, 11, 28, 12, 0, i % 60, tzinfo=timezone.utc),
+        prediction_id=f"p{i}",
+        model_version=model,
+        text=f"text number {i}",
+        text_sha256=f"{i:064x}",
+        label="positive",
+        score=0.6,
+        margin=0.2,
+        probabilities={"negative": 0.4, "positive": 0.6},
+        captured=captured,
+        created_at=datetime(2026, 11, 28, 12, 0, i % 60, tzinfo=timezone.utc),
     )
 
 
@@ -107,13 +114,20 @@ def test_a_version_1_store_is_migrated(tmp_path: Path) -> None:
     with engine.begin() as conn:  # the schema knowacq wrote before used_in_run existed
         conn.execute(sa.text("CREATE TABLE knowacq_meta (key VARCHAR(64) PRIMARY KEY, value VARCHAR(256) NOT NULL)"))
         conn.execute(sa.text("INSERT INTO knowacq_meta VALUES ('schema_version', '1')"))
-        conn.execute(sa.text(
-            "CREATE TABLE knowacq_predictions (prediction_id VARCHAR(64) PRIMARY KEY, created_at DATETIME NOT NULL,"
-            " model_version VARCHAR(128) NOT NULL, text TEXT NOT NULL, text_sha256 VARCHAR(64) NOT NULL,"
-            " label VARCHAR(128) NOT NULL, score FLOAT NOT NULL, margin FLOAT NOT NULL, probabilities TEXT NOT NULL,"
-            " captured BOOLEAN NOT NULL, status VARCHAR(16) NOT NULL)"))
-        conn.execute(sa.text("INSERT INTO knowacq_predictions VALUES ('old', '2026-11-01 00:00:00', 'v0', 'kept',"
-                             " 'h', 'positive', 0.6, 0.2, '{\"positive\": 0.6, \"negative\": 0.4}', 1, 'captured')"))
+        conn.execute(
+            sa.text(
+                "CREATE TABLE knowacq_predictions (prediction_id VARCHAR(64) PRIMARY KEY, created_at DATETIME NOT NULL,"
+                " model_version VARCHAR(128) NOT NULL, text TEXT NOT NULL, text_sha256 VARCHAR(64) NOT NULL,"
+                " label VARCHAR(128) NOT NULL, score FLOAT NOT NULL, margin FLOAT NOT NULL, probabilities TEXT NOT NULL,"
+                " captured BOOLEAN NOT NULL, status VARCHAR(16) NOT NULL)"
+            )
+        )
+        conn.execute(
+            sa.text(
+                "INSERT INTO knowacq_predictions VALUES ('old', '2026-11-01 00:00:00', 'v0', 'kept',"
+                " 'h', 'positive', 0.6, 0.2, '{\"positive\": 0.6, \"negative\": 0.4}', 1, 'captured')"
+            )
+        )
     engine.dispose()
     store = FeedbackStore(url)
     assert store.get_prediction("old").text == "kept"  # type: ignore[union-attr]

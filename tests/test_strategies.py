@@ -36,8 +36,14 @@ def pool(n: int, k: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
 @settings(max_examples=15, deadline=None)
 def test_every_strategy_returns_n_distinct_valid_indices(name: str, n: int, k: int, seed: int) -> None:
     probs, emb = pool(50, k, seed)
-    picked = select(strategy(name), probs, n, rng=np.random.default_rng(seed), embeddings=emb,
-                    options=Selection(near_duplicate_cosine=None))
+    picked = select(
+        strategy(name),
+        probs,
+        n,
+        rng=np.random.default_rng(seed),
+        embeddings=emb,
+        options=Selection(near_duplicate_cosine=None),
+    )
     assert len(picked) == n and len(set(picked.tolist())) == n
     assert picked.min() >= 0 and picked.max() < 50
 
@@ -69,7 +75,9 @@ def test_diversity_spreads_over_clusters() -> None:
     centres = np.array([[10, 0], [0, 10], [-10, 0], [0, -10]], dtype=float)
     emb = np.concatenate([c + rng.normal(scale=0.1, size=(25, 2)) for c in centres])
     probs = np.full((100, 2), 0.5)  # equally uncertain: only diversity can separate them
-    picked = select(strategy("diversity"), probs, 4, rng=rng, embeddings=emb, options=Selection(near_duplicate_cosine=None))
+    picked = select(
+        strategy("diversity"), probs, 4, rng=rng, embeddings=emb, options=Selection(near_duplicate_cosine=None)
+    )
     assert sorted({int(i) // 25 for i in picked}) == [0, 1, 2, 3]
     with pytest.raises(ConfigError, match="needs sentence embeddings"):
         select(strategy("diversity"), probs, 4, rng=rng)
@@ -132,8 +140,9 @@ def test_class_quota_and_duplicate_suppression() -> None:
     hashes = ["a", "a", "b", "b", "c", "c", "d", "d", "e", "e", "f", "f"]
     picked = select(strategy("random"), p, 6, rng=np.random.default_rng(0), text_hashes=hashes)
     assert len({hashes[i] for i in picked}) == 6
-    picked = select(strategy("random"), p, 6, rng=np.random.default_rng(0), text_hashes=hashes,
-                    seen_hashes=frozenset("abc"))
+    picked = select(
+        strategy("random"), p, 6, rng=np.random.default_rng(0), text_hashes=hashes, seen_hashes=frozenset("abc")
+    )
     assert {hashes[i] for i in picked} == {"d", "e", "f"}
     emb = np.array([[1.0, 0.0]] * 11 + [[0.0, 1.0]])
     picked = select(strategy("random"), p, 5, rng=np.random.default_rng(0), embeddings=emb)

@@ -8,14 +8,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import synthetic_rows, write_tsv
 
+from conftest import synthetic_rows, write_tsv
 from knowacq import ConfigError, DataError, TrainConfig, fine_tune, load_tsv
 from knowacq.base import read_model_card
 from knowacq.train import load_classifier, predict_logits
 
-FAST = TrainConfig(epochs=3, batch_size=16, learning_rate=3e-3, max_length=32, evals_per_epoch=2,
-                   patience=10, warmup_ratio=0.1, seed=7)
+FAST = TrainConfig(
+    epochs=3, batch_size=16, learning_rate=3e-3, max_length=32, evals_per_epoch=2, patience=10, warmup_ratio=0.1, seed=7
+)
 
 
 @pytest.fixture(scope="module")
@@ -37,8 +38,14 @@ def test_training_lowers_the_loss_and_learns(trained) -> None:
 
 def test_output_folder_is_a_reloadable_hf_classifier(trained) -> None:
     out = trained.out_dir
-    for name in ("config.json", "model.safetensors", "tokenizer.json", "knowacq.json",
-                 "metrics.json", "reliability.png"):
+    for name in (
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "knowacq.json",
+        "metrics.json",
+        "reliability.png",
+    ):
         assert (out / name).is_file(), name
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["epoch-1", "epoch-2", "epoch-3"]
     card = read_model_card(out)
@@ -66,15 +73,23 @@ def test_predictions_do_not_depend_on_batching(trained) -> None:
 def test_same_seed_same_model(tiny_base: Path, binary_sets, tmp_path: Path) -> None:
     train = load_tsv(binary_sets[0]).subset(range(64))
     dev = load_tsv(binary_sets[1], label_names=train.label_names)
-    config = TrainConfig(epochs=1, batch_size=16, learning_rate=1e-3, max_length=32, seed=3,
-                         save_checkpoints=False)
-    runs = [fine_tune(train, dev, tmp_path / f"r{i}", base=tiny_base, config=config,
-                      progress=False, log=lambda _: None) for i in range(2)]
+    config = TrainConfig(epochs=1, batch_size=16, learning_rate=1e-3, max_length=32, seed=3, save_checkpoints=False)
+    runs = [
+        fine_tune(train, dev, tmp_path / f"r{i}", base=tiny_base, config=config, progress=False, log=lambda _: None)
+        for i in range(2)
+    ]
     assert runs[0].history[-1]["train_loss"] == runs[1].history[-1]["train_loss"]
     a = (tmp_path / "r0" / "model.safetensors").read_bytes()
     assert a == (tmp_path / "r1" / "model.safetensors").read_bytes()
-    other = fine_tune(train, dev, tmp_path / "r2", base=tiny_base, config=config.__class__(
-        **{**config.to_dict(), "seed": 4}), progress=False, log=lambda _: None)
+    other = fine_tune(
+        train,
+        dev,
+        tmp_path / "r2",
+        base=tiny_base,
+        config=config.__class__(**{**config.to_dict(), "seed": 4}),
+        progress=False,
+        log=lambda _: None,
+    )
     assert (tmp_path / "r2" / "model.safetensors").read_bytes() != a
     assert other.history[-1]["train_loss"] != runs[0].history[-1]["train_loss"]
 
@@ -83,10 +98,10 @@ def test_early_stopping_when_dev_stops_improving(tiny_base: Path, binary_sets, t
     train = load_tsv(binary_sets[0])
     dev = load_tsv(binary_sets[1], label_names=train.label_names)
     # A learning rate too small to move dev accuracy by min_delta: every check after the first fails.
-    config = TrainConfig(epochs=5, batch_size=16, learning_rate=1e-9, max_length=32, evals_per_epoch=4,
-                         patience=2, min_delta=0.05)
-    result = fine_tune(train, dev, tmp_path / "m", base=tiny_base, config=config, progress=False,
-                       log=lambda _: None)
+    config = TrainConfig(
+        epochs=5, batch_size=16, learning_rate=1e-9, max_length=32, evals_per_epoch=4, patience=2, min_delta=0.05
+    )
+    result = fine_tune(train, dev, tmp_path / "m", base=tiny_base, config=config, progress=False, log=lambda _: None)
     assert result.stopped_early
     assert len(result.history) == 3  # the first check sets the best, two more without improvement
     assert result.best_step == result.history[0]["step"]
@@ -98,8 +113,15 @@ def test_four_classes_end_to_end(tiny_base: Path, tmp_path: Path) -> None:
     train = write_tsv(tmp_path / "train.tsv", [(t, names[y]) for t, y in synthetic_rows(400, 4, seed=5)])
     dev = write_tsv(tmp_path / "dev.tsv", [(t, names[y]) for t, y in synthetic_rows(120, 4, seed=6)])
     train_data = load_tsv(train, label_names=names)
-    result = fine_tune(train_data, load_tsv(dev, label_names=names), tmp_path / "m", base=tiny_base,
-                       config=dataclasses.replace(FAST, epochs=12), progress=False, log=lambda _: None)
+    result = fine_tune(
+        train_data,
+        load_tsv(dev, label_names=names),
+        tmp_path / "m",
+        base=tiny_base,
+        config=dataclasses.replace(FAST, epochs=12),
+        progress=False,
+        log=lambda _: None,
+    )
     assert result.report.labels == list(names)
     assert np.asarray(result.report.confusion_matrix).shape == (4, 4)
     assert np.asarray(result.report.confusion_matrix).sum() == 120
@@ -115,8 +137,7 @@ def test_refuses_to_overwrite_and_mismatched_labels(tiny_base: Path, binary_sets
     (tmp_path / "b").mkdir()
     (tmp_path / "b" / "keep.txt").write_text("user data")
     with pytest.raises(ConfigError, match="not empty; choose another --out or pass --overwrite"):
-        fine_tune(train, load_tsv(binary_sets[1]), tmp_path / "b", base=tiny_base, config=FAST,
-                  progress=False)
+        fine_tune(train, load_tsv(binary_sets[1]), tmp_path / "b", base=tiny_base, config=FAST, progress=False)
     assert (tmp_path / "b" / "keep.txt").read_text() == "user data"
     one_class = train.subset(np.flatnonzero(train.labels == 0))
     one_class = one_class.__class__(one_class.texts, one_class.labels, ("0",), "one")
@@ -139,8 +160,9 @@ def test_ag_news_slice_four_classes_end_to_end(tiny_base: Path, shared_data: Pat
     write_tsv(folder / "dev.tsv", rows[800:1000])
     train, dev = load_tsv(folder / "train.tsv"), load_tsv(folder / "dev.tsv")
     assert train.label_names == ("World", "Sports", "Business", "Sci/Tech")
-    config = TrainConfig(epochs=10, batch_size=16, learning_rate=2e-3, max_length=64, patience=100,
-                         save_checkpoints=False, seed=1)
+    config = TrainConfig(
+        epochs=10, batch_size=16, learning_rate=2e-3, max_length=64, patience=100, save_checkpoints=False, seed=1
+    )
     fine_tune(train, dev, tmp_path / "m", base=tiny_base, config=config, progress=False, log=lambda _: None)
     result = CliRunner().invoke(app, ["eval", str(tmp_path / "m"), "--data", str(folder / "dev.tsv"), "--json"])
     assert result.exit_code == 0, result.output

@@ -55,8 +55,12 @@ def read_model_card(path: str | Path) -> ModelCard:
         try:
             data = json.loads(sidecar.read_text())
             return ModelCard(
-                path, tuple(data["labels"]), float(data["temperature"]),
-                int(data.get("max_length", 512)), True, data,
+                path,
+                tuple(data["labels"]),
+                float(data["temperature"]),
+                int(data.get("max_length", 512)),
+                True,
+                data,
             )
         except (ValueError, KeyError, TypeError) as exc:
             raise ModelError(f"{sidecar} is damaged ({exc}); re-run 'knowacq train'") from exc

@@ -52,9 +52,7 @@ class LabelledData:
     def subset(self, indices: Sequence[int] | np.ndarray) -> LabelledData:
         """The rows at `indices`, in that order, with the same label map."""
         idx = np.asarray(indices, dtype=np.int64)
-        return LabelledData(
-            tuple(self.texts[i] for i in idx), self.labels[idx], self.label_names, self.source
-        )
+        return LabelledData(tuple(self.texts[i] for i in idx), self.labels[idx], self.label_names, self.source)
 
     def label_counts(self) -> dict[str, int]:
         counts = np.bincount(self.labels, minlength=self.num_labels)
@@ -165,9 +163,7 @@ def _read_rows(path: Path) -> tuple[list[str], list[str], list[int], list[RowPro
                 continue  # blank line
             span = f" (lines {start}-{previous_end})" if previous_end > start else ""
             if len(row) != width:
-                problems.append(
-                    RowProblem(start, f"expected {width} tab-separated fields, found {len(row)}{span}")
-                )
+                problems.append(RowProblem(start, f"expected {width} tab-separated fields, found {len(row)}{span}"))
                 continue
             text, token = row[text_col].strip(), row[label_col].strip()
             if not text:
@@ -194,8 +190,10 @@ def _ids_from_fixed_names(
             ids.append(int(token))
         else:
             problems.append(
-                RowProblem(line, f"unknown label {token!r}; known labels: {', '.join(names)} "
-                                 f"(or their ids 0..{len(names) - 1})")
+                RowProblem(
+                    line,
+                    f"unknown label {token!r}; known labels: {', '.join(names)} (or their ids 0..{len(names) - 1})",
+                )
             )
             ids.append(-1)
     return ids

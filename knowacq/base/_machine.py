@@ -33,5 +33,10 @@ def machine_info(threads: int) -> dict[str, Any]:
                 break
     except OSError:
         pass
-    return {"cpu": model or platform.processor(), "machine": platform.machine(), "cpus": os.cpu_count(),
-            "threads": threads, "system": platform.platform()}
+    return {
+        "cpu": model or platform.processor(),
+        "machine": platform.machine(),
+        "cpus": os.cpu_count(),
+        "threads": threads,
+        "system": platform.platform(),
+    }

@@ -82,8 +82,12 @@ def _phone_ok(candidate: str) -> bool:
         return True
     groups = re.split(r"[\s.-]+", candidate.strip())
     # Plain digit runs split by separators: demand a phone-like shape, not "1 2 3" or "2001 - 2003".
-    return len(digits) >= 9 or (len(groups) >= 2 and all(len(g) >= 2 for g in groups) and len(digits) >= 7
-                                and not all(len(g) == 4 for g in groups))
+    return len(digits) >= 9 or (
+        len(groups) >= 2
+        and all(len(g) >= 2 for g in groups)
+        and len(digits) >= 7
+        and not all(len(g) == 4 for g in groups)
+    )
 
 
 def redact(text: str) -> Redaction:

@@ -117,12 +117,14 @@ class FeedbackStore:
         sa = self._sa
         self.metadata = sa.MetaData()
         self.meta = sa.Table(
-            "knowacq_meta", self.metadata,
+            "knowacq_meta",
+            self.metadata,
             sa.Column("key", sa.String(64), primary_key=True),
             sa.Column("value", sa.String(256), nullable=False),
         )
         self.predictions = sa.Table(
-            "knowacq_predictions", self.metadata,
+            "knowacq_predictions",
+            self.metadata,
             sa.Column("prediction_id", sa.String(64), primary_key=True),
             sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, index=True),
             sa.Column("model_version", sa.String(128), nullable=False),
@@ -137,10 +139,12 @@ class FeedbackStore:
             sa.Column("used_in_run", sa.String(64), nullable=True),
         )
         self.labels = sa.Table(
-            "knowacq_labels", self.metadata,
+            "knowacq_labels",
+            self.metadata,
             sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-            sa.Column("prediction_id", sa.String(64),
-                      sa.ForeignKey("knowacq_predictions.prediction_id"), nullable=False),
+            sa.Column(
+                "prediction_id", sa.String(64), sa.ForeignKey("knowacq_predictions.prediction_id"), nullable=False
+            ),
             sa.Column("label", sa.String(128), nullable=False),
             sa.Column("source", sa.String(32), nullable=False),
             sa.Column("annotator", sa.String(128), nullable=False, server_default=""),
@@ -179,8 +183,7 @@ class FeedbackStore:
         sa = self._sa
         if found < 2:
             conn.execute(sa.text("ALTER TABLE knowacq_predictions ADD COLUMN used_in_run VARCHAR(64)"))
-        conn.execute(self.meta.update().where(self.meta.c.key == "schema_version")
-                     .values(value=str(SCHEMA_VERSION)))
+        conn.execute(self.meta.update().where(self.meta.c.key == "schema_version").values(value=str(SCHEMA_VERSION)))
 
     # writes ---------------------------------------------------------------------------------------
 
@@ -190,10 +193,17 @@ class FeedbackStore:
             return
         rows = [
             {
-                "prediction_id": r.prediction_id, "created_at": r.created_at, "model_version": r.model_version,
-                "text": r.text, "text_sha256": r.text_sha256, "label": r.label, "score": float(r.score),
-                "margin": float(r.margin), "probabilities": json.dumps(r.probabilities),
-                "captured": bool(r.captured), "status": "captured" if r.captured else "served",
+                "prediction_id": r.prediction_id,
+                "created_at": r.created_at,
+                "model_version": r.model_version,
+                "text": r.text,
+                "text_sha256": r.text_sha256,
+                "label": r.label,
+                "score": float(r.score),
+                "margin": float(r.margin),
+                "probabilities": json.dumps(r.probabilities),
+                "captured": bool(r.captured),
+                "status": "captured" if r.captured else "served",
             }
             for r in records
         ]
@@ -201,12 +211,11 @@ class FeedbackStore:
             with self.engine.begin() as conn:
                 conn.execute(self._insert_ignore(self.predictions, ["prediction_id"]), rows)
         except self._sa.exc.SQLAlchemyError as exc:
-            raise StoreError(f"could not write {len(rows)} prediction(s) to the feedback store: "
-                             f"{type(exc).__name__}") from exc
+            raise StoreError(
+                f"could not write {len(rows)} prediction(s) to the feedback store: {type(exc).__name__}"
+            ) from exc
 
-    def add_label(
-        self, prediction_id: str, label: str, *, source: str = "api", annotator: str = ""
-    ) -> str:
+    def add_label(self, prediction_id: str, label: str, *, source: str = "api", annotator: str = "") -> str:
         """Record a human label; returns "created", "unchanged" (same label again) or "updated".
 
         Raises UnknownPredictionError when the store has no prediction with that id.
@@ -216,22 +225,32 @@ class FeedbackStore:
         try:
             with self.engine.begin() as conn:
                 exists = conn.execute(
-                    sa.select(self.predictions.c.prediction_id).where(
-                        self.predictions.c.prediction_id == prediction_id)
+                    sa.select(self.predictions.c.prediction_id).where(self.predictions.c.prediction_id == prediction_id)
                 ).first()
                 if exists is None:
                     raise UnknownPredictionError(
-                        f"no prediction with id {prediction_id!r} in the feedback store", field="prediction_id")
-                key = ((self.labels.c.prediction_id == prediction_id) & (self.labels.c.source == source)
-                       & (self.labels.c.annotator == annotator))
+                        f"no prediction with id {prediction_id!r} in the feedback store", field="prediction_id"
+                    )
+                key = (
+                    (self.labels.c.prediction_id == prediction_id)
+                    & (self.labels.c.source == source)
+                    & (self.labels.c.annotator == annotator)
+                )
                 current = conn.execute(sa.select(self.labels.c.label).where(key)).scalar_one_or_none()
                 if current == label:
                     return "unchanged"
                 if current is None:
                     inserted = conn.execute(
                         self._insert_ignore(self.labels, ["prediction_id", "source", "annotator"]),
-                        [{"prediction_id": prediction_id, "label": label, "source": source,
-                          "annotator": annotator, "created_at": now}],
+                        [
+                            {
+                                "prediction_id": prediction_id,
+                                "label": label,
+                                "source": source,
+                                "annotator": annotator,
+                                "created_at": now,
+                            }
+                        ],
                     )
                     outcome = "created" if inserted.rowcount else "updated"
                     if outcome == "updated":  # a concurrent writer got there first: last write wins
@@ -239,10 +258,12 @@ class FeedbackStore:
                 else:
                     conn.execute(self.labels.update().where(key).values(label=label, created_at=now))
                     outcome = "updated"
-                conn.execute(self.predictions.update()
-                             .where(self.predictions.c.prediction_id == prediction_id)
-                             .where(self.predictions.c.status != "used")
-                             .values(status="labelled"))
+                conn.execute(
+                    self.predictions.update()
+                    .where(self.predictions.c.prediction_id == prediction_id)
+                    .where(self.predictions.c.status != "used")
+                    .values(status="labelled")
+                )
                 return outcome
         except UnknownPredictionError:
             raise
@@ -299,10 +320,10 @@ class FeedbackStore:
         changed = 0
         with self.engine.begin() as conn:
             for start in range(0, len(prediction_ids), 500):
-                chunk = list(prediction_ids[start:start + 500])
-                changed += conn.execute(self.predictions.update()
-                                        .where(self.predictions.c.prediction_id.in_(chunk))
-                                        .values(**values)).rowcount
+                chunk = list(prediction_ids[start : start + 500])
+                changed += conn.execute(
+                    self.predictions.update().where(self.predictions.c.prediction_id.in_(chunk)).values(**values)
+                ).rowcount
         return changed
 
     def _insert_ignore(self, table: Any, keys: list[str]) -> Any:
@@ -322,16 +343,21 @@ class FeedbackStore:
     def get_prediction(self, prediction_id: str) -> PredictionRecord | None:
         sa = self._sa
         with self.engine.connect() as conn:
-            row = conn.execute(
-                sa.select(self.predictions).where(self.predictions.c.prediction_id == prediction_id)
-            ).mappings().first()
+            row = (
+                conn.execute(sa.select(self.predictions).where(self.predictions.c.prediction_id == prediction_id))
+                .mappings()
+                .first()
+            )
         return None if row is None else _to_record(row)
 
     def predictions_with_status(self, statuses: Sequence[str], *, limit: int | None = None) -> list[PredictionRecord]:
         """Stored predictions whose status is one of `statuses`, oldest first."""
         sa = self._sa
-        query = (sa.select(self.predictions).where(self.predictions.c.status.in_(list(statuses)))
-                 .order_by(self.predictions.c.created_at, self.predictions.c.prediction_id))
+        query = (
+            sa.select(self.predictions)
+            .where(self.predictions.c.status.in_(list(statuses)))
+            .order_by(self.predictions.c.created_at, self.predictions.c.prediction_id)
+        )
         if limit is not None:
             query = query.limit(limit)
         with self.engine.connect() as conn:
@@ -340,17 +366,28 @@ class FeedbackStore:
     def find_by_text_hash(self, text_sha256: str) -> PredictionRecord | None:
         sa = self._sa
         with self.engine.connect() as conn:
-            row = conn.execute(sa.select(self.predictions).where(self.predictions.c.text_sha256 == text_sha256)
-                               .order_by(self.predictions.c.created_at).limit(1)).mappings().first()
+            row = (
+                conn.execute(
+                    sa.select(self.predictions)
+                    .where(self.predictions.c.text_sha256 == text_sha256)
+                    .order_by(self.predictions.c.created_at)
+                    .limit(1)
+                )
+                .mappings()
+                .first()
+            )
         return None if row is None else _to_record(row)
 
     def labelled(self, *, statuses: Sequence[str] = ("labelled",)) -> list[tuple[PredictionRecord, str]]:
         """Each labelled prediction with its label (the latest across sources), for retraining."""
         sa = self._sa
         p, lab = self.predictions, self.labels
-        query = (sa.select(p, lab.c.label.label("human_label"), lab.c.id.label("label_row"))
-                 .join(lab, lab.c.prediction_id == p.c.prediction_id)
-                 .where(p.c.status.in_(list(statuses))).order_by(lab.c.id))
+        query = (
+            sa.select(p, lab.c.label.label("human_label"), lab.c.id.label("label_row"))
+            .join(lab, lab.c.prediction_id == p.c.prediction_id)
+            .where(p.c.status.in_(list(statuses)))
+            .order_by(lab.c.id)
+        )
         latest: dict[str, tuple[PredictionRecord, str]] = {}
         with self.engine.connect() as conn:
             for row in conn.execute(query).mappings():
@@ -360,12 +397,16 @@ class FeedbackStore:
     def labels_for(self, prediction_id: str) -> list[LabelRecord]:
         sa = self._sa
         with self.engine.connect() as conn:
-            rows = conn.execute(
-                sa.select(self.labels).where(self.labels.c.prediction_id == prediction_id)
-                .order_by(self.labels.c.id)
-            ).mappings().all()
-        return [LabelRecord(r["prediction_id"], r["label"], r["source"], r["annotator"], r["created_at"])
-                for r in rows]
+            rows = (
+                conn.execute(
+                    sa.select(self.labels)
+                    .where(self.labels.c.prediction_id == prediction_id)
+                    .order_by(self.labels.c.id)
+                )
+                .mappings()
+                .all()
+            )
+        return [LabelRecord(r["prediction_id"], r["label"], r["source"], r["annotator"], r["created_at"]) for r in rows]
 
     def counts(self) -> dict[str, int]:
         """Rows by kind: predictions, captured, labels, and predictions by status."""
@@ -409,10 +450,18 @@ def _to_record(row: Any) -> PredictionRecord:
     if created.tzinfo is None:  # SQLite returns naive datetimes; they were written in UTC
         created = created.replace(tzinfo=timezone.utc)
     return PredictionRecord(
-        prediction_id=row["prediction_id"], model_version=row["model_version"], text=row["text"],
-        text_sha256=row["text_sha256"], label=row["label"], score=row["score"], margin=row["margin"],
-        probabilities=json.loads(row["probabilities"]), captured=bool(row["captured"]), created_at=created,
-        status=row["status"], used_in_run=row.get("used_in_run"),
+        prediction_id=row["prediction_id"],
+        model_version=row["model_version"],
+        text=row["text"],
+        text_sha256=row["text_sha256"],
+        label=row["label"],
+        score=row["score"],
+        margin=row["margin"],
+        probabilities=json.loads(row["probabilities"]),
+        captured=bool(row["captured"]),
+        created_at=created,
+        status=row["status"],
+        used_in_run=row.get("used_in_run"),
     )
 
 

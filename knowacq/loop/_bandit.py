@@ -62,8 +62,9 @@ class Exp3:
         """Draw the strategy for this round (recorded in the history with its probability)."""
         p = self.probabilities()
         arm = int(rng.choice(len(self.arms), p=p))
-        self.history.append({"round": len(self.history) + 1, "arm": self.arms[arm], "probability": float(p[arm]),
-                             "reward": None})
+        self.history.append(
+            {"round": len(self.history) + 1, "arm": self.arms[arm], "probability": float(p[arm]), "reward": None}
+        )
         return self.arms[arm]
 
     def update(self, reward: float) -> None:
@@ -84,9 +85,11 @@ class Exp3:
         p = self.probabilities()
         for i, arm in enumerate(self.arms):
             rewards = [h["reward"] for h in self.history if h["arm"] == arm and h["reward"] is not None]
-            out[arm] = {"chosen": sum(h["arm"] == arm for h in self.history),
-                        "mean_reward": float(np.mean(rewards)) if rewards else None,
-                        "probability": float(p[i])}
+            out[arm] = {
+                "chosen": sum(h["arm"] == arm for h in self.history),
+                "mean_reward": float(np.mean(rewards)) if rewards else None,
+                "probability": float(p[i]),
+            }
         return out
 
     def save(self, path: str | Path) -> None:
@@ -103,4 +106,3 @@ class Exp3:
     def __repr__(self) -> str:
         p = ", ".join(f"{a}={q:.2f}" for a, q in zip(self.arms, self.probabilities()))
         return f"Exp3({p}; {len(self.history)} rounds)"
-

@@ -42,27 +42,33 @@ def demo_loop(
     from export import read_manifest
 
     data = load_tsv(traffic_file, label_names=tuple(read_manifest(variant).labels))
-    rows = list(zip(data.texts, (data.label_names[i] for i in data.labels)))[skip: skip + traffic]
+    rows = list(zip(data.texts, (data.label_names[i] for i in data.labels)))[skip : skip + traffic]
     truth = dict(rows)
     token = "demo-loop"
-    settings = {"model": str(Path(variant).resolve()), "store_url": store_url, "api_token": token,
-                "reload_poll_s": 1.0,
-                "min_confidence": min_confidence}
+    settings = {
+        "model": str(Path(variant).resolve()),
+        "store_url": store_url,
+        "api_token": token,
+        "reload_poll_s": 1.0,
+        "min_confidence": min_confidence,
+    }
     with ServerProcess(settings, log_file=out_dir / "server.log", cwd=out_dir) as server:
         with httpx.Client(base_url=server.url, timeout=120) as client:
             version = client.get("/model").json()["model_version"]
             log(f"serving {version}; sending {len(rows)} texts of {traffic_file} as traffic")
             captured = 0
             for start in range(0, len(rows), 16):
-                answers = client.post("/classify", json={"texts": [t for t, _ in rows[start:start + 16]]}).json()
+                answers = client.post("/classify", json={"texts": [t for t, _ in rows[start : start + 16]]}).json()
                 captured += sum(a["low_confidence"] for a in answers)
             log(f"{captured} of {len(rows)} predictions were captured as low-confidence")
             store = FeedbackStore(store_url)
             tasks = out_dir / "to-label.csv"
             exported = export_tasks(store, tasks, n=labels, strategy_name="margin", fmt="csv")
             answered = out_dir / "labelled.csv"
-            with tasks.open(newline="", encoding="utf-8") as src, answered.open("w", newline="",
-                                                                                encoding="utf-8") as dst:
+            with (
+                tasks.open(newline="", encoding="utf-8") as src,
+                answered.open("w", newline="", encoding="utf-8") as dst,
+            ):
                 writer = csv.writer(dst)
                 writer.writerow(["prediction_id", "label"])
                 unmatched = 0
@@ -72,8 +78,10 @@ def demo_loop(
                     else:
                         unmatched += 1  # the stored text was redacted, so it no longer matches the data set
             imported = import_labels(store, answered, annotator="dataset")
-            log(f"exported {len(exported)} for labelling (margin strategy), imported {imported.created} labels"
-                + (f"; {unmatched} redacted text(s) could not be matched to the data set" if unmatched else ""))
+            log(
+                f"exported {len(exported)} for labelling (margin strategy), imported {imported.created} labels"
+                + (f"; {unmatched} redacted text(s) could not be matched to the data set" if unmatched else "")
+            )
             result = retrain(variant, store, out_dir / "runs", config=config, log=log, progress=False)
             after = version
             if result.promoted:
@@ -81,10 +89,18 @@ def demo_loop(
                 while time.monotonic() < deadline and after == version:
                     time.sleep(0.5)
                     after = client.get("/model").json()["model_version"]
-    summary = {"served_before": version, "served_after": after, "traffic": len(rows), "captured": captured,
-               "labelled": imported.created, "decision": "promoted" if result.promoted else "rejected",
-               "reasons": list(result.reasons), "current_dev_accuracy": result.current_accuracy,
-               "candidate_dev_accuracy": result.candidate_accuracy, "tag": result.tag,
-               "record": str(result.run_dir / "record.json")}
+    summary = {
+        "served_before": version,
+        "served_after": after,
+        "traffic": len(rows),
+        "captured": captured,
+        "labelled": imported.created,
+        "decision": "promoted" if result.promoted else "rejected",
+        "reasons": list(result.reasons),
+        "current_dev_accuracy": result.current_accuracy,
+        "candidate_dev_accuracy": result.candidate_accuracy,
+        "tag": result.tag,
+        "record": str(result.run_dir / "record.json"),
+    }
     (out_dir / "loop.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary

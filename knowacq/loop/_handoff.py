@@ -52,30 +52,52 @@ def export_tasks(
     if fmt not in ("label-studio", "csv"):
         raise InvalidInputError(f"format must be 'label-studio' or 'csv', got {fmt!r}", field="format")
     if strategy_name in EMBEDDING_STRATEGIES:
-        raise InvalidInputError(f"the {strategy_name} strategy needs sentence embeddings, which the store does "
-                                "not keep; choose random, least-confidence, margin or entropy", field="strategy")
+        raise InvalidInputError(
+            f"the {strategy_name} strategy needs sentence embeddings, which the store does "
+            "not keep; choose random, least-confidence, margin or entropy",
+            field="strategy",
+        )
     chosen_strategy = strategy(strategy_name)
     pool = store.predictions_with_status(("captured",))
     if not pool:
-        raise DataError("no captured predictions are waiting for labels; serve traffic first, or lower the "
-                        "capture thresholds (KNOWACQ_MIN_CONFIDENCE, KNOWACQ_MIN_MARGIN)")
+        raise DataError(
+            "no captured predictions are waiting for labels; serve traffic first, or lower the "
+            "capture thresholds (KNOWACQ_MIN_CONFIDENCE, KNOWACQ_MIN_MARGIN)"
+        )
     labels = _label_names(pool)
     probs = np.array([[r.probabilities.get(name, 0.0) for name in labels] for r in pool])
-    picked = select(chosen_strategy, probs, n, rng=np.random.default_rng(seed),
-                    text_hashes=[r.text_sha256 for r in pool], options=options)
+    picked = select(
+        chosen_strategy,
+        probs,
+        n,
+        rng=np.random.default_rng(seed),
+        text_hashes=[r.text_sha256 for r in pool],
+        options=options,
+    )
     records = [pool[i] for i in picked]
     out_file = Path(out_file)
     out_file.parent.mkdir(parents=True, exist_ok=True)
     if fmt == "label-studio":
-        tasks = [{
-            "data": {"text": r.text, "prediction_id": r.prediction_id},
-            "predictions": [{
-                "model_version": r.model_version,
-                "score": r.score,
-                "result": [{"from_name": FROM_NAME, "to_name": TO_NAME, "type": "choices",
-                            "value": {"choices": [r.label]}}],
-            }],
-        } for r in records]
+        tasks = [
+            {
+                "data": {"text": r.text, "prediction_id": r.prediction_id},
+                "predictions": [
+                    {
+                        "model_version": r.model_version,
+                        "score": r.score,
+                        "result": [
+                            {
+                                "from_name": FROM_NAME,
+                                "to_name": TO_NAME,
+                                "type": "choices",
+                                "value": {"choices": [r.label]},
+                            }
+                        ],
+                    }
+                ],
+            }
+            for r in records
+        ]
         out_file.write_text(json.dumps(tasks, indent=2, ensure_ascii=False) + "\n")
     else:
         with out_file.open("w", newline="", encoding="utf-8") as handle:
@@ -107,8 +129,7 @@ def _rows_from_label_studio(data: Any) -> list[tuple[str | None, str | None, str
         if not isinstance(task, dict) or not isinstance(task.get("data"), dict):
             rows.append((None, None, None, f"{where}: not a Label Studio task"))
             continue
-        annotations = [a for a in task.get("annotations") or [] if isinstance(a, dict)
-                       and not a.get("was_cancelled")]
+        annotations = [a for a in task.get("annotations") or [] if isinstance(a, dict) and not a.get("was_cancelled")]
         choice = None
         annotator = None
         for annotation in reversed(annotations):  # the latest completed annotation wins
@@ -132,16 +153,23 @@ def _rows_from_csv(path: Path) -> list[tuple[str | None, str | None, str | None,
         reader = csv.DictReader(handle)
         fields = set(reader.fieldnames or [])
         if "label" not in fields or not ({"prediction_id", "text"} & fields):
-            raise DataError(f"{path}: a CSV needs a 'label' column and 'prediction_id' or 'text'; "
-                            f"found {sorted(fields)}")
+            raise DataError(
+                f"{path}: a CSV needs a 'label' column and 'prediction_id' or 'text'; found {sorted(fields)}"
+            )
         rows = []
         for row in reader:
             label = (row.get("label") or "").strip()
             if not label:
                 rows.append((None, None, None, f"line {reader.line_num}: empty label"))
                 continue
-            rows.append(((row.get("prediction_id") or "").strip() or None, row.get("text"), label,
-                         (row.get("annotator") or "").strip()))
+            rows.append(
+                (
+                    (row.get("prediction_id") or "").strip() or None,
+                    row.get("text"),
+                    label,
+                    (row.get("annotator") or "").strip(),
+                )
+            )
         return rows
 
 
@@ -163,8 +191,10 @@ def import_labels(
             raise DataError(f"{path} is not valid JSON: {exc}") from None
     else:
         rows = _rows_from_csv(path)
-    known = set(label_names or _label_names(store.predictions_with_status(
-        ("served", "captured", "queued", "labelled", "used"), limit=1000)))
+    known = set(
+        label_names
+        or _label_names(store.predictions_with_status(("served", "captured", "queued", "labelled", "used"), limit=1000))
+    )
     if not known:
         raise DataError("the store holds no predictions to take the label set from; pass --label-names")
     counts = {"created": 0, "updated": 0, "unchanged": 0}
@@ -185,9 +215,21 @@ def import_labels(
             found = store.find_by_text_hash(digest)
             if found is None:
                 prediction_id = "import-" + digest[:32]
-                store.record_predictions([PredictionRecord(
-                    prediction_id=prediction_id, model_version="import", text=clean, text_sha256=digest,
-                    label=label, score=1.0, margin=1.0, probabilities={}, captured=False)])
+                store.record_predictions(
+                    [
+                        PredictionRecord(
+                            prediction_id=prediction_id,
+                            model_version="import",
+                            text=clean,
+                            text_sha256=digest,
+                            label=label,
+                            score=1.0,
+                            margin=1.0,
+                            probabilities={},
+                            captured=False,
+                        )
+                    ]
+                )
                 new_texts += 1
             else:
                 prediction_id = found.prediction_id

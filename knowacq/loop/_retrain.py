@@ -93,8 +93,10 @@ def retrain(
     pairs = store.labelled()
     usable = [(r, label) for r, label in pairs if label in labels]
     if len(usable) < config.min_labels:
-        raise DataError(f"{len(usable)} new label(s) in the store, {config.min_labels} needed; "
-                        "label captured predictions first (knowacq feedback export/import, POST /feedback)")
+        raise DataError(
+            f"{len(usable)} new label(s) in the store, {config.min_labels} needed; "
+            "label captured predictions first (knowacq feedback export/import, POST /feedback)"
+        )
 
     run_id = datetime.now(timezone.utc).strftime("run-%Y%m%dT%H%M%SZ")
     run_dir = Path(out_dir) / run_id
@@ -112,13 +114,23 @@ def retrain(
     write_tsv(run_dir / "train.tsv", texts, names)
     train = load_tsv(run_dir / "train.tsv", label_names=tuple(labels))
     dev = load_tsv(dev_path, label_names=tuple(labels))
-    log(f"{run_id}: {len(usable)} new label(s) + {len(train) - len(usable)} replayed rows; "
-        f"continuing from {source}")
+    log(f"{run_id}: {len(usable)} new label(s) + {len(train) - len(usable)} replayed rows; continuing from {source}")
 
-    base_config = TrainConfig(**{k: v for k, v in recorded.get("train_config", {}).items()
-                                 if k in {f.name for f in dataclasses.fields(TrainConfig)}})
-    train_config = dataclasses.replace(base_config, epochs=config.epochs, learning_rate=config.learning_rate,
-                                       max_train_examples=None, save_checkpoints=False, seed=config.seed)
+    base_config = TrainConfig(
+        **{
+            k: v
+            for k, v in recorded.get("train_config", {}).items()
+            if k in {f.name for f in dataclasses.fields(TrainConfig)}
+        }
+    )
+    train_config = dataclasses.replace(
+        base_config,
+        epochs=config.epochs,
+        learning_rate=config.learning_rate,
+        max_train_examples=None,
+        save_checkpoints=False,
+        seed=config.seed,
+    )
     fine_tune(train, dev, run_dir / "model", base=source, config=train_config, progress=progress, log=log)
 
     current_report = evaluate_variant(current, dev_path)
@@ -126,15 +138,18 @@ def retrain(
     candidate_dir: Path | None = run_dir / "variant"
     candidate_accuracy: float | None = None
     try:
-        result = optimize(run_dir / "model", preset(manifest.variant), candidate_dir, dev=dev, train=train,
-                          progress=progress, log=log)
+        result = optimize(
+            run_dir / "model", preset(manifest.variant), candidate_dir, dev=dev, train=train, progress=progress, log=log
+        )
         candidate_accuracy = evaluate_variant(result.out_dir, dev_path).accuracy
     except GateError as exc:
         reasons.append(f"the candidate failed its export gates: {'; '.join(exc.failures)}")
         candidate_dir = None
     if candidate_accuracy is not None and candidate_accuracy < current_report.accuracy - config.tolerance:
-        reasons.append(f"dev accuracy {candidate_accuracy:.4f} is below the current {current_report.accuracy:.4f} "
-                       f"by more than the tolerance {config.tolerance}")
+        reasons.append(
+            f"dev accuracy {candidate_accuracy:.4f} is below the current {current_report.accuracy:.4f} "
+            f"by more than the tolerance {config.tolerance}"
+        )
     promoted = not reasons
     tag = None
     if promoted and candidate_dir is not None and register_as:
@@ -142,19 +157,27 @@ def retrain(
 
         tag = import_to_model_store(candidate_dir, register_as)
         if publish:  # running services watch this key and switch to the new tag
-
             store.promote(tag)
     store.set_status([r.prediction_id for r, _ in usable], "used", run=run_id)
     store.count_retrain("promoted" if promoted else "rejected", time.time())
     record = {
         "run_id": run_id,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "current": {"path": str(current.resolve()), "variant": manifest.variant,
-                    "model_sha256": manifest.model_sha256, "dev_accuracy": current_report.accuracy},
-        "candidate": {"path": str(candidate_dir.resolve()) if candidate_dir else None,
-                      "dev_accuracy": candidate_accuracy},
-        "labels_used": {"count": len(usable), "by_label": {n: names[: len(usable)].count(n) for n in labels},
-                        "prediction_ids": [r.prediction_id for r, _ in usable]},
+        "current": {
+            "path": str(current.resolve()),
+            "variant": manifest.variant,
+            "model_sha256": manifest.model_sha256,
+            "dev_accuracy": current_report.accuracy,
+        },
+        "candidate": {
+            "path": str(candidate_dir.resolve()) if candidate_dir else None,
+            "dev_accuracy": candidate_accuracy,
+        },
+        "labels_used": {
+            "count": len(usable),
+            "by_label": {n: names[: len(usable)].count(n) for n in labels},
+            "prediction_ids": [r.prediction_id for r, _ in usable],
+        },
         "replayed_rows": len(train) - len(usable),
         "train_config": train_config.to_dict(),
         "retrain_config": dataclasses.asdict(config),
@@ -165,8 +188,18 @@ def retrain(
     }
     (run_dir / "record.json").write_text(json.dumps(record, indent=2) + "\n")
     verdict = f"promoted as {tag}" if tag else ("promoted" if promoted else "rejected: " + "; ".join(reasons))
-    log(f"{run_id}: current dev {current_report.accuracy:.4f}, candidate "
-        f"{'-' if candidate_accuracy is None else f'{candidate_accuracy:.4f}'}; {verdict}")
-    return RetrainResult(run_id, run_dir, promoted, tuple(reasons), current_report.accuracy, candidate_accuracy,
-                         candidate_dir, tag, len(usable))
-
+    log(
+        f"{run_id}: current dev {current_report.accuracy:.4f}, candidate "
+        f"{'-' if candidate_accuracy is None else f'{candidate_accuracy:.4f}'}; {verdict}"
+    )
+    return RetrainResult(
+        run_id,
+        run_dir,
+        promoted,
+        tuple(reasons),
+        current_report.accuracy,
+        candidate_accuracy,
+        candidate_dir,
+        tag,
+        len(usable),
+    )

@@ -41,8 +41,16 @@ MODES = ("fast", "full")
 FULL_MODE_MAX_POOL = 20_000
 """Full mode scores every unlabelled pool row with a freshly fine-tuned model each round: on 2 CPU cores that
 is minutes per 10k rows per round, so a larger pool (or max_pool=0 on a large file) is refused."""
-FULL_MODE_TRAIN = TrainConfig(epochs=5, batch_size=16, learning_rate=5e-5, warmup_ratio=0.1, max_length=64,
-                              patience=5, seed=0, save_checkpoints=False)
+FULL_MODE_TRAIN = TrainConfig(
+    epochs=5,
+    batch_size=16,
+    learning_rate=5e-5,
+    warmup_ratio=0.1,
+    max_length=64,
+    patience=5,
+    seed=0,
+    save_checkpoints=False,
+)
 """Small-data recipe of full mode: 5 epochs over the labelled rows (13 steps an epoch at 200 labels), no early
 stop (patience = epochs). The training loop keeps its best evaluation; full mode evaluates on the labelled
 rows themselves, so no dev or held-out row chooses the model (in practice the last epochs win: training
@@ -91,8 +99,9 @@ class SimulationConfig:
         Selection(near_duplicate_cosine=self.near_duplicate_cosine)  # raises ConfigError when out of range
 
 
-def embed(texts: Sequence[str], model_dir: str | Path, *, max_length: int = 64, batch_size: int = 128,
-          progress: bool = True) -> np.ndarray:
+def embed(
+    texts: Sequence[str], model_dir: str | Path, *, max_length: int = 64, batch_size: int = 128, progress: bool = True
+) -> np.ndarray:
     """Mean-pooled, L2-normalised sentence embeddings from a Hugging Face encoder (frozen)."""
     import torch
     from transformers import AutoModel, AutoTokenizer
@@ -108,8 +117,9 @@ def embed(texts: Sequence[str], model_dir: str | Path, *, max_length: int = 64, 
     with torch.inference_mode(), Progress(disable=not progress, transient=True) as bar:
         task = bar.add_task("embedding", total=len(texts))
         for idx in batches:
-            enc = tokenizer([texts[i] for i in idx], padding=True, truncation=True, max_length=max_length,
-                            return_tensors="pt")
+            enc = tokenizer(
+                [texts[i] for i in idx], padding=True, truncation=True, max_length=max_length, return_tensors="pt"
+            )
             hidden = model(**enc).last_hidden_state
             mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
             pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
@@ -118,8 +128,9 @@ def embed(texts: Sequence[str], model_dir: str | Path, *, max_length: int = 64, 
     return out
 
 
-def _cached_embeddings(texts: Sequence[str], model_dir: Path, cache_dir: Path, progress: bool,
-                       log: Callable[[str], None]) -> np.ndarray:
+def _cached_embeddings(
+    texts: Sequence[str], model_dir: Path, cache_dir: Path, progress: bool, log: Callable[[str], None]
+) -> np.ndarray:
     key = hashlib.sha256(("\n".join(texts) + str(model_dir.resolve())).encode()).hexdigest()[:16]
     path = cache_dir / f"embeddings-{key}.npy"
     if path.is_file():
@@ -132,8 +143,7 @@ def _cached_embeddings(texts: Sequence[str], model_dir: Path, cache_dir: Path, p
     return vectors
 
 
-def _fit_predict(x: np.ndarray, y: np.ndarray, num_labels: int, c: float,
-                 *targets: np.ndarray) -> list[np.ndarray]:
+def _fit_predict(x: np.ndarray, y: np.ndarray, num_labels: int, c: float, *targets: np.ndarray) -> list[np.ndarray]:
     """Probabilities of a logistic-regression head trained on (x, y), for each target matrix."""
     from sklearn.linear_model import LogisticRegression
 
@@ -150,8 +160,11 @@ def _fit_predict(x: np.ndarray, y: np.ndarray, num_labels: int, c: float,
         from sklearn.linear_model import LogisticRegressionCV
 
         folds = int(min(3, np.bincount(y).min())) if len(y) else 0
-        head = (LogisticRegressionCV(Cs=[0.01, 0.1, 1.0, 10.0, 100.0], cv=folds, max_iter=1000).fit(x, y)
-                if folds >= 2 else LogisticRegression(max_iter=1000).fit(x, y))
+        head = (
+            LogisticRegressionCV(Cs=[0.01, 0.1, 1.0, 10.0, 100.0], cv=folds, max_iter=1000).fit(x, y)
+            if folds >= 2
+            else LogisticRegression(max_iter=1000).fit(x, y)
+        )
     out = []
     for t in targets:
         p = np.zeros((len(t), num_labels))
@@ -183,8 +196,14 @@ class _RankedOn:
     def name(self) -> str:
         return str(self.inner.name)
 
-    def rank(self, probabilities: np.ndarray, *, rng: np.random.Generator,
-             embeddings: np.ndarray | None = None, n: int | None = None) -> np.ndarray:
+    def rank(
+        self,
+        probabilities: np.ndarray,
+        *,
+        rng: np.random.Generator,
+        embeddings: np.ndarray | None = None,
+        n: int | None = None,
+    ) -> np.ndarray:
         return self.inner.rank(probabilities, rng=rng, embeddings=self.embeddings, n=n)
 
 
@@ -201,15 +220,17 @@ class _FastLearner:
 
     description = "fast (frozen encoder, mean-pooled embeddings, logistic-regression head)"
 
-    def __init__(self, x_pool: np.ndarray, y_pool: np.ndarray, x_dev: np.ndarray, x_held: np.ndarray,
-                 num_labels: int, c: float) -> None:
+    def __init__(
+        self, x_pool: np.ndarray, y_pool: np.ndarray, x_dev: np.ndarray, x_held: np.ndarray, num_labels: int, c: float
+    ) -> None:
         self.x_pool, self.y_pool, self.x_dev, self.x_held = x_pool, y_pool, x_dev, x_held
         self.num_labels, self.c = num_labels, c
 
     def fit_predict(self, labelled: np.ndarray, seed: int) -> _Predictions:
         lab = np.flatnonzero(labelled)
-        p_dev, p_pool, p_held = _fit_predict(self.x_pool[lab], self.y_pool[lab], self.num_labels, self.c,
-                                             self.x_dev, self.x_pool, self.x_held)
+        p_dev, p_pool, p_held = _fit_predict(
+            self.x_pool[lab], self.y_pool[lab], self.num_labels, self.c, self.x_dev, self.x_pool, self.x_held
+        )
         return _Predictions(p_pool, p_dev, p_held, self.x_pool)
 
 
@@ -217,11 +238,14 @@ class _FullLearner:
     """Fine-tunes the base encoder and a new classification head on the labelled rows each round (the
     training loop of `knowacq train`), then one forward pass per text gives probabilities and embeddings."""
 
-    description = ("full (encoder + classification head fine-tuned from the base model each round on the "
-                   "labelled rows; embeddings: the fine-tuned model's mean-pooled last hidden state)")
+    description = (
+        "full (encoder + classification head fine-tuned from the base model each round on the "
+        "labelled rows; embeddings: the fine-tuned model's mean-pooled last hidden state)"
+    )
 
-    def __init__(self, base: Path, pool: LabelledData, dev: LabelledData, held: LabelledData,
-                 config: TrainConfig) -> None:
+    def __init__(
+        self, base: Path, pool: LabelledData, dev: LabelledData, held: LabelledData, config: TrainConfig
+    ) -> None:
         from knowacq.base import require_torch
 
         require_torch("Full-mode simulation")
@@ -243,8 +267,13 @@ class _FullLearner:
         try:
             tokenizer = AutoTokenizer.from_pretrained(self.base, local_files_only=True)
             model = AutoModelForSequenceClassification.from_pretrained(
-                self.base, local_files_only=True, num_labels=len(names), id2label=dict(enumerate(names)),
-                label2id={n: i for i, n in enumerate(names)}, ignore_mismatched_sizes=True)
+                self.base,
+                local_files_only=True,
+                num_labels=len(names),
+                id2label=dict(enumerate(names)),
+                label2id={n: i for i, n in enumerate(names)},
+                ignore_mismatched_sizes=True,
+            )
         except (OSError, ValueError) as exc:
             raise ModelError(f"cannot load the base model from {self.base}: {exc}") from exc
         finally:
@@ -255,18 +284,20 @@ class _FullLearner:
         fit(model, tokenizer, train, train, config, progress=False, say=lambda _: None)
         unlabelled = np.flatnonzero(~labelled)
         texts = [self.pool.texts[i] for i in unlabelled] + list(self.dev.texts) + list(self.held.texts)
-        probs, vectors = _probabilities_and_embeddings(model, tokenizer, texts, config.max_length,
-                                                       config.eval_batch_size)
+        probs, vectors = _probabilities_and_embeddings(
+            model, tokenizer, texts, config.max_length, config.eval_batch_size
+        )
         n_pool, n_dev = len(unlabelled), len(self.dev)
         p_pool = np.zeros((len(self.pool), len(names)))
         p_pool[unlabelled] = probs[:n_pool]
         x_pool = np.zeros((len(self.pool), vectors.shape[1]), dtype=np.float32)
         x_pool[unlabelled] = vectors[:n_pool]
-        return _Predictions(p_pool, probs[n_pool:n_pool + n_dev], probs[n_pool + n_dev:], x_pool)
+        return _Predictions(p_pool, probs[n_pool : n_pool + n_dev], probs[n_pool + n_dev :], x_pool)
 
 
-def _probabilities_and_embeddings(model: Any, tokenizer: Any, texts: Sequence[str], max_length: int,
-                                  batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+def _probabilities_and_embeddings(
+    model: Any, tokenizer: Any, texts: Sequence[str], max_length: int, batch_size: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Softmax probabilities and L2-normalised mean-pooled last hidden states, from one forward pass."""
     import torch
 
@@ -277,8 +308,9 @@ def _probabilities_and_embeddings(model: Any, tokenizer: Any, texts: Sequence[st
     model.eval()
     with torch.inference_mode():
         for idx in length_sorted_batches(np.array([len(t) for t in texts]), batch_size):
-            enc = tokenizer([texts[i] for i in idx], truncation=True, max_length=max_length, padding=True,
-                            return_tensors="pt")
+            enc = tokenizer(
+                [texts[i] for i in idx], truncation=True, max_length=max_length, padding=True, return_tensors="pt"
+            )
             output = model(**enc, output_hidden_states=True)
             probs[idx] = torch.softmax(output.logits.double(), dim=1).numpy()
             hidden = output.hidden_states[-1]
@@ -311,16 +343,18 @@ def simulate(
     rng0 = np.random.default_rng(12345)
     order = rng0.permutation(len(train))
     heldout_idx = order[: config.heldout]
-    pool_idx = order[config.heldout:]
+    pool_idx = order[config.heldout :]
     if config.max_pool:
         pool_idx = pool_idx[: config.max_pool]
     needed = config.seed_labels + config.batch * config.rounds
     if needed > len(pool_idx):
         raise ConfigError(f"the run needs {needed} pool labels but the pool has {len(pool_idx)} rows")
     if config.mode == "full" and len(pool_idx) > FULL_MODE_MAX_POOL:
-        raise ConfigError(f"full mode scores the whole pool with a newly fine-tuned model every round; the pool "
-                          f"has {len(pool_idx)} rows, the limit is {FULL_MODE_MAX_POOL}: set max_pool "
-                          f"(--max-pool), e.g. 3000")
+        raise ConfigError(
+            f"full mode scores the whole pool with a newly fine-tuned model every round; the pool "
+            f"has {len(pool_idx)} rows, the limit is {FULL_MODE_MAX_POOL}: set max_pool "
+            f"(--max-pool), e.g. 3000"
+        )
     pool = train.subset(pool_idx)
     held = train.subset(heldout_idx)
     log(f"{config.mode} mode: pool {len(pool)} rows, held-out {len(held)}, dev {len(dev)}; encoder {model_dir}")
@@ -357,8 +391,7 @@ def simulate(
             rng = np.random.default_rng([seed, zlib.crc32(name.encode())])
             labelled = np.zeros(len(pool), dtype=bool)
             labelled[initial] = True
-            bandit = Exp3([s for s in config.strategies if s != BANDIT], gamma=config.gamma) \
-                if name == BANDIT else None
+            bandit = Exp3([s for s in config.strategies if s != BANDIT], gamma=config.gamma) if name == BANDIT else None
             curve: list[float] = []
             held_curve: list[float] = []
             fit_times: list[float] = []
@@ -385,14 +418,21 @@ def simulate(
                 tick = time.perf_counter()
                 arm = bandit.choose(rng) if bandit is not None else name
                 candidates = np.flatnonzero(~labelled)
-                picked = select(_RankedOn(strategy(arm), predicted.embeddings[candidates]),
-                                predicted.pool[candidates], config.batch, rng=rng,
-                                embeddings=None if near_space is None else near_space[candidates],
-                                text_hashes=[hashes[i] for i in candidates], options=selection)
+                picked = select(
+                    _RankedOn(strategy(arm), predicted.embeddings[candidates]),
+                    predicted.pool[candidates],
+                    config.batch,
+                    rng=rng,
+                    embeddings=None if near_space is None else near_space[candidates],
+                    text_hashes=[hashes[i] for i in candidates],
+                    options=selection,
+                )
                 if len(picked) < config.batch:
-                    raise ConfigError(f"round {r + 1} of {name}: the selection found only {len(picked)} of "
-                                      f"{config.batch} items that are not (near-)duplicates of one another; "
-                                      "raise near_duplicate_cosine, turn it off, or lower batch")
+                    raise ConfigError(
+                        f"round {r + 1} of {name}: the selection found only {len(picked)} of "
+                        f"{config.batch} items that are not (near-)duplicates of one another; "
+                        "raise near_duplicate_cosine, turn it off, or lower batch"
+                    )
                 labelled[candidates[picked]] = True
                 select_times.append(round(time.perf_counter() - tick, 3))
             curves[name].append(curve)
@@ -400,10 +440,13 @@ def simulate(
             fit_seconds[name].append(fit_times)
             select_seconds[name].append(select_times)
             if bandit is not None:
-                bandit_reports.append({"seed": seed, "report": bandit.report(),
-                                       "choices": [h["arm"] for h in bandit.history]})
-            log(f"seed {seed} {name:>16}: dev accuracy {curve[0]:.4f} -> {curve[-1]:.4f} "
-                f"({sum(fit_times) + sum(select_times):.0f} s)")
+                bandit_reports.append(
+                    {"seed": seed, "report": bandit.report(), "choices": [h["arm"] for h in bandit.history]}
+                )
+            log(
+                f"seed {seed} {name:>16}: dev accuracy {curve[0]:.4f} -> {curve[-1]:.4f} "
+                f"({sum(fit_times) + sum(select_times):.0f} s)"
+            )
 
     mean = {s: np.mean(curves[s], axis=0) for s in config.strategies}
     target = float(mean["random"][-1])
@@ -413,9 +456,13 @@ def simulate(
     held_reach = _labels_to_reach(held_mean, held_target, labels_axis)
     random_final = labels_axis[-1]
     result = {
-        "train": str(train_file), "dev": str(dev_file), "encoder": str(model_dir), "mode": config.mode,
+        "train": str(train_file),
+        "dev": str(dev_file),
+        "encoder": str(model_dir),
+        "mode": config.mode,
         "model": learner.description,
-        "config": asdict(config), "labels": labels_axis,
+        "config": asdict(config),
+        "labels": labels_axis,
         "curves": {s: {"per_seed": curves[s], "mean": mean[s].tolist()} for s in config.strategies},
         "random_final_accuracy": target,
         "random_final_labels": random_final,
@@ -423,7 +470,7 @@ def simulate(
         "label_ratio_to_random": {s: (None if v is None else v / random_final) for s, v in reach.items()},
         "heldout": {
             "note": "the same models scored on the held-out training rows (same distribution as the pool; "
-                    "dev may differ, e.g. SST-2 train is phrases, dev whole sentences)",
+            "dev may differ, e.g. SST-2 train is phrases, dev whole sentences)",
             "rows": int(len(y_held)),
             "curves": {s: {"per_seed": held_curves[s], "mean": held_mean[s].tolist()} for s in config.strategies},
             "random_final_accuracy": held_target,
@@ -433,20 +480,23 @@ def simulate(
         "bandit": bandit_reports,
         "timing": {
             "note": "seconds per round: fit_predict trains the round's model (fast: logistic head; full: "
-                    "fine-tuning) and predicts the unlabelled pool, dev and held-out rows; select chooses the "
-                    "next batch. Round 0 is fitted once per seed and shared by the strategies (its time is "
-                    "repeated in each).",
-            "fit_predict": {s: {"per_seed": fit_seconds[s], "mean": np.mean(fit_seconds[s], axis=0).tolist()}
-                            for s in config.strategies},
-            "select": {s: {"per_seed": select_seconds[s],
-                           "mean": np.mean(select_seconds[s], axis=0).tolist()} for s in config.strategies},
+            "fine-tuning) and predicts the unlabelled pool, dev and held-out rows; select chooses the "
+            "next batch. Round 0 is fitted once per seed and shared by the strategies (its time is "
+            "repeated in each).",
+            "fit_predict": {
+                s: {"per_seed": fit_seconds[s], "mean": np.mean(fit_seconds[s], axis=0).tolist()}
+                for s in config.strategies
+            },
+            "select": {
+                s: {"per_seed": select_seconds[s], "mean": np.mean(select_seconds[s], axis=0).tolist()}
+                for s in config.strategies
+            },
         },
         "seconds": time.perf_counter() - started,
     }
     (out_dir / "results.json").write_text(json.dumps(result, indent=2) + "\n")
     _plot(result, out_dir / "learning-curves.png")
-    log(f"wrote {out_dir / 'results.json'} and {out_dir / 'learning-curves.png'} "
-        f"in {result['seconds']:.0f} s")
+    log(f"wrote {out_dir / 'results.json'} and {out_dir / 'learning-curves.png'} in {result['seconds']:.0f} s")
     return result
 
 
@@ -478,10 +528,14 @@ def _plot(result: dict[str, Any], path: Path) -> None:
         ax.set_title(what)
         ax.grid(alpha=0.3)
         ax.legend()
-    fig.suptitle("pool-based active learning, " + (
-        "encoder + head fine-tuned each round" if result.get("mode") == "full"
-        else "frozen encoder + logistic regression"))
+    fig.suptitle(
+        "pool-based active learning, "
+        + (
+            "encoder + head fine-tuned each round"
+            if result.get("mode") == "full"
+            else "frozen encoder + logistic regression"
+        )
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
-

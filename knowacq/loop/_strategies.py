@@ -53,8 +53,14 @@ def entropy(probabilities: np.ndarray) -> np.ndarray:
 class Strategy(Protocol):
     name: str
 
-    def rank(self, probabilities: np.ndarray, *, rng: np.random.Generator,
-             embeddings: np.ndarray | None = None, n: int | None = None) -> np.ndarray:
+    def rank(
+        self,
+        probabilities: np.ndarray,
+        *,
+        rng: np.random.Generator,
+        embeddings: np.ndarray | None = None,
+        n: int | None = None,
+    ) -> np.ndarray:
         """Every pool index, most wanted first. `n` (the batch about to be taken) may shape the order."""
         ...
 
@@ -69,8 +75,14 @@ def _by_score(scores: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 class RandomSampling:
     name: str = "random"
 
-    def rank(self, probabilities: np.ndarray, *, rng: np.random.Generator,
-             embeddings: np.ndarray | None = None, n: int | None = None) -> np.ndarray:
+    def rank(
+        self,
+        probabilities: np.ndarray,
+        *,
+        rng: np.random.Generator,
+        embeddings: np.ndarray | None = None,
+        n: int | None = None,
+    ) -> np.ndarray:
         return rng.permutation(len(probabilities))
 
 
@@ -81,8 +93,14 @@ class UncertaintySampling:
     name: str
     score: str
 
-    def rank(self, probabilities: np.ndarray, *, rng: np.random.Generator,
-             embeddings: np.ndarray | None = None, n: int | None = None) -> np.ndarray:
+    def rank(
+        self,
+        probabilities: np.ndarray,
+        *,
+        rng: np.random.Generator,
+        embeddings: np.ndarray | None = None,
+        n: int | None = None,
+    ) -> np.ndarray:
         return _by_score(_SCORES[self.score](probabilities), rng)
 
 
@@ -95,8 +113,14 @@ class DiversitySampling:
     name: str = "diversity"
     candidates_factor: int = 10
 
-    def rank(self, probabilities: np.ndarray, *, rng: np.random.Generator,
-             embeddings: np.ndarray | None = None, n: int | None = None) -> np.ndarray:
+    def rank(
+        self,
+        probabilities: np.ndarray,
+        *,
+        rng: np.random.Generator,
+        embeddings: np.ndarray | None = None,
+        n: int | None = None,
+    ) -> np.ndarray:
         if embeddings is None:
             raise ConfigError("the diversity strategy needs sentence embeddings of the pool")
         if len(embeddings) != len(probabilities):
@@ -147,8 +171,14 @@ class BadgeSampling:
 
     name: str = "badge"
 
-    def rank(self, probabilities: np.ndarray, *, rng: np.random.Generator,
-             embeddings: np.ndarray | None = None, n: int | None = None) -> np.ndarray:
+    def rank(
+        self,
+        probabilities: np.ndarray,
+        *,
+        rng: np.random.Generator,
+        embeddings: np.ndarray | None = None,
+        n: int | None = None,
+    ) -> np.ndarray:
         x = _check_embeddings(self.name, probabilities, embeddings)
         p = np.asarray(probabilities, dtype=np.float64)
         r = p.copy()
@@ -185,11 +215,17 @@ class DensityWeightedSampling:
     name: str = "density"
     beta: float = 1.0
 
-    def rank(self, probabilities: np.ndarray, *, rng: np.random.Generator,
-             embeddings: np.ndarray | None = None, n: int | None = None) -> np.ndarray:
+    def rank(
+        self,
+        probabilities: np.ndarray,
+        *,
+        rng: np.random.Generator,
+        embeddings: np.ndarray | None = None,
+        n: int | None = None,
+    ) -> np.ndarray:
         unit = _normalise(_check_embeddings(self.name, probabilities, embeddings))
         density = np.clip(unit @ unit.mean(axis=0), 0.0, None)
-        return _by_score(entropy(probabilities) * density ** self.beta, rng)
+        return _by_score(entropy(probabilities) * density**self.beta, rng)
 
 
 def _normalise(x: np.ndarray) -> np.ndarray:
@@ -198,15 +234,17 @@ def _normalise(x: np.ndarray) -> np.ndarray:
 
 _SCORES = {"least-confidence": least_confidence, "margin": margin, "entropy": entropy}
 
-STRATEGIES: MappingProxyType[str, Strategy] = MappingProxyType({
-    "random": RandomSampling(),
-    "least-confidence": UncertaintySampling("least-confidence", "least-confidence"),
-    "margin": UncertaintySampling("margin", "margin"),
-    "entropy": UncertaintySampling("entropy", "entropy"),
-    "diversity": DiversitySampling(),
-    "badge": BadgeSampling(),
-    "density": DensityWeightedSampling(),
-})
+STRATEGIES: MappingProxyType[str, Strategy] = MappingProxyType(
+    {
+        "random": RandomSampling(),
+        "least-confidence": UncertaintySampling("least-confidence", "least-confidence"),
+        "margin": UncertaintySampling("margin", "margin"),
+        "entropy": UncertaintySampling("entropy", "entropy"),
+        "diversity": DiversitySampling(),
+        "badge": BadgeSampling(),
+        "density": DensityWeightedSampling(),
+    }
+)
 
 
 def strategy(name: str) -> Strategy:

@@ -95,6 +95,4 @@ def train_preset(name: str) -> TrainConfig:
     try:
         return TRAIN_PRESETS[name]
     except KeyError:
-        raise ConfigError(
-            f"unknown training preset {name!r}; known presets: {', '.join(TRAIN_PRESETS)}"
-        ) from None
+        raise ConfigError(f"unknown training preset {name!r}; known presets: {', '.join(TRAIN_PRESETS)}") from None

@@ -31,15 +31,17 @@ def evaluate(
     model, tokenizer, card = load_classifier(model_dir)
     if data.label_names != card.labels:
         raise DataError(
-            f"{data.source} uses labels {list(data.label_names)} but the model predicts "
-            f"{list(card.labels)}"
+            f"{data.source} uses labels {list(data.label_names)} but the model predicts {list(card.labels)}"
         )
     if len(data) == 0:
         raise DataError(f"{data.source}: nothing to evaluate")
-    logits = predict_logits(
-        model, tokenizer, data.texts, max_length=card.max_length, batch_size=batch_size
-    )
+    logits = predict_logits(model, tokenizer, data.texts, max_length=card.max_length, batch_size=batch_size)
     if reliability_png is not None:
-        reliability_diagram(logits, data.labels, card.temperature, reliability_png,
-                            title=f"{Path(model_dir).name} on {data.source} (n={len(data)})")
+        reliability_diagram(
+            logits,
+            data.labels,
+            card.temperature,
+            reliability_png,
+            title=f"{Path(model_dir).name} on {data.source} (n={len(data)})",
+        )
     return classification_report(logits, data.labels, card.labels, card.temperature)

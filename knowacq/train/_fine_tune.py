@@ -123,10 +123,23 @@ def fine_tune(
         hf_logging.set_verbosity(verbosity)
 
     say(f"fine-tuning {base}")
-    fitted = fit(model, tokenizer, train, dev, config, progress=progress, say=say, console=console,
-                 checkpoint_dir=out_dir / "checkpoints" if config.save_checkpoints else None)
+    fitted = fit(
+        model,
+        tokenizer,
+        train,
+        dev,
+        config,
+        progress=progress,
+        say=say,
+        console=console,
+        checkpoint_dir=out_dir / "checkpoints" if config.save_checkpoints else None,
+    )
     step, best_step, stopped_early, seen, history = (
-        fitted.steps, fitted.best_step, fitted.stopped_early, fitted.examples_seen, list(fitted.history)
+        fitted.steps,
+        fitted.best_step,
+        fitted.stopped_early,
+        fitted.examples_seen,
+        list(fitted.history),
     )
     logits = predict_logits(
         model, tokenizer, dev.texts, max_length=config.max_length, batch_size=config.eval_batch_size
@@ -145,8 +158,7 @@ def fine_tune(
         "max_length": config.max_length,
         "base_model": str(base),
         "train_config": config.to_dict(),
-        "train_data": {"path": _absolute(train.source), "rows_used": len(train),
-                       "label_counts": train.label_counts()},
+        "train_data": {"path": _absolute(train.source), "rows_used": len(train), "label_counts": train.label_counts()},
         "dev_data": {"path": _absolute(dev.source), "rows": len(dev)},
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "versions": versions,
@@ -155,13 +167,20 @@ def fine_tune(
     metrics = {
         "dev": report.to_dict(),
         "ece_calibrated_crossfit": _crossfit_ece(logits, dev.labels, config.seed),
-        "training": {"seconds": round(seconds, 1), "steps": step, "best_step": best_step,
-                     "stopped_early": stopped_early, "examples_seen": seen, "history": history},
+        "training": {
+            "seconds": round(seconds, 1),
+            "steps": step,
+            "best_step": best_step,
+            "stopped_early": stopped_early,
+            "examples_seen": seen,
+            "history": history,
+        },
         "versions": versions,
     }
     (out_dir / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
-    reliability_diagram(logits, dev.labels, temperature, out_dir / RELIABILITY_FILE,
-                        title=f"{dev.source} (n={len(dev)})")
+    reliability_diagram(
+        logits, dev.labels, temperature, out_dir / RELIABILITY_FILE, title=f"{dev.source} (n={len(dev)})"
+    )
     return TrainResult(out_dir, report, temperature, best_step, step, stopped_early, seconds, tuple(history))
 
 
@@ -208,8 +227,7 @@ def fit(
     sampler_gen = torch.Generator().manual_seed(config.seed)
     encoded = tokenizer(list(train.texts), truncation=True, max_length=config.max_length)
     features = [
-        {**{k: encoded[k][i] for k in encoded.keys()}, "labels": int(train.labels[i])}
-        for i in range(len(train))
+        {**{k: encoded[k][i] for k in encoded.keys()}, "labels": int(train.labels[i])} for i in range(len(train))
     ]
     lengths = [len(ids) for ids in encoded["input_ids"]]
     loader = torch.utils.data.DataLoader(
@@ -224,14 +242,14 @@ def fit(
 
     no_decay = ("bias", "LayerNorm.weight", "layer_norm.weight")
     groups = [
-        {"params": [p for n, p in model.named_parameters() if not n.endswith(no_decay)],
-         "weight_decay": config.weight_decay},
+        {
+            "params": [p for n, p in model.named_parameters() if not n.endswith(no_decay)],
+            "weight_decay": config.weight_decay,
+        },
         {"params": [p for n, p in model.named_parameters() if n.endswith(no_decay)], "weight_decay": 0.0},
     ]
     optimizer = torch.optim.AdamW(groups, lr=config.learning_rate)
-    scheduler = get_linear_schedule_with_warmup(
-        optimizer, math.ceil(config.warmup_ratio * total_steps), total_steps
-    )
+    scheduler = get_linear_schedule_with_warmup(optimizer, math.ceil(config.warmup_ratio * total_steps), total_steps)
 
     say(
         f"training on {len(train)} examples ({train.num_labels} labels), dev {len(dev)}; "
@@ -263,34 +281,40 @@ def fit(
                 interval_loss, interval_steps = interval_loss + value, interval_steps + 1
                 running_loss = value if math.isnan(running_loss) else 0.98 * running_loss + 0.02 * value
                 if not math.isfinite(value):
-                    raise ModelError(
-                        f"training diverged at step {step} (loss {value}); lower the learning rate"
-                    )
+                    raise ModelError(f"training diverged at step {step} (loss {value}); lower the learning rate")
                 rate = seen / (time.perf_counter() - tick)
                 progress_bar.update(task, advance=1, loss=running_loss, rate=rate)
                 if plain_log_every and step % plain_log_every == 0:
                     # Not a terminal (a log file, CI): no live bar, so a line every 5% instead.
                     eta = (total_steps - step) * (time.perf_counter() - tick) / step
-                    say(f"step {step}/{total_steps}: loss {running_loss:.4f}, {rate:.0f} ex/s, "
-                        f"ETA {eta:.0f} s")
+                    say(f"step {step}/{total_steps}: loss {running_loss:.4f}, {rate:.0f} ex/s, ETA {eta:.0f} s")
                 if batch_in_epoch not in eval_at:
                     continue
                 logits = predict_logits(
-                    model, tokenizer, dev.texts, max_length=config.max_length,
+                    model,
+                    tokenizer,
+                    dev.texts,
+                    max_length=config.max_length,
                     batch_size=config.eval_batch_size,
                 )
                 model.train()
                 accuracy = float(np.mean(logits.argmax(1) == dev.labels))
                 dev_loss = negative_log_likelihood(logits, dev.labels)
-                record = {"step": step, "epoch": round(epoch - 1 + batch_in_epoch / steps_per_epoch, 3),
-                          "train_loss": round(interval_loss / interval_steps, 5), "dev_accuracy": accuracy,
-                          "dev_loss": round(dev_loss, 5),
-                          "elapsed_s": round(time.perf_counter() - started, 1)}
+                record = {
+                    "step": step,
+                    "epoch": round(epoch - 1 + batch_in_epoch / steps_per_epoch, 3),
+                    "train_loss": round(interval_loss / interval_steps, 5),
+                    "dev_accuracy": accuracy,
+                    "dev_loss": round(dev_loss, 5),
+                    "elapsed_s": round(time.perf_counter() - started, 1),
+                }
                 history.append(record)
                 interval_loss, interval_steps = 0.0, 0
                 # Higher accuracy wins; at equal accuracy (and no min_delta), lower dev loss.
-                improved = best is None or accuracy > best[0] + config.min_delta or (
-                    config.min_delta == 0.0 and accuracy == best[0] and dev_loss < best[1]
+                improved = (
+                    best is None
+                    or accuracy > best[0] + config.min_delta
+                    or (config.min_delta == 0.0 and accuracy == best[0] and dev_loss < best[1])
                 )
                 if improved:
                     best, best_step, bad_evals = (accuracy, dev_loss), step, 0
@@ -350,9 +374,7 @@ def _prepare_out_dir(out_dir: Path, overwrite: bool) -> Path:
         raise ConfigError(f"output path {out_dir} exists and is not a folder")
     if out_dir.is_dir() and any(out_dir.iterdir()):
         if not overwrite:
-            raise ConfigError(
-                f"output folder {out_dir} is not empty; choose another --out or pass --overwrite"
-            )
+            raise ConfigError(f"output folder {out_dir} is not empty; choose another --out or pass --overwrite")
         shutil.rmtree(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     return out_dir

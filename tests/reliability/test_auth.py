@@ -13,16 +13,16 @@ from _rel import TOKEN, log_text
 
 PROTECTED = {"/feedback": {"prediction_id": "f" * 32, "label": "negative"}, "/admin/reload": {}}
 WRONG = [
-    None,                                   # no header at all
-    "",                                     # empty header
-    "Bearer",                               # scheme only
-    "Bearer wrong-guess-7d1e",              # wrong token
-    f"Bearer {TOKEN[:-1]}",                 # one character short
-    f"Bearer {TOKEN}x",                     # one character long
-    f"Bearer {TOKEN.upper()}",              # wrong case
+    None,  # no header at all
+    "",  # empty header
+    "Bearer",  # scheme only
+    "Bearer wrong-guess-7d1e",  # wrong token
+    f"Bearer {TOKEN[:-1]}",  # one character short
+    f"Bearer {TOKEN}x",  # one character long
+    f"Bearer {TOKEN.upper()}",  # wrong case
     f"Basic {base64.b64encode(f'user:{TOKEN}'.encode()).decode()}",  # right secret, wrong scheme
-    f"Token {TOKEN}",                       # right secret, wrong scheme
-    TOKEN,                                  # no scheme
+    f"Token {TOKEN}",  # right secret, wrong scheme
+    TOKEN,  # no scheme
 ]
 
 
@@ -73,5 +73,11 @@ def test_no_token_and_no_guess_in_the_server_log(fuzz_server: Any) -> None:
     log = log_text(Path(fuzz_server.log_path))
     assert log, "the server log is empty: the capture is not working"
     assert "/feedback" in log  # the access log is there, so the absence below means something
-    for secret in (TOKEN, TOKEN.upper(), TOKEN[:-1], "wrong-guess-7d1e", base64.b64encode(f"user:{TOKEN}".encode()).decode()):
+    for secret in (
+        TOKEN,
+        TOKEN.upper(),
+        TOKEN[:-1],
+        "wrong-guess-7d1e",
+        base64.b64encode(f"user:{TOKEN}".encode()).decode(),
+    ):
         assert secret not in log, f"{secret[:6]}... reached the server log"

@@ -49,8 +49,10 @@ class Writers:
         with httpx.Client(base_url=self.url, timeout=10) as client:
             while not self.stop.is_set():
                 n += 1
-                texts = [f"cycle {self.cycle} writer {worker} item {n}.{j} {rng.choice(['great', 'awful'])} film"
-                         for j in range(4)]
+                texts = [
+                    f"cycle {self.cycle} writer {worker} item {n}.{j} {rng.choice(['great', 'awful'])} film"
+                    for j in range(4)
+                ]
                 try:
                     r = client.post("/classify", json={"texts": texts})
                 except httpx.HTTPError:  # the server is gone: this request was cut, and so is the writer
@@ -67,8 +69,11 @@ class Writers:
                 pid = answers[0]["prediction_id"]
                 label = rng.choice(["negative", "positive"])
                 try:
-                    f = client.post("/feedback", json={"prediction_id": pid, "label": label},
-                                    headers={"authorization": f"Bearer {TOKEN}"})
+                    f = client.post(
+                        "/feedback",
+                        json={"prediction_id": pid, "label": label},
+                        headers={"authorization": f"Bearer {TOKEN}"},
+                    )
                 except httpx.HTTPError:
                     with self.lock:
                         self.cut += 1
@@ -87,11 +92,16 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def test_acknowledged_writes_survive_kill_9(fp32_variant: Path, store_url: str, tmp_path: Path,
-                                            figures: dict) -> None:
+def test_acknowledged_writes_survive_kill_9(fp32_variant: Path, store_url: str, tmp_path: Path, figures: dict) -> None:
     cycles = scale(3, 50)
-    settings = {"model": str(fp32_variant), "api_token": TOKEN, "store_url": store_url, "threads": 1,
-                "record": "all", "reload_poll_s": 0}
+    settings = {
+        "model": str(fp32_variant),
+        "api_token": TOKEN,
+        "store_url": store_url,
+        "threads": 1,
+        "record": "all",
+        "reload_poll_s": 0,
+    }
     rng = random.Random(0)
     predictions: dict[str, str] = {}
     labels: dict[str, str] = {}
@@ -112,14 +122,22 @@ def test_acknowledged_writes_survive_kill_9(fp32_variant: Path, store_url: str, 
     store = FeedbackStore(store_url)
     try:
         missing = [pid for pid in predictions if store.get_prediction(pid) is None]
-        lost_labels = [pid for pid, label in labels.items()
-                       if label not in {r.label for r in store.labels_for(pid)}]
+        lost_labels = [pid for pid, label in labels.items() if label not in {r.label for r in store.labels_for(pid)}]
         integrity = store.integrity_ok()
     finally:
         store.close()
-    figures.update({"backend": store_url.split(":")[0].split("+")[0], "kill_cycles": cycles,
-                    "acknowledged_captures": len(predictions), "acknowledged_labels": len(labels),
-                    "requests_cut_by_the_kill": cut, "lost_captures": len(missing), "lost_labels": len(lost_labels),
-                    "integrity_ok": integrity, "wall_seconds": round(time.perf_counter() - started, 1)})
+    figures.update(
+        {
+            "backend": store_url.split(":")[0].split("+")[0],
+            "kill_cycles": cycles,
+            "acknowledged_captures": len(predictions),
+            "acknowledged_labels": len(labels),
+            "requests_cut_by_the_kill": cut,
+            "lost_captures": len(missing),
+            "lost_labels": len(lost_labels),
+            "integrity_ok": integrity,
+            "wall_seconds": round(time.perf_counter() - started, 1),
+        }
+    )
     assert not missing and not lost_labels, (missing[:5], lost_labels[:5])
     assert integrity

@@ -21,8 +21,12 @@ pytestmark = pytest.mark.timeout(1200)
 
 
 def _drain_once(variant: Path, folder: Path, clients: int) -> dict:
-    settings = {"model": str(variant), "store_url": f"sqlite:///{folder / 'store.db'}", "threads": 1,
-                "reload_poll_s": 0}
+    settings = {
+        "model": str(variant),
+        "store_url": f"sqlite:///{folder / 'store.db'}",
+        "threads": 1,
+        "reload_poll_s": 0,
+    }
     server = ServerProcess(settings, log_file=folder / "server.log", cwd=folder)
     server.start()
     # 64 long texts per request: the requests queue up behind each other, so many are in flight at once
@@ -50,13 +54,18 @@ def _drain_once(variant: Path, folder: Path, clients: int) -> dict:
     try:
         code = server.process.wait(GRACE_S)  # type: ignore[union-attr]
         exit_s = time.monotonic() - signalled
-    except Exception:  # noqa: BLE001 - still running after the grace period: a failure, and cleaned up
+    except Exception:
         server.kill()
         code, exit_s = None, None
     log = (folder / "server.log").read_text(errors="replace")
-    return {"clients": clients, "answered_200": results.count(200),
-            "failed": [r for r in results if r != 200], "exit_code": code, "exit_seconds": exit_s,
-            "drained": "draining" in log}
+    return {
+        "clients": clients,
+        "answered_200": results.count(200),
+        "failed": [r for r in results if r != 200],
+        "exit_code": code,
+        "exit_seconds": exit_s,
+        "drained": "draining" in log,
+    }
 
 
 def test_sigterm_drains_in_flight_requests(fp32_variant: Path, tmp_path: Path, figures: dict) -> None:
@@ -66,9 +75,16 @@ def test_sigterm_drains_in_flight_requests(fp32_variant: Path, tmp_path: Path, f
         folder.mkdir()
         rounds.append(_drain_once(fp32_variant, folder, clients=scale(32, 64)))
     failed = sum(len(r["failed"]) for r in rounds)
-    figures.update({"rounds": len(rounds), "requests": sum(r["clients"] for r in rounds), "failed": failed,
-                    "max_exit_seconds": max((r["exit_seconds"] or 1e9) for r in rounds), "grace_seconds": GRACE_S,
-                    "per_round": rounds})
+    figures.update(
+        {
+            "rounds": len(rounds),
+            "requests": sum(r["clients"] for r in rounds),
+            "failed": failed,
+            "max_exit_seconds": max((r["exit_seconds"] or 1e9) for r in rounds),
+            "grace_seconds": GRACE_S,
+            "per_round": rounds,
+        }
+    )
     for r in rounds:
         assert not r["failed"], r
         assert r["exit_seconds"] is not None and r["exit_seconds"] < GRACE_S, r

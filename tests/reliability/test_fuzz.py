@@ -24,16 +24,39 @@ pytestmark = pytest.mark.timeout(900)
 
 def _schemathesis(url: str, out: Path, per_operation: int, headers: list[str], seed: int) -> dict[str, Any]:
     report = out / "report.json"
-    command = [sys.executable, "-m", "schemathesis.cli", "run", f"{url}/docs.json", "--checks",
-               "not_a_server_error", "--max-examples", str(per_operation), "--seed", str(seed), "--no-shrink",
-               "--workers", "2", "--request-timeout", "60", "--report", "json", "--report-json-path", str(report),
-               "--suppress-health-check", "all", "--warnings", "off"]
+    command = [
+        sys.executable,
+        "-m",
+        "schemathesis.cli",
+        "run",
+        f"{url}/docs.json",
+        "--checks",
+        "not_a_server_error",
+        "--max-examples",
+        str(per_operation),
+        "--seed",
+        str(seed),
+        "--no-shrink",
+        "--workers",
+        "2",
+        "--request-timeout",
+        "60",
+        "--report",
+        "json",
+        "--report-json-path",
+        str(report),
+        "--suppress-health-check",
+        "all",
+        "--warnings",
+        "off",
+    ]
     for header in headers:
         command += ["-H", header]
     done = subprocess.run(command, capture_output=True, text=True, timeout=900, cwd=out)
     if not report.is_file():
-        raise AssertionError(f"schemathesis wrote no report (exit {done.returncode}):\n{done.stdout[-3000:]}"
-                             f"\n{done.stderr[-3000:]}")
+        raise AssertionError(
+            f"schemathesis wrote no report (exit {done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+        )
     result = json.loads(report.read_text())
     result["stdout_tail"] = done.stdout[-2000:]
     return result
@@ -42,19 +65,28 @@ def _schemathesis(url: str, out: Path, per_operation: int, headers: list[str], s
 def test_schemathesis_finds_no_server_error(fuzz_server: Any, tmp_path: Path, figures: dict) -> None:
     per_operation = scale(30, 250)
     runs = {}
-    for name, headers, seed in (("with token", [f"Authorization: Bearer {TOKEN}"], 1),
-                                ("without token", [], 2)):
+    for name, headers, seed in (("with token", [f"Authorization: Bearer {TOKEN}"], 1), ("without token", [], 2)):
         folder = tmp_path / name.replace(" ", "-")
         folder.mkdir()
         result = _schemathesis(fuzz_server.url, folder, per_operation, headers, seed)
-        runs[name] = {"operations": result["operations"]["tested"], "cases": result["test_cases"]["generated"],
-                      "with_failures": result["test_cases"]["with_failures"], "errors": len(result["errors"]),
-                      "failures": result["failures"][:5]}
+        runs[name] = {
+            "operations": result["operations"]["tested"],
+            "cases": result["test_cases"]["generated"],
+            "with_failures": result["test_cases"]["with_failures"],
+            "errors": len(result["errors"]),
+            "failures": result["failures"][:5],
+        }
         assert result["operations"]["tested"] >= 7, result["operations"]
         assert result["test_cases"]["with_failures"] == 0 and not result["errors"], result["stdout_tail"]
     cases = sum(r["cases"] for r in runs.values())
-    figures.update({"cases": cases, "per_operation_max_examples": per_operation, "runs": runs,
-                    "server_errors": sum(r["with_failures"] for r in runs.values())})
+    figures.update(
+        {
+            "cases": cases,
+            "per_operation_max_examples": per_operation,
+            "runs": runs,
+            "server_errors": sum(r["with_failures"] for r in runs.values()),
+        }
+    )
     assert cases >= scale(150, 1000)
 
 
@@ -62,12 +94,16 @@ def test_schemathesis_finds_no_server_error(fuzz_server: Any, tmp_path: Path, fi
 
 SURROGATES = st.sampled_from(["\ud800", "\udc00", "\udfff", "a\ud83d", "\ude00b"])
 CONTROL = st.text(alphabet=st.characters(min_codepoint=0, max_codepoint=31), max_size=20)
-SCRIPTS = st.text(alphabet=st.sampled_from(list("abcжфλπ中文字ئەمە한국어שלוםकि😀👍🏽\u200b\u202e\ufeff é")),
-                  max_size=60)
+SCRIPTS = st.text(
+    alphabet=st.sampled_from(list("abcжфλπ中文字ئەمە한국어שלוםकि😀👍🏽\u200b\u202e\ufeff é")), max_size=60
+)
 TEXT = st.one_of(
-    st.just(""), st.sampled_from([" ", "\t\n", "\u3000", "\u00a0" * 5]), st.text(max_size=200), CONTROL, SCRIPTS,
-    st.builds(lambda c, n: c * n, st.sampled_from(["a", "é", "中", "😀", "word "]),
-              st.sampled_from([20_000, 100_000])),
+    st.just(""),
+    st.sampled_from([" ", "\t\n", "\u3000", "\u00a0" * 5]),
+    st.text(max_size=200),
+    CONTROL,
+    SCRIPTS,
+    st.builds(lambda c, n: c * n, st.sampled_from(["a", "é", "中", "😀", "word "]), st.sampled_from([20_000, 100_000])),
     st.builds(lambda a, s, b: a + s + b, st.text(max_size=20), SURROGATES, st.text(max_size=20)),
 )
 JSON_VALUES = st.recursive(
@@ -122,10 +158,8 @@ def test_texts_of_every_kind_are_answered_or_refused_cleanly(client: httpx.Clien
 
 
 @settings(max_examples=scale(120, 1000), deadline=None, suppress_health_check=list(HealthCheck))
-@given(body=JSON_VALUES, path=st.sampled_from(["/classify", "/feedback", "/admin/reload"]),
-       auth=st.booleans())
-def test_json_of_the_wrong_shape_is_refused_with_4xx(client: httpx.Client, body: Any, path: str,
-                                                      auth: bool) -> None:
+@given(body=JSON_VALUES, path=st.sampled_from(["/classify", "/feedback", "/admin/reload"]), auth=st.booleans())
+def test_json_of_the_wrong_shape_is_refused_with_4xx(client: httpx.Client, body: Any, path: str, auth: bool) -> None:
     headers = {"authorization": f"Bearer {TOKEN}"} if auth else {}
     if path == "/admin/reload" and isinstance(body, dict) and isinstance(body.get("model"), str):
         body["model"] = CANARY + body["model"]  # never a real folder: this test does not switch models
@@ -133,14 +167,19 @@ def test_json_of_the_wrong_shape_is_refused_with_4xx(client: httpx.Client, body:
 
 
 @settings(max_examples=scale(120, 1000), deadline=None, suppress_health_check=list(HealthCheck))
-@given(raw=st.one_of(
-    st.binary(max_size=300),
-    st.builds(lambda a, b: b'{"texts": ["' + a + b'"]}' + b, st.binary(min_size=1, max_size=30),
-              st.sampled_from([b"", b"}", b"]}"])),
-    st.builds(lambda t: json.dumps({"texts": [t]}).encode()[:-3], st.text(max_size=30)),  # cut short
-), path=st.sampled_from(["/classify", "/feedback"]))
-def test_invalid_json_and_non_utf8_bytes_are_refused_with_4xx(client: httpx.Client, raw: bytes,
-                                                               path: str) -> None:
+@given(
+    raw=st.one_of(
+        st.binary(max_size=300),
+        st.builds(
+            lambda a, b: b'{"texts": ["' + a + b'"]}' + b,
+            st.binary(min_size=1, max_size=30),
+            st.sampled_from([b"", b"}", b"]}"]),
+        ),
+        st.builds(lambda t: json.dumps({"texts": [t]}).encode()[:-3], st.text(max_size=30)),  # cut short
+    ),
+    path=st.sampled_from(["/classify", "/feedback"]),
+)
+def test_invalid_json_and_non_utf8_bytes_are_refused_with_4xx(client: httpx.Client, raw: bytes, path: str) -> None:
     response = _post(client, path, raw, {"authorization": f"Bearer {TOKEN}"})
     _check(response)
     if path == "/classify":
@@ -157,9 +196,14 @@ def test_the_server_survived_and_logged_no_text_or_token(fuzz_server: Any, figur
     ok = httpx.post(f"{fuzz_server.url}/classify", json={"texts": ["still alive"]}, timeout=30)
     assert ok.status_code == 200
     log = log_text(fuzz_server.log_path)
-    figures.update({"property_requests": COUNTS["requests"], "status_counts": COUNTS["status"],
-                    "server_errors": sum(n for code, n in COUNTS["status"].items() if code >= 500),
-                    "log_lines": len(log.splitlines())})
+    figures.update(
+        {
+            "property_requests": COUNTS["requests"],
+            "status_counts": COUNTS["status"],
+            "server_errors": sum(n for code, n in COUNTS["status"].items() if code >= 500),
+            "log_lines": len(log.splitlines()),
+        }
+    )
     assert CANARY not in log, "request text reached the server log"
     assert TOKEN not in log, "the API token reached the server log"
     assert "Traceback" not in log, log[-3000:]

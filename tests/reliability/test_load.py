@@ -22,8 +22,9 @@ LOCUSTFILE = Path(__file__).with_name("locustfile.py")
 pytestmark = pytest.mark.timeout(1200)
 
 
-def locust(url: str, out: Path, name: str, users: int, seconds: int, rate_per_user: float = 0.0,
-           processes: int = 1) -> dict[str, Any]:
+def locust(
+    url: str, out: Path, name: str, users: int, seconds: int, rate_per_user: float = 0.0, processes: int = 1
+) -> dict[str, Any]:
     """One headless locust run (`processes` > 1: forked workers); its aggregated stats and failures by status."""
     import os
 
@@ -31,10 +32,35 @@ def locust(url: str, out: Path, name: str, users: int, seconds: int, rate_per_us
     env = {**os.environ, "KNOWACQ_LOAD_RATE": str(rate_per_user)}
     started = time.monotonic()
     done = subprocess.run(
-        [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless", "--only-summary", "-u", str(users),
-         "-r", str(users), "-t", f"{seconds}s", "--host", url, "--csv", str(prefix), "--loglevel", "WARNING",
-         "--stop-timeout", "10", *(["--processes", str(processes)] if processes > 1 else [])],
-        capture_output=True, text=True, timeout=seconds + 120, env=env)
+        [
+            sys.executable,
+            "-m",
+            "locust",
+            "-f",
+            str(LOCUSTFILE),
+            "--headless",
+            "--only-summary",
+            "-u",
+            str(users),
+            "-r",
+            str(users),
+            "-t",
+            f"{seconds}s",
+            "--host",
+            url,
+            "--csv",
+            str(prefix),
+            "--loglevel",
+            "WARNING",
+            "--stop-timeout",
+            "10",
+            *(["--processes", str(processes)] if processes > 1 else []),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=seconds + 120,
+        env=env,
+    )
     wall = time.monotonic() - started
     stats = prefix.with_name(f"{name}_stats.csv")
     if not stats.is_file():
@@ -48,11 +74,19 @@ def locust(url: str, out: Path, name: str, users: int, seconds: int, rate_per_us
             key = f"status {status.group(1)}" if status else row["Error"]
             failures[key] = failures.get(key, 0) + int(row["Occurrences"])
     requests = int(total["Request Count"])
-    return {"users": users, "seconds": seconds, "rate_per_user": rate_per_user, "requests": requests,
-            "failures": failures, "rps": float(total["Requests/s"]),
-            "ok_rps": (requests - sum(failures.values())) / seconds,
-            "p50_ms": float(total["50%"]), "p95_ms": float(total["95%"]), "p99_ms": float(total["99%"]),
-            "wall_s": round(wall, 1)}
+    return {
+        "users": users,
+        "seconds": seconds,
+        "rate_per_user": rate_per_user,
+        "requests": requests,
+        "failures": failures,
+        "rps": float(total["Requests/s"]),
+        "ok_rps": (requests - sum(failures.values())) / seconds,
+        "p50_ms": float(total["50%"]),
+        "p95_ms": float(total["95%"]),
+        "p99_ms": float(total["99%"]),
+        "wall_s": round(wall, 1),
+    }
 
 
 def _recovery(url: str, normal_ms: float, limit_s: float = 15.0) -> tuple[float | None, list[str]]:
@@ -80,8 +114,13 @@ def _recovery(url: str, normal_ms: float, limit_s: float = 15.0) -> tuple[float 
 def test_load_overload_and_recovery(fp32_variant: Path, tmp_path: Path, figures: dict) -> None:
     # 64 requests in flight per worker at most (default 256): beyond that the guard answers 429 at once, so
     # that a few hundred locust users can offer twice the maximum rate.
-    settings = {"model": str(fp32_variant), "api_token": TOKEN, "store_url": f"sqlite:///{tmp_path / 'store.db'}",
-                "reload_poll_s": 0, "max_concurrency": 64}
+    settings = {
+        "model": str(fp32_variant),
+        "api_token": TOKEN,
+        "store_url": f"sqlite:///{tmp_path / 'store.db'}",
+        "reload_poll_s": 0,
+        "max_concurrency": 64,
+    }
     with ServerProcess(settings, log_file=tmp_path / "server.log", cwd=tmp_path) as server:
         peak = locust(server.url, tmp_path, "max", users=32, seconds=scale(10, 20))
         assert not peak["failures"], peak
@@ -91,20 +130,28 @@ def test_load_overload_and_recovery(fp32_variant: Path, tmp_path: Path, figures:
         users = scale(200, 400)
         # Paced to 2x; what is really offered is measured. On 2 shared cores locust tops out near 1,000
         # requests/s (two locust processes offered no more), i.e. about 1.6-1.7x a maximum of 560-610/s.
-        over = locust(server.url, tmp_path, "overload", users=users, seconds=scale(10, 30),
-                      rate_per_user=2 * peak["rps"] / users)
+        over = locust(
+            server.url, tmp_path, "overload", users=users, seconds=scale(10, 30), rate_per_user=2 * peak["rps"] / users
+        )
         normal_ms = max(steady["p95_ms"], 2 * steady["p50_ms"])
         recovered, probes = _recovery(server.url, normal_ms)
         log = (tmp_path / "server.log").read_text(errors="replace")
     refused = {k: v for k, v in over["failures"].items() if k in ("status 429", "status 503")}
     other = {k: v for k, v in over["failures"].items() if k not in refused}
-    figures.update({
-        "max": peak, "steady": steady, "overload": over,
-        "steady_fraction_of_max": steady["rps"] / peak["rps"],
-        "overload_offered_x_max": over["rps"] / peak["rps"],
-        "overload_refused": refused, "overload_other_errors": other,
-        "recovery_seconds": recovered, "normal_latency_ms": normal_ms, "recovery_probes": probes[-20:],
-    })
+    figures.update(
+        {
+            "max": peak,
+            "steady": steady,
+            "overload": over,
+            "steady_fraction_of_max": steady["rps"] / peak["rps"],
+            "overload_offered_x_max": over["rps"] / peak["rps"],
+            "overload_refused": refused,
+            "overload_other_errors": other,
+            "recovery_seconds": recovered,
+            "normal_latency_ms": normal_ms,
+            "recovery_probes": probes[-20:],
+        }
+    )
     assert not steady["failures"], steady["failures"]
     assert steady["rps"] >= 0.7 * peak["rps"], "the steady run did not reach about 80% of the maximum"
     assert not other, f"overload gave errors other than 429/503: {other}"

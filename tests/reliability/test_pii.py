@@ -13,8 +13,15 @@ import pytest
 from knowacq.base import redact
 
 PII_SET = Path(__file__).with_name("data") / "pii.tsv"
-PLACEHOLDER = {"email": "EMAIL", "phone": "PHONE", "card": "CARD", "ipv4": "IP", "ipv6": "IP", "iban": "IBAN",
-               "url": "URL"}
+PLACEHOLDER = {
+    "email": "EMAIL",
+    "phone": "PHONE",
+    "card": "CARD",
+    "ipv4": "IP",
+    "ipv6": "IP",
+    "iban": "IBAN",
+    "url": "URL",
+}
 
 
 def _rows() -> list[dict[str, str]]:
@@ -52,9 +59,15 @@ def test_every_labelled_string_is_redacted(figures: dict) -> None:
             missed.append((row["kind"], row["text"], result.text))
         else:
             per_kind[row["kind"]] += 1
-    figures.update({"strings": len(rows), "redacted": len(rows) - len(missed),
-                    "recall": (len(rows) - len(missed)) / len(rows), "per_kind": dict(per_kind),
-                    "missed": [f"{k}: {t!r} -> {r!r}" for k, t, r in missed]})
+    figures.update(
+        {
+            "strings": len(rows),
+            "redacted": len(rows) - len(missed),
+            "recall": (len(rows) - len(missed)) / len(rows),
+            "per_kind": dict(per_kind),
+            "missed": [f"{k}: {t!r} -> {r!r}" for k, t, r in missed],
+        }
+    )
     assert not missed, "\n".join(figures["missed"])
 
 
@@ -67,19 +80,39 @@ def test_false_positive_rate_on_sst2_dev(shared_data: Path, figures: dict) -> No
         kinds: Counter[str] = Counter()
         for _, _, found in hits:
             kinds.update(found)
-        figures[f"sst2_{split}"] = {"texts": len(texts), "changed": len(hits),
-                                    "false_positive_rate": len(hits) / len(texts), "kinds": dict(kinds),
-                                    "examples": [f"{t!r} -> {r!r}" for t, r, _ in hits[:10]]}
+        figures[f"sst2_{split}"] = {
+            "texts": len(texts),
+            "changed": len(hits),
+            "false_positive_rate": len(hits) / len(texts),
+            "kinds": dict(kinds),
+            "examples": [f"{t!r} -> {r!r}" for t, r, _ in hits[:10]],
+        }
         if split == "dev":
-            figures.update({"sentences": len(texts), "changed": len(hits),
-                            "false_positive_rate": len(hits) / len(texts),
-                            "examples": figures["sst2_dev"]["examples"]})
+            figures.update(
+                {
+                    "sentences": len(texts),
+                    "changed": len(hits),
+                    "false_positive_rate": len(hits) / len(texts),
+                    "examples": figures["sst2_dev"]["examples"],
+                }
+            )
     # SST-2 dev holds no personal data: whatever is redacted there is a false positive. Recall comes first,
     # but a redactor that eats ordinary review text would make stored captures useless for labelling.
     assert len(hits) / len(texts) <= 0.01, figures["examples"]
 
 
-@pytest.mark.parametrize("text", ["a 1999 film", "90 minutes", "10/10", "2001 - 2003", "4.5 stars out of 5",
-                                  "version 1.2.3", "rated 100%", "it runs 2 hours 15 minutes"])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "a 1999 film",
+        "90 minutes",
+        "10/10",
+        "2001 - 2003",
+        "4.5 stars out of 5",
+        "version 1.2.3",
+        "rated 100%",
+        "it runs 2 hours 15 minutes",
+    ],
+)
 def test_ordinary_numbers_survive(text: str) -> None:
     assert redact(text).text == text

@@ -17,10 +17,16 @@ from bento._launch import ServerProcess
 pytestmark = pytest.mark.timeout(1200)
 
 
-def test_no_request_fails_while_models_are_swapped(fp32_variant: Path, second_variant: Path, tmp_path: Path,
-                                                   figures: dict) -> None:
-    settings = {"model": str(fp32_variant), "api_token": TOKEN, "store_url": f"sqlite:///{tmp_path / 'store.db'}",
-                "reload_poll_s": 0, "threads": 1}
+def test_no_request_fails_while_models_are_swapped(
+    fp32_variant: Path, second_variant: Path, tmp_path: Path, figures: dict
+) -> None:
+    settings = {
+        "model": str(fp32_variant),
+        "api_token": TOKEN,
+        "store_url": f"sqlite:///{tmp_path / 'store.db'}",
+        "reload_poll_s": 0,
+        "threads": 1,
+    }
     swaps = scale(4, 20)
     outcomes: Counter[str] = Counter()
     versions: list[str] = []
@@ -52,8 +58,12 @@ def test_no_request_fails_while_models_are_swapped(fp32_variant: Path, second_va
             for i in range(swaps):
                 time.sleep(1.0)
                 target = second_variant if i % 2 == 0 else fp32_variant
-                r = httpx.post(f"{server.url}/admin/reload", json={"model": str(target)},
-                               headers={"authorization": f"Bearer {TOKEN}"}, timeout=60)
+                r = httpx.post(
+                    f"{server.url}/admin/reload",
+                    json={"model": str(target)},
+                    headers={"authorization": f"Bearer {TOKEN}"},
+                    timeout=60,
+                )
                 assert r.status_code == 200, r.text
                 answered.append(r.json())
             time.sleep(1.0)
@@ -62,9 +72,17 @@ def test_no_request_fails_while_models_are_swapped(fp32_variant: Path, second_va
             for t in threads:
                 t.join(30)
     failed = sum(n for k, n in outcomes.items() if k != "200")
-    figures.update({"swaps": swaps, "client_threads": 8, "requests": sum(outcomes.values()), "failed": failed,
-                    "outcomes": dict(outcomes), "version_changes_seen": len(versions) - 1,
-                    "versions": sorted(set(versions))})
+    figures.update(
+        {
+            "swaps": swaps,
+            "client_threads": 8,
+            "requests": sum(outcomes.values()),
+            "failed": failed,
+            "outcomes": dict(outcomes),
+            "version_changes_seen": len(versions) - 1,
+            "versions": sorted(set(versions)),
+        }
+    )
     assert failed == 0, outcomes
     assert len(set(versions)) == 2 and len(versions) - 1 >= swaps, versions  # each swap reached the clients
     assert all(a["previous_version"] != a["model_version"] for a in answered)
