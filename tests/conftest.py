@@ -149,7 +149,7 @@ _hypothesis_settings.load_profile("knowacq")
 def model_dir(tiny_base: Path, binary_sets, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny BERT fine-tuned on the synthetic binary set (labels negative, positive)."""
     from knowacq import fine_tune, load_tsv
-    from test_train import FAST
+    from tests.train.test_train import FAST
 
     train = load_tsv(binary_sets[0], label_names=("negative", "positive"))
     dev = load_tsv(binary_sets[1], label_names=train.label_names)
@@ -255,7 +255,7 @@ def second_variant(tiny_base: Path, binary_sets, tmp_path_factory: pytest.TempPa
     from export import preset
     from export._optimize import optimize
     from knowacq import fine_tune, load_tsv
-    from test_train import FAST
+    from tests.train.test_train import FAST
 
     train = load_tsv(binary_sets[0], label_names=("negative", "positive"))
     dev = load_tsv(binary_sets[1], label_names=train.label_names)

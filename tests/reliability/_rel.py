@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from conftest import RELIABILITY_TOKEN as TOKEN  # noqa: F401 - re-exported for the suite's modules
+from tests.conftest import RELIABILITY_TOKEN as TOKEN  # noqa: F401 - re-exported for the suite's modules
 
 FULL = os.environ.get("KNOWACQ_RELIABILITY", "short") == "full"
 

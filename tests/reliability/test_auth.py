@@ -9,7 +9,8 @@ from typing import Any
 
 import httpx
 import pytest
-from _rel import TOKEN, log_text
+
+from tests.reliability._rel import TOKEN, log_text
 
 PROTECTED = {"/feedback": {"prediction_id": "f" * 32, "label": "negative"}, "/admin/reload": {}}
 WRONG = [

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import httpx
 import pytest
-from _rel import TOKEN, scale
 
 from bento._launch import ServerProcess
 from knowacq.base import FeedbackStore
+from tests.reliability._rel import TOKEN, scale
 
 pytestmark = pytest.mark.timeout(3600)
 

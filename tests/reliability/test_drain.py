@@ -11,9 +11,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-from _rel import scale
 
 from bento._launch import ServerProcess
+from tests.reliability._rel import scale
 
 GRACE_S = 30.0  # Kubernetes' default terminationGracePeriodSeconds
 

@@ -12,9 +12,10 @@ from typing import Any
 
 import httpx
 import pytest
-from _rel import TOKEN, log_text, scale
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
+from tests.reliability._rel import TOKEN, log_text, scale
 
 CANARY = "zqxcanary"
 """Every text the properties send starts with this; it must never show up in the server's log."""

@@ -14,9 +14,9 @@ from typing import Any
 
 import httpx
 import pytest
-from _rel import TOKEN, scale
 
 from bento._launch import ServerProcess
+from tests.reliability._rel import TOKEN, scale
 
 LOCUSTFILE = Path(__file__).with_name("locustfile.py")
 pytestmark = pytest.mark.timeout(1200)

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-from _rel import TOKEN, scale
 
 from bento._launch import ServerProcess
+from tests.reliability._rel import TOKEN, scale
 
 pytestmark = pytest.mark.timeout(1200)
 

@@ -152,7 +152,7 @@ def test_bentoml_build_packages_a_bento_that_serves(fp32_variant: Path, tmp_path
 
     from bento._launch import free_port, service_env
 
-    repo = Path(__file__).resolve().parents[1]
+    repo = Path(__file__).resolve().parents[2]
     env = {**service_env({}), "BENTOML_HOME": str(tmp_path / "bentoml"), "BENTOML_DO_NOT_TRACK": "true"}
     env.pop("KNOWACQ_MODEL", None)
     knowacq = [sys.executable, "-m", "knowacq"]

@@ -11,7 +11,7 @@ import yaml
 
 from bento._settings import Settings
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 KUBE = REPO / "deploy" / "kubernetes"
 CRDS = {("monitoring.coreos.com/v1", "ServiceMonitor")}
 KUBERNETES_VERSION = "1.30.0"

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from conftest import write_tsv
 from knowacq.cli import app
+from tests.conftest import write_tsv
 
 runner = CliRunner()
 

@@ -19,7 +19,7 @@ import yaml
 
 from bento._launch import ServerProcess, free_port
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 MONITORING = REPO / "monitoring"
 RULES = MONITORING / "rules" / "knowacq.rules.yml"
 DASHBOARDS = sorted((MONITORING / "dashboards").glob("*.json"))

@@ -23,7 +23,7 @@ from export._runtime import (
 )
 from knowacq.errors import ModelError, ProviderError
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 CPU, CUDA = "CPUExecutionProvider", "CUDAExecutionProvider"
 TEXTS = ["a great film", "an awful dull story that goes on and on and on", "fine", "the plot was quite good"]
 

@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import synthetic_rows, write_tsv
 from knowacq import ConfigError, DataError, TrainConfig, fine_tune, load_tsv
 from knowacq.base import read_model_card
 from knowacq.train import load_classifier, predict_logits
+from tests.conftest import synthetic_rows, write_tsv
 
 FAST = TrainConfig(
     epochs=3, batch_size=16, learning_rate=3e-3, max_length=32, evals_per_epoch=2, patience=10, warmup_ratio=0.1, seed=7
