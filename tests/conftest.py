@@ -161,8 +161,7 @@ def model_dir(tiny_base: Path, binary_sets, tmp_path_factory: pytest.TempPathFac
 @pytest.fixture(scope="session")
 def fp32_variant(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny model exported with the cpu-fp32 preset (what the service tests serve)."""
-    from export import preset
-    from export._optimize import optimize
+    from export import optimize, preset
 
     out = tmp_path_factory.mktemp("served") / "cpu-fp32"
     return optimize(model_dir, preset("cpu-fp32"), out, progress=False, log=lambda _: None).out_dir
@@ -252,8 +251,7 @@ def second_variant(tiny_base: Path, binary_sets, tmp_path_factory: pytest.TempPa
     """Another fine-tune of the tiny BERT (seed 11, not FAST's 7: a different model_version), exported cpu-fp32."""
     import dataclasses
 
-    from export import preset
-    from export._optimize import optimize
+    from export import optimize, preset
     from knowacq import fine_tune, load_tsv
     from tests.train.test_train import FAST
 
@@ -281,7 +279,7 @@ RELIABILITY_TOKEN = "rel-token-5f1c2b9e"
 @pytest.fixture(scope="session")
 def fuzz_server(fp32_variant: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     """One real `bentoml serve` for fuzzing and auth: every prediction recorded, SQLite store, token set."""
-    from bento._launch import ServerProcess
+    from bento import ServerProcess
 
     folder = tmp_path_factory.mktemp("fuzz-server")
     settings = {

@@ -46,8 +46,7 @@ def test_gpu_fp16_variant_runs_on_cuda(tiny_base: Path, binary_sets, tmp_path: P
 
     if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
         pytest.skip("no CUDA execution provider")
-    from export import Predictor, preset
-    from export._optimize import optimize
+    from export import Predictor, optimize, preset
     from knowacq import TrainConfig, fine_tune, load_tsv
 
     train = load_tsv(binary_sets[0], label_names=("negative", "positive"))

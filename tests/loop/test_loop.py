@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from bento._launch import ServerProcess, service_env
+from bento import ServerProcess, service_env
 from knowacq.base import FeedbackStore, load_tsv
 from knowacq.loop import export_tasks, import_labels
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from bento._settings import Settings
+from bento import Settings
 
 REPO = Path(__file__).resolve().parents[2]
 KUBE = REPO / "deploy" / "kubernetes"

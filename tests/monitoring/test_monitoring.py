@@ -17,7 +17,7 @@ import httpx
 import pytest
 import yaml
 
-from bento._launch import ServerProcess, free_port
+from bento import ServerProcess, free_port
 
 REPO = Path(__file__).resolve().parents[2]
 MONITORING = REPO / "monitoring"

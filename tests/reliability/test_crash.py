@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from bento._launch import ServerProcess
+from bento import ServerProcess
 from knowacq.base import FeedbackStore
 from tests.reliability._rel import TOKEN, scale
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from bento._launch import ServerProcess
+from bento import ServerProcess
 from tests.reliability._rel import scale
 
 GRACE_S = 30.0  # Kubernetes' default terminationGracePeriodSeconds

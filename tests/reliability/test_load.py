@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
-from bento._launch import ServerProcess
+from bento import ServerProcess
 from tests.reliability._rel import TOKEN, scale
 
 LOCUSTFILE = Path(__file__).with_name("locustfile.py")

@@ -33,7 +33,7 @@ def test_a_hub_download_fails_at_once_instead_of_reaching_out() -> None:
 
 
 def test_servers_are_started_offline() -> None:
-    from bento._launch import service_env
+    from bento import service_env
 
     env = service_env({})
     assert env["HF_HUB_OFFLINE"] == "1" and env["BENTOML_DO_NOT_TRACK"] == "true"

@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from bento._launch import ServerProcess
+from bento import ServerProcess
 from tests.reliability._rel import TOKEN, scale
 
 pytestmark = pytest.mark.timeout(1200)
