@@ -4,9 +4,9 @@ One run, for one NVIDIA GPU with PyTorch, transformers, onnx and onnxruntime-gpu
 
 1. builds a BERT classifier of the MiniLM-L6 shape with random weights (speed does not depend on them),
    exports it with eager attention (torch.onnx.export) and fuses it to fp16 with the gpu-fp16 preset's own
-   function (export/_optimize.py: optimize_graph), recording the fused-operator counts;
+   function (`export.optimize_graph`), recording the fused-operator counts;
 2. times PyTorch eager fp32, fp16 and bf16 (SDPA attention, inputs already on the device) and the fp16
-   graph through `export._runtime.Engine` (what `Predictor` runs: IO binding, host arrays in and out), with
+   graph through `export.Engine` (what `Predictor` runs: IO binding, host arrays in and out), with
    and without CUDA graphs, at batch 1, 32, 256 and 1024 with every one of 128 tokens real;
 3. measures each engine's relative error against PyTorch fp32 (TF32 off) on one probe batch;
 4. on SST-2 dev sentences at their real lengths (repeated to 8,192, tokenised once outside the timings):
@@ -210,7 +210,9 @@ def _tokenizer_dir(args: argparse.Namespace) -> Path:
 
             folder = default_base_model()
         except Exception:
-            raise SystemExit("no tokenizer: pass --tokenizer DIR (a folder with tokenizer.json) or --variant DIR")
+            raise SystemExit(
+                "no tokenizer: pass --tokenizer DIR (a folder with tokenizer.json) or --variant DIR"
+            ) from None
     if not (folder / "tokenizer.json").is_file():
         raise SystemExit(f"{folder} has no tokenizer.json; pass --tokenizer DIR")
     return folder
@@ -406,7 +408,7 @@ def _fixed_length(
         ]
         for name, engine in engines.items():
             if name != "cuda-graphs" or batch <= CUDA_GRAPH_MAX_ROWS:  # past that, the io-binding path again
-                timed.append((f"knowacq runtime, ORT {name}", "fp16", lambda e=engine: e.run(feeds)))
+                timed.append((f"knowacq runtime, ORT {name}", "fp16", lambda e=engine, f=feeds: e.run(f)))
         for engine_name, precision, fn in timed:
             try:
                 times = _timed(fn, device, plan.repeats, plan.warmup)
@@ -535,22 +537,12 @@ def _sst2(
         )
         chunks = [encodings[i : i + batch] for i in range(0, len(encodings), batch)]
         fixed_feeds = [base.feeds(chunk, width=plan.tokens) for chunk in chunks]
-
-        def fixed() -> None:
-            for feeds in fixed_feeds:
-                base.run(feeds)
-
-        def dynamic_torch() -> None:
-            for i in range(0, len(order), batch):
-                idx = order[i : i + batch]
-                feeds = base.feeds([encodings[j] for j in idx])
-                inputs = {k: torch.from_numpy(v).to(device) for k, v in feeds.items()}
-                _torch_call(baselines["bf16"], inputs)()
-
         runs = {
             "knowacq runtime, ORT io-binding, length buckets": lambda e=bucketed: e.infer(encodings),
-            "knowacq runtime, ORT io-binding, padded to full width": fixed,
-            "PyTorch eager (SDPA) bf16, padded to the longest in length-sorted batches": dynamic_torch,
+            "knowacq runtime, ORT io-binding, padded to full width": _fixed_width_pass(base, fixed_feeds),
+            "PyTorch eager (SDPA) bf16, padded to the longest in length-sorted batches": _torch_dynamic_pass(
+                baselines["bf16"], base, encodings, order, batch, device
+            ),
         }
         for name, fn in runs.items():
             times = _timed(fn, device, plan.sst2_passes, 1)
@@ -566,6 +558,31 @@ def _sst2(
             say(f"sst2 batch {batch:5d} {name}: {sent_s:,.0f} sentences/s")
         del bucketed
     return out
+
+
+def _fixed_width_pass(engine: Engine, fixed_feeds: list[dict[str, np.ndarray]]) -> Callable[[], None]:
+    """One pass over the sentences, every batch already padded to the full width."""
+
+    def fixed() -> None:
+        for feeds in fixed_feeds:
+            engine.run(feeds)
+
+    return fixed
+
+
+def _torch_dynamic_pass(
+    model: Any, base: Engine, encodings: list[Any], order: np.ndarray, batch: int, device: str
+) -> Callable[[], None]:
+    """One pass of PyTorch over the sentences in length-sorted batches of `batch`, each padded to its longest."""
+
+    def dynamic_torch() -> None:
+        for i in range(0, len(order), batch):
+            idx = order[i : i + batch]
+            feeds = base.feeds([encodings[j] for j in idx])
+            inputs = {k: torch.from_numpy(v).to(device) for k, v in feeds.items()}
+            _torch_call(model, inputs)()
+
+    return dynamic_torch
 
 
 def _accuracy(variant: Path, dev: Path, device: str, say: Callable[[str], None]) -> dict[str, Any]:

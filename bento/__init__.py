@@ -1,5 +1,5 @@
-"""Stage 3, the service: settings, refusals, the BentoML-free core, the HTTP guard, metrics, model lookup,
-launcher and serving benchmark; the `@bentoml.service` class lives only in `bento/service.py`.
+"""Stage 3, the service: settings, the refusal table, the BentoML-free core, the HTTP guard, metrics, model
+lookup, launcher and serving benchmark; the `@bentoml.service` class lives only in `bento/service.py`.
 
 Imports `knowacq.base` and `export` through their faces. `import bento` is cheap: BentoML loads when the
 service module or a function that needs it runs.
@@ -16,15 +16,10 @@ from bento._core import (
     parse_reload,
 )
 from bento._http import RequestGuard, State
-from bento._launch import (
-    ServerProcess,
-    check_model,
-    free_port,
-    import_to_model_store,
-    serve_command,
-    service_env,
-)
-from bento._metrics import FAILURE_REASONS, FEEDBACK_OUTCOMES, STAGES, ServiceMetrics
+from bento._launch import ServerProcess, free_port, serve_command, service_env
+from bento._metrics import FEEDBACK_OUTCOMES, STAGES, ServiceMetrics
+from bento._models import check_model, import_to_model_store
+from bento._refusals import FAILURE_REASONS
 from bento._settings import DEFAULT_MODEL, ENV_PREFIX, Settings
 
 __all__ = [

@@ -19,21 +19,22 @@ from typing import Any
 
 import numpy as np
 
-from bento._launch import ServerProcess, check_model
-from knowacq.base import cpu_threads, load_tsv, machine_info
+from bento._launch import ServerProcess
+from bento._models import check_model
+from bento._settings import Settings
+from knowacq.base import SIDECAR, cpu_threads, load_tsv, machine_info, read_model_card
 from knowacq.errors import ConfigError
 
 __all__ = ["bench_serve"]
 
 
 def _default_texts(variant: Path) -> Path:
-    """The dev file recorded by training, found through the variant's manifest."""
+    """The dev file recorded by training, found through the variant's manifest and its source's model card."""
     from export import read_manifest
 
     source = Path(read_manifest(variant, verify_hash=False).source.get("path", ""))
-    card = source / "knowacq.json"
-    if card.is_file():
-        dev = json.loads(card.read_text()).get("dev_data", {}).get("path")
+    if (source / SIDECAR).is_file():
+        dev = read_model_card(source).extra.get("dev_data", {}).get("path")
         if dev and Path(dev).is_file():
             return Path(dev)
     raise ConfigError(f"no --data given and no recorded dev file found for {variant}; pass --data TSV")
@@ -126,8 +127,6 @@ def bench_serve(
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Serve `model`, load it at each concurrency, compare with the in-process engine; write JSON + Markdown."""
-    from bento._settings import Settings
-
     variant = check_model(str(model))  # an absolute path: the server runs in a temporary directory
     data_file = Path(data) if data else _default_texts(variant)
     texts = list(load_tsv(data_file).texts)[:max_texts]

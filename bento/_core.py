@@ -1,13 +1,12 @@
 """The service's work, without BentoML: validate requests, classify batches, capture, take feedback.
 
 `ClassifierCore` is built once per worker by `bento.service` and tested directly. It owns no HTTP: errors
-are `knowacq.errors.RequestError`s carrying their status, mapped to responses in `bento._http`.
+are `knowacq.errors.RequestError`s, answered by the refusal table (`bento._refusals`).
 """
 
 from __future__ import annotations
 
 import hmac
-import json
 import logging
 import time
 import uuid
@@ -17,8 +16,10 @@ from datetime import datetime, timezone
 from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 from bento._metrics import ServiceMetrics
+from bento._refusals import STORE_DOWN
 from bento._settings import Settings
 from knowacq.base import FeedbackStore, PredictionRecord, redact_for_storage, softmax
 from knowacq.errors import (
@@ -181,23 +182,7 @@ class ClassifierCore:
         if not items:
             return []
         m = self.metrics
-        start = self.clock()
-        for item in items:
-            m.stage_seconds.labels(stage="queue").observe(max(0.0, start - item.arrived))
-        m.batch_texts.observe(len(items))
-        engine = self.predictor.engine
-        logits = np.zeros((len(items), len(self.labels)), dtype=np.float32)
-        t0 = self.clock()
-        encodings = engine.tokenize([item.text for item in items])
-        truncated = [bool(e.overflowing) for e in encodings]
-        t1 = self.clock()
-        # Grouped by token count (Engine.groups), so short texts do not pay for long ones; each row's
-        # answer depends only on its own text (fp32 exactly; dynamic int8 within its quantisation noise).
-        for idx in engine.groups(encodings):
-            logits[idx] = engine.run(engine.feeds([encodings[i] for i in idx]))
-        m.stage_seconds.labels(stage="tokenize").observe(t1 - t0)
-        m.stage_seconds.labels(stage="infer").observe(self.clock() - t1)
-
+        logits, truncated = self._logits(items)
         probs = softmax(logits, self.predictor.temperature)
         order = np.argsort(-probs, axis=1)
         top = probs[np.arange(len(items)), order[:, 0]]
@@ -244,6 +229,35 @@ class ClassifierCore:
                         created_at=created,
                     )
                 )
+        stored = self._record(records)
+        for answer in answers:
+            answer["recorded"] = answer["prediction_id"] in stored
+        return answers
+
+    def _logits(self, items: Sequence[Item]) -> tuple[NDArray[np.float32], list[bool]]:
+        """The model's logits for `items` and which texts were cut to its window; times the stages."""
+        m = self.metrics
+        start = self.clock()
+        for item in items:
+            m.stage_seconds.labels(stage="queue").observe(max(0.0, start - item.arrived))
+        m.batch_texts.observe(len(items))
+        engine = self.predictor.engine
+        logits = np.zeros((len(items), len(self.labels)), dtype=np.float32)
+        t0 = self.clock()
+        encodings = engine.tokenize([item.text for item in items])
+        truncated = [bool(e.overflowing) for e in encodings]
+        t1 = self.clock()
+        # Grouped by token count (Engine.groups), so short texts do not pay for long ones; each row's
+        # answer depends only on its own text (fp32 exactly; dynamic int8 within its quantisation noise).
+        for idx in engine.groups(encodings):
+            logits[idx] = engine.run(engine.feeds([encodings[i] for i in idx]))
+        m.stage_seconds.labels(stage="tokenize").observe(t1 - t0)
+        m.stage_seconds.labels(stage="infer").observe(self.clock() - t1)
+        return logits, truncated
+
+    def _record(self, records: list[PredictionRecord]) -> set[str]:
+        """Write `records` to the store in one transaction; the ids stored (none when the write failed)."""
+        m = self.metrics
         t3 = self.clock()
         recorded = True
         try:
@@ -253,13 +267,10 @@ class ClassifierCore:
             # recorded: feedback for these ids would answer 404. The failure is counted and logged.
             recorded = False
             m.store_failures.labels(kind="predictions").inc()
-            m.fail("store_error")
+            m.fail(STORE_DOWN.reason)
             log.error("feedback store write failed for %d prediction(s): %s", len(records), exc)
         m.stage_seconds.labels(stage="store").observe(self.clock() - t3)
-        stored = {r.prediction_id for r in records} if recorded else set()
-        for answer in answers:
-            answer["recorded"] = answer["prediction_id"] in stored
-        return answers
+        return {r.prediction_id for r in records} if recorded else set()
 
     # feedback -------------------------------------------------------------------------------------
 
@@ -319,7 +330,3 @@ class ClassifierCore:
         if self.predictor.fallback:
             return 200, {**body, "status": "degraded", "reason": "CUDA was asked for but the CPU provider is running"}
         return 200, {**body, "status": "ready"}
-
-
-def dumps(value: Any) -> bytes:
-    return json.dumps(value, separators=(",", ":")).encode()

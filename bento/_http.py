@@ -1,10 +1,10 @@
 """The HTTP edge of the service: limits, content types, JSON, auth and readiness, in one ASGI middleware.
 
-Every refusal is decided here, before BentoML parses a body, and answered with a JSON error body
-(`{"error", "reason", "field"?}`) and its status from `knowacq.errors.RequestError`: 400 invalid JSON,
+Every refusal of a request is decided here, before BentoML parses a body, and answered as the refusal
+table (`bento._refusals`) says, with a JSON error body (`{"error", "reason", "field"?}`): 400 invalid JSON,
 401 auth, 413 too large, 415 content type, 422 wrong fields, 429 more requests in flight than
-`max_concurrency` (per worker). Responses of 5xx from further in (503: the batching queue refused) are
-counted by reason. Request texts never reach the log.
+`max_concurrency` (per worker), 503 while the model loads. Responses of 5xx from further in (503: the
+batching queue refused) are counted by reason. Request texts never reach the log.
 """
 
 from __future__ import annotations
@@ -12,12 +12,23 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from typing import Any
 
+from bento._core import ClassifierCore, parse_classify, parse_feedback, parse_reload
+from bento._refusals import (
+    INTERNAL,
+    LOADING,
+    LOADING_MODEL_INFO,
+    QUEUE_FULL,
+    TOO_MANY_IN_FLIGHT,
+    Refusal,
+    answer,
+)
 from knowacq.errors import (
     AuthError,
     BadRequestError,
+    InvalidInputError,
     PayloadTooLargeError,
     RequestError,
     UnsupportedMediaError,
@@ -40,8 +51,7 @@ class State:
     """What the middleware needs from the worker's service instance, set once the model is loaded."""
 
     def __init__(self) -> None:
-        self.core: Any = None
-        self.settings: Any = None
+        self.core: ClassifierCore | None = None
         self.in_flight = 0
         """POST requests being handled by this worker (the guard counts them)."""
         self.last_request = 0.0
@@ -54,7 +64,7 @@ class State:
         return 0.0 if self.in_flight else time.monotonic() - self.last_request
 
 
-async def _respond(send: Send, status: int, body: dict[str, Any], headers: list[tuple[bytes, bytes]] = ()) -> None:
+async def _respond(send: Send, status: int, body: dict[str, Any], headers: Sequence[tuple[bytes, bytes]] = ()) -> None:
     payload = json.dumps(body).encode()
     await send(
         {
@@ -68,6 +78,11 @@ async def _respond(send: Send, status: int, body: dict[str, Any], headers: list[
         }
     )
     await send({"type": "http.response.body", "body": payload})
+
+
+async def _refuse(send: Send, refusal: Refusal, body: dict[str, str]) -> None:
+    headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in refusal.headers().items()]
+    await _respond(send, refusal.status, body, headers)
 
 
 class RequestGuard:
@@ -87,7 +102,7 @@ class RequestGuard:
             return
         if path == "/model" and scope.get("method") == "GET":
             if self.state.core is None:
-                await _respond(send, 503, {"error": "the model is still loading", "reason": "not_ready"})
+                await _refuse(send, LOADING_MODEL_INFO, LOADING_MODEL_INFO.body())
             else:
                 await _respond(send, 200, self.state.core.model_info())
             return
@@ -97,24 +112,16 @@ class RequestGuard:
             return
         core = self.state.core
         if core is None:
-            await _respond(
-                send, 503, {"error": "the model is still loading", "reason": "not_ready"}, [(b"retry-after", b"1")]
-            )
+            await _refuse(send, LOADING, LOADING.body())
             return
         start = time.perf_counter()
         state = self.state
         state.last_request = time.monotonic()
-        if state.in_flight >= core.settings.max_concurrency:  # over the limit: 429 at once
-            core.metrics.fail("overloaded")
-            await _respond(
-                send,
-                429,
-                {
-                    "error": f"too many requests in flight (limit {core.settings.max_concurrency}); retry later",
-                    "reason": "overloaded",
-                },
-                [(b"retry-after", b"1")],
-            )
+        limit = core.settings.max_concurrency
+        if state.in_flight >= limit:  # over the limit: 429 at once
+            core.metrics.fail(TOO_MANY_IN_FLIGHT.reason)
+            error = f"too many requests in flight (limit {limit}); retry later"
+            await _refuse(send, TOO_MANY_IN_FLIGHT, TOO_MANY_IN_FLIGHT.body(error))
             return
         state.in_flight += 1
         try:
@@ -124,7 +131,7 @@ class RequestGuard:
             state.last_request = time.monotonic()
 
     async def _guarded(
-        self, scope: Scope, receive: Receive, send: Send, core: Any, endpoint: str, start: float
+        self, scope: Scope, receive: Receive, send: Send, core: ClassifierCore, endpoint: str, start: float
     ) -> None:
         status = {"code": 500}
 
@@ -136,11 +143,11 @@ class RequestGuard:
         try:
             body = await self._read_json(scope, receive, core, endpoint)
         except RequestError as exc:
-            core.metrics.fail(exc.reason)
+            refusal, refused = answer(exc)
+            core.metrics.fail(refusal.reason)
             if endpoint == "feedback" and isinstance(exc, AuthError):
                 core.metrics.feedback.labels(outcome="unauthorized").inc()
-            headers = [(b"www-authenticate", b'Bearer realm="knowacq"')] if isinstance(exc, AuthError) else []
-            await _respond(send, exc.status, exc.to_body(), headers)
+            await _refuse(send, refusal, refused)
             core.metrics.request_seconds.labels(endpoint=endpoint).observe(time.perf_counter() - start)
             return
         # Replay the body we read to the app, so that BentoML parses exactly what we checked.
@@ -158,13 +165,13 @@ class RequestGuard:
             await self.app(scope, replay, send_counted)
         finally:
             code = status["code"]
-            if code == 503 and endpoint == "classify":  # feedback's 503 (store down) is counted inside
-                core.metrics.fail("overloaded")
-            elif code >= 500:
-                core.metrics.fail("internal")
+            if code == QUEUE_FULL.status and endpoint == "classify":  # the batching queue refused
+                core.metrics.fail(QUEUE_FULL.reason)
+            elif code >= 500:  # feedback's 503 (store down) is also counted inside, as store_error
+                core.metrics.fail(INTERNAL.reason)
             core.metrics.request_seconds.labels(endpoint=endpoint).observe(time.perf_counter() - start)
 
-    async def _read_json(self, scope: Scope, receive: Receive, core: Any, endpoint: str) -> bytes:
+    async def _read_json(self, scope: Scope, receive: Receive, core: ClassifierCore, endpoint: str) -> bytes:
         """The raw body after every check; raises the RequestError that refuses it."""
         settings = core.settings
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
@@ -199,8 +206,6 @@ class RequestGuard:
             raise BadRequestError("the body is not valid UTF-8") from None
         except (json.JSONDecodeError, RecursionError) as exc:
             raise BadRequestError(f"the body is not valid JSON: {getattr(exc, 'msg', 'too deeply nested')}") from None
-        from bento._core import parse_classify, parse_feedback, parse_reload
-
         if endpoint == "classify":
             texts = parse_classify(parsed, settings.max_texts)
             _check_encodable(texts)
@@ -226,8 +231,6 @@ class RequestGuard:
 
 def _check_encodable(texts: list[str]) -> None:
     """Lone surrogates (valid JSON escapes, invalid Unicode) cannot be tokenised: refuse them with 422."""
-    from knowacq.errors import InvalidInputError
-
     for i, text in enumerate(texts):
         try:
             text.encode("utf-8")

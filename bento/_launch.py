@@ -15,33 +15,15 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
-from knowacq.errors import KnowacqError, ModelError
+from knowacq.errors import KnowacqError
 
-__all__ = ["ServerProcess", "check_model", "free_port", "serve_command"]
+__all__ = ["SERVICE", "ServerProcess", "free_port", "serve_command", "service_env"]
 
 SERVICE = "bento.service:Classifier"
 
 
-def check_model(spec: str) -> Path:
-    """Fail before starting a server: the folder (or model-store tag) must hold a passing variant."""
-    from export import read_manifest
-
-    path = Path(spec).expanduser()
-    if not path.is_dir():
-        try:
-            import bentoml
-
-            path = Path(bentoml.models.get(spec).path)
-        except Exception:
-            raise ModelError(
-                f"{spec!r} is neither a variant folder nor a model in the BentoML model store; "
-                "make one with 'knowacq optimize'"
-            ) from None
-    read_manifest(path)
-    return path.resolve()
-
-
 def serve_command(host: str, port: int) -> list[str]:
+    """The `bentoml serve` command line of the service, on `host`:`port`."""
     return [sys.executable, "-m", "bentoml", "serve", SERVICE, "--host", host, "--port", str(port)]
 
 
@@ -59,6 +41,7 @@ def service_env(settings: Mapping[str, str | int | float | bool | None]) -> dict
 
 
 def free_port() -> int:
+    """A TCP port free on loopback now."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
@@ -180,23 +163,3 @@ class ServerProcess:
                 pass
         psutil.wait_procs(family, timeout=10)
         return self.process.wait(10)
-
-
-def import_to_model_store(variant: Path, name: str) -> str:
-    """Copy a passing variant folder into the BentoML model store; returns the tag (name:version)."""
-    import shutil
-
-    import bentoml
-
-    from export import read_manifest
-
-    manifest = read_manifest(variant)
-    metadata = {
-        "variant": manifest.variant,
-        "model_sha256": manifest.model_sha256,
-        "labels": list(manifest.labels),
-        "source_sha256": manifest.source.get("sha256", ""),
-    }
-    with bentoml.models.create(name, labels={"variant": manifest.variant}, metadata=metadata) as model:
-        shutil.copytree(variant, model.path, dirs_exist_ok=True)
-    return str(model.tag)

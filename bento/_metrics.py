@@ -8,23 +8,14 @@ text, ids or paths.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
+
+from bento._refusals import FAILURE_REASONS, INTERNAL
 
 __all__ = ["FAILURE_REASONS", "FEEDBACK_OUTCOMES", "STAGES", "ServiceMetrics"]
 
 STAGES = ("tokenize", "queue", "infer", "store")
-FAILURE_REASONS = (
-    "invalid_json",
-    "invalid_input",
-    "unknown_label",
-    "unknown_prediction",
-    "unauthorized",
-    "too_large",
-    "unsupported_media_type",
-    "overloaded",
-    "store_error",
-    "internal",
-)
 FEEDBACK_OUTCOMES = (
     "created",
     "unchanged",
@@ -40,22 +31,52 @@ _CONFIDENCE_BUCKETS = (0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95, 0.
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 
 
+def _maker(registry: Any) -> Callable[..., Any]:
+    """Creates one metric: through `bentoml.metrics` (None), or on `registry` (a prometheus_client
+    CollectorRegistry, where the multiprocess mode of a gauge does not apply)."""
+    if registry is None:
+        import bentoml.metrics
+
+        factory: Any = bentoml.metrics
+    else:
+        import prometheus_client
+
+        factory = prometheus_client
+
+    def make(kind: str, *args: Any, **kwargs: Any) -> Any:
+        if registry is not None:
+            kwargs.pop("multiprocess_mode", None)
+            kwargs["registry"] = registry
+        return getattr(factory, kind)(*args, **kwargs)
+
+    return make
+
+
 class ServiceMetrics:
     """Every metric the service exports. `registry=None`: BentoML's multiprocess-safe metrics."""
 
     def __init__(self, labels: tuple[str, ...], *, registry: Any = None) -> None:
-        if registry is None:
-            import bentoml.metrics as module
+        make = _maker(registry)
+        self._add_request_metrics(make)
+        self._add_model_and_store_metrics(make)
+        # Create every series up front, so that rates start at 0 instead of appearing on first use.
+        for stage in STAGES:
+            self.stage_seconds.labels(stage=stage)
+        for label in labels:
+            self.predictions.labels(label=label)
+        for reason in FAILURE_REASONS:
+            self.failures.labels(reason=reason)
+        for outcome in FEEDBACK_OUTCOMES:
+            self.feedback.labels(outcome=outcome)
+        for kind in ("predictions", "labels"):
+            self.store_failures.labels(kind=kind)
+        for status in ("captured", "queued"):
+            self.backlog.labels(status=status)
+        for decision in ("promoted", "rejected"):
+            self.retrain_runs.labels(decision=decision)
 
-            def make(kind: str, *args: Any, **kwargs: Any) -> Any:
-                return getattr(module, kind)(*args, **kwargs)
-        else:
-            import prometheus_client as module
-
-            def make(kind: str, *args: Any, **kwargs: Any) -> Any:
-                kwargs.pop("multiprocess_mode", None)
-                return getattr(module, kind)(*args, registry=registry, **kwargs)
-
+    def _add_request_metrics(self, make: Callable[..., Any]) -> None:
+        """Requests, stages, batches, predictions, feedback and failures."""
         self.request_seconds = make(
             "Histogram",
             "knowacq_request_duration_seconds",
@@ -93,6 +114,9 @@ class ServiceMetrics:
             "Counter", "knowacq_store_write_failures_total", "Writes to the feedback store that failed", ["kind"]
         )
         self.failures = make("Counter", "knowacq_failures_total", "Refused or failed requests by reason", ["reason"])
+
+    def _add_model_and_store_metrics(self, make: Callable[..., Any]) -> None:
+        """The served model, and the feedback store's gauges."""
         self.model_info = make(
             "Gauge",
             "knowacq_model_info",
@@ -139,21 +163,7 @@ class ServiceMetrics:
             "When the served variant was exported",
             multiprocess_mode="max",
         )
-        # Create every series up front, so that rates start at 0 instead of appearing on first use.
-        for stage in STAGES:
-            self.stage_seconds.labels(stage=stage)
-        for label in labels:
-            self.predictions.labels(label=label)
-        for reason in FAILURE_REASONS:
-            self.failures.labels(reason=reason)
-        for outcome in FEEDBACK_OUTCOMES:
-            self.feedback.labels(outcome=outcome)
-        for kind in ("predictions", "labels"):
-            self.store_failures.labels(kind=kind)
-        for status in ("captured", "queued"):
-            self.backlog.labels(status=status)
-        for decision in ("promoted", "rejected"):
-            self.retrain_runs.labels(decision=decision)
 
     def fail(self, reason: str) -> None:
-        self.failures.labels(reason=reason if reason in FAILURE_REASONS else "internal").inc()
+        """Count one refused or failed request; a reason outside `FAILURE_REASONS` counts as internal."""
+        self.failures.labels(reason=reason if reason in FAILURE_REASONS else INTERNAL.reason).inc()

@@ -5,11 +5,11 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import Any, Literal
 
 from knowacq.errors import ConfigError
 
-__all__ = ["ENV_PREFIX", "Settings"]
+__all__ = ["DEFAULT_MODEL", "ENV_PREFIX", "Settings"]
 
 ENV_PREFIX = "KNOWACQ_"
 DEFAULT_MODEL = "knowacq-classifier:latest"
@@ -26,7 +26,7 @@ class Settings:
     """KNOWACQ_API_TOKEN: bearer token for POST /feedback. Unset: every feedback call is refused (401)."""
     store_url: str = ""
     """KNOWACQ_STORE_URL: SQLAlchemy URL of the feedback store (default: knowacq-feedback.db here)."""
-    provider: str = "auto"
+    provider: Literal["auto", "cpu", "cuda"] = "auto"
     """KNOWACQ_PROVIDER: auto (CUDA when ONNX Runtime offers it), cpu, or cuda."""
     allow_fallback: bool = True
     """KNOWACQ_ALLOW_FALLBACK: with provider=cuda and no CUDA, run on the CPU (reported as degraded)."""
@@ -34,7 +34,7 @@ class Settings:
     """KNOWACQ_MIN_CONFIDENCE: predictions whose calibrated score is below this are captured."""
     min_margin: float = 0.25
     """KNOWACQ_MIN_MARGIN: ... or whose top-1 minus top-2 probability is below this."""
-    record: str = "captured"
+    record: Literal["all", "captured"] = "captured"
     """KNOWACQ_RECORD: "captured" stores only low-confidence predictions (feedback on the others answers 404;
     answers say `recorded`); "all" stores every prediction, so that any prediction_id can get feedback.
     Measured with bench-serve (cpu-int8-pruned, 8 texts per request, concurrency 32, 20 s): "all" served
@@ -121,7 +121,7 @@ class Settings:
             raw = env.get(ENV_PREFIX + f.name.upper())
             if raw is None or raw == "":
                 continue
-            kind = type(f.default) if f.name != "model" else str
+            kind: type[Any] = type(f.default)  # every field has a default: str, bool, int or float
             try:
                 if kind is bool:
                     lowered = raw.strip().lower()

@@ -8,7 +8,8 @@ Adaptive batching: POST /classify puts each text, stamped with its arrival time,
 batching dispatcher (`CorkDispatcher`, the one behind `@bentoml.api(batchable=True)`). It is used directly
 so that every text keeps its own arrival time (the queue-time metric) and a refused request gets its own
 error; the dispatcher still chooses when to release a batch from the latencies it measures, and refuses
-(503) a request that would wait longer than `max_latency_ms`.
+(503) a request that would wait longer than `max_latency_ms` (`bento._worker.batching_queue`). Every refusal
+is answered as the table in `bento._refusals` says.
 """
 
 from __future__ import annotations
@@ -17,105 +18,39 @@ import functools
 import logging
 import threading
 import time
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import anyio
 import bentoml
-from starlette.responses import JSONResponse
+from bentoml.exceptions import ServiceUnavailable
 
 from bento._core import ClassifierCore, Item
 from bento._http import RequestGuard, State
 from bento._metrics import ServiceMetrics
+from bento._models import load_predictor
+from bento._refusals import QUEUE_FULL, answer, response
 from bento._settings import Settings
+from bento._worker import Answers, api, batching_queue, configure_logging, drain_on_sigterm
 from knowacq.errors import ModelError, RequestError, StoreError
 
+if TYPE_CHECKING:
+    from typing import TypeAlias
+
+    from starlette.responses import JSONResponse
+
+    # An endpoint may also return a refusal, a JSONResponse that BentoML sends as it is.
+    Classified: TypeAlias = Answers | JSONResponse
+    Answer: TypeAlias = dict[str, Any] | JSONResponse
+else:  # what BentoML reads: each endpoint's output schema is built from its return annotation
+    Classified = list[dict[str, Any]]
+    Answer = dict[str, Any]
+
 log = logging.getLogger("knowacq.service")
-if not logging.getLogger("knowacq").handlers:  # BentoML configures only its own loggers
-    _handler = logging.StreamHandler()
-    _handler.setFormatter(
-        logging.Formatter("%(asctime)s [%(levelname)s] [%(name)s] %(message)s", "%Y-%m-%dT%H:%M:%S%z")
-    )
-    logging.getLogger("knowacq").addHandler(_handler)
-    logging.getLogger("knowacq").setLevel(logging.INFO)
-    logging.getLogger("knowacq").propagate = False  # BentoML's root handler would print each line again
+configure_logging()
 
 SETTINGS = Settings.from_env()
 STATE = State()
-STATE.settings = SETTINGS
-
-
-def _drain_on_sigterm(state: State, settings: Settings) -> None:
-    """Make the worker's uvicorn drain before it stops: on the first SIGTERM (or SIGINT) it keeps answering
-    until no request has been in flight for `drain_quiet_s` (at most `drain_s`), and only then starts
-    uvicorn's own graceful shutdown. Without this, uvicorn closes connections it has accepted but not yet
-    read, and the clients of those requests see a connection reset.
-
-    uvicorn (which BentoML's worker runs) installs `Server.handle_exit` as its signal handler when it starts
-    serving, after this module is imported, so the method is wrapped here once per process."""
-    import uvicorn
-
-    original = uvicorn.Server.handle_exit
-    if getattr(original, "_knowacq_drain", False) or settings.drain_s <= 0:
-        return
-
-    def handle_exit(server: Any, sig: int, frame: Any) -> None:
-        if state.draining:  # a second signal: stop now
-            original(server, sig, frame)
-            return
-        state.draining = True
-        log.info(
-            "signal %d: draining (answering until idle for %.1f s, at most %.0f s)",
-            sig,
-            settings.drain_quiet_s,
-            settings.drain_s,
-        )
-
-        def finish() -> None:
-            deadline = time.monotonic() + settings.drain_s
-            while time.monotonic() < deadline and state.idle_for() < settings.drain_quiet_s:
-                time.sleep(0.05)
-            log.info("drained; shutting down (%d request(s) still in flight finish first)", state.in_flight)
-            original(server, sig, frame)
-
-        threading.Thread(target=finish, name="knowacq-drain", daemon=True).start()
-
-    handle_exit._knowacq_drain = True  # type: ignore[attr-defined]
-    uvicorn.Server.handle_exit = handle_exit  # type: ignore[method-assign]
-
-
-_drain_on_sigterm(STATE, SETTINGS)
-
-
-def _bound_cork_wait(optimizer: Any) -> None:
-    """Keep the dispatcher from holding a lone request back long after an overload.
-
-    BentoML's optimizer corks each batch for about the average wait of recent batches, and that wait includes
-    the cork itself: after an overload, when queueing made the waits long, a single request kept waiting
-    0.26-0.44 s (normally ~10 ms) for 15 s and more (measured by tests/reliability/test_load.py), also with
-    the wait bounded by the time of one full batch. Here it is bounded by the estimated time of a batch of
-    one: under load, batches still fill up while the previous batch runs (one batch at a time), and an idle
-    service answers at once."""
-    refresh = optimizer.trigger_refresh
-
-    def bounded_refresh() -> None:
-        refresh()
-        optimizer.wait = min(optimizer.wait, optimizer.o_a + optimizer.o_b)
-
-    optimizer.trigger_refresh = bounded_refresh
-
-
-def resolve_model(spec: str) -> Path:
-    """An exported variant folder from a path, or from a BentoML model-store tag."""
-    path = Path(spec).expanduser()
-    if path.is_dir():
-        return path
-    try:
-        return Path(bentoml.models.get(spec).path)
-    except Exception as exc:  # bentoml.exceptions.NotFound, or a malformed tag
-        raise ModelError(
-            f"KNOWACQ_MODEL={spec!r} is neither a folder nor a model in the BentoML model store ({exc})"
-        ) from None
+drain_on_sigterm(STATE, SETTINGS)
 
 
 @bentoml.service(
@@ -128,31 +63,16 @@ class Classifier:
     """Text classification over ONNX Runtime, low-confidence capture, human feedback and hot reload."""
 
     def __init__(self) -> None:
-        from bentoml._internal.marshal.dispatcher import CorkDispatcher
-        from bentoml.exceptions import ServiceUnavailable
-
         from knowacq.base import FeedbackStore, default_store_url
 
         store = FeedbackStore(SETTINGS.store_url or default_store_url())
         spec = store.promoted_model() or SETTINGS.model
         self._loaded_spec = spec
-        predictor, folder = self._load(spec)
+        predictor, folder = load_predictor(spec, SETTINGS)
         self.core = ClassifierCore(predictor, SETTINGS, store=store, metrics=ServiceMetrics(predictor.labels))
-
-        def refuse() -> Any:
-            raise ServiceUnavailable("overloaded: the batching queue is full; retry later")
-
-        self._dispatcher: Any = CorkDispatcher(
-            max_latency_in_ms=SETTINGS.max_latency_ms,
-            max_batch_size=SETTINGS.max_batch_size,
-            fallback=refuse,
-            get_batch_size=len,
-            batch_dim=(0, 0),
-        )
-        _bound_cork_wait(self._dispatcher.optimizer)
         # The callback reads self.core when a batch starts: after a reload, the next batch uses the new model
         # while a batch already running finishes on the old one.
-        self._infer = self._dispatcher(lambda batches: self.core.classify_batches(batches))
+        self._infer = batching_queue(SETTINGS, lambda batches: self.core.classify_batches(batches))
         self._reload_lock = threading.Lock()
         STATE.core = self.core
         log.info(
@@ -167,26 +87,10 @@ class Classifier:
         if SETTINGS.reload_poll_s > 0:
             threading.Thread(target=self._watch, name="knowacq-reload-watch", daemon=True).start()
 
-    @staticmethod
-    def _load(spec: str) -> tuple[Any, Path]:
-        from export import Predictor
-
-        folder = resolve_model(spec)
-        predictor = Predictor(
-            folder,
-            provider=SETTINGS.provider,
-            allow_fallback=SETTINGS.allow_fallback,  # type: ignore[arg-type]
-            threads=SETTINGS.threads or None,
-            max_batch_size=SETTINGS.max_batch_size,
-            bucket_tokens=SETTINGS.bucket_tokens,
-            cuda_graphs=SETTINGS.cuda_graphs,
-        )
-        return predictor, folder
-
     def swap(self, spec: str) -> dict[str, str]:
         """Load `spec` (folder or tag) beside the running model, then switch to it; no request fails."""
         with self._reload_lock:
-            predictor, folder = self._load(spec)  # a bad model raises here, and the old one keeps serving
+            predictor, folder = load_predictor(spec, SETTINGS)  # a bad model raises here; the old one serves on
             old = self.core
             self.core = old.with_predictor(predictor)
             STATE.core = self.core
@@ -217,42 +121,30 @@ class Classifier:
     def __is_ready__(self) -> bool:
         return self.core.store.ping()
 
-    @bentoml.api(route="/classify")
-    async def classify(self, texts: list[str]) -> list[dict[str, Any]]:
+    @api(route="/classify")
+    async def classify(self, texts: list[str]) -> Classified:
         """Classify texts: label, calibrated score, probabilities, prediction_id, model_version."""
-        from bentoml.exceptions import ServiceUnavailable
-
         now = time.perf_counter()
         try:
             return await self._infer([Item(text, now) for text in texts])
         except ServiceUnavailable as exc:  # the dispatcher's bound on queueing time: refuse, do not wait
-            return JSONResponse(
-                {"error": str(exc), "reason": "overloaded"},
-                status_code=503,  # type: ignore[return-value]
-                headers={"retry-after": "1"},
-            )
+            return response(QUEUE_FULL, QUEUE_FULL.body(str(exc)))
 
-    @bentoml.api(route="/feedback")
-    async def feedback(
-        self, ctx: bentoml.Context, prediction_id: str, label: str, annotator: str = ""
-    ) -> dict[str, Any]:
+    @api(route="/feedback")
+    async def feedback(self, ctx: bentoml.Context, prediction_id: str, label: str, annotator: str = "") -> Answer:
         """Record a human label for a prediction (needs `Authorization: Bearer <token>`)."""
         try:
             self.core.check_token(ctx.request.headers.get("authorization"))
             return await anyio.to_thread.run_sync(
                 functools.partial(self.core.feedback, prediction_id, label, annotator)
             )
-        except RequestError as exc:
-            self.core.metrics.fail(exc.reason)
-            return _error(ctx, exc.status, exc.to_body())
-        except StoreError:
-            self.core.metrics.fail("store_error")
-            return _error(
-                ctx, 503, {"error": "the feedback store is unavailable; retry later", "reason": "store_error"}
-            )
+        except (RequestError, StoreError) as exc:
+            refusal, body = answer(exc)
+            self.core.metrics.fail(refusal.reason)
+            return response(refusal, body, ctx)
 
-    @bentoml.api(route="/admin/reload")
-    async def reload(self, ctx: bentoml.Context, model: str = "") -> dict[str, Any]:
+    @api(route="/admin/reload")
+    async def reload(self, ctx: bentoml.Context, model: str = "") -> Answer:
         """Switch to `model` (folder or tag; default: the configured KNOWACQ_MODEL, re-resolved, so
         `name:latest` picks up a newly promoted version) without dropping a request, and record it in the
         store so that every other worker and replica follows (needs the bearer token)."""
@@ -263,23 +155,12 @@ class Classifier:
             await anyio.to_thread.run_sync(self.core.store.promote, spec)
             return switched
         except RequestError as exc:
-            return _error(ctx, exc.status, exc.to_body())
+            return response(*answer(exc), ctx)
         except ModelError as exc:
-            return _error(
-                ctx,
-                422,
-                {
-                    "error": f"not switched, still serving {self.core.model_version}: {exc}",
-                    "reason": "invalid_input",
-                    "field": "model",
-                },
-            )
+            refusal, _ = answer(exc)
+            error = f"not switched, still serving {self.core.model_version}: {exc}"
+            return response(refusal, refusal.body(error, field="model"), ctx)
 
 
-def _error(ctx: bentoml.Context, status: int, body: dict[str, str]) -> Any:
-    # With a context parameter BentoML copies ctx.response.status_code onto the response: set both.
-    ctx.response.status_code = status
-    return JSONResponse(body, status_code=status)
-
-
-Classifier.add_asgi_middleware(RequestGuard, state=STATE)
+# What @bentoml.service made of the class, a bentoml Service, is untyped (BentoML's SDK has no type information).
+cast(Any, Classifier).add_asgi_middleware(RequestGuard, state=STATE)

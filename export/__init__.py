@@ -7,15 +7,22 @@ optimum and onnxruntime load when a function needs them.
 from __future__ import annotations
 
 from export._bench import BenchRow, bench
-from export._manifest import MANIFEST_FILE, GateResult, Manifest, read_manifest
-from export._optimize import (
-    CUDA_FUSIONS,
-    OptimizeResult,
-    attention_shape,
-    fusion_gate,
-    optimize,
-    optimize_graph,
+from export._engine import (
+    CUDA_GRAPH_MAX_ROWS,
+    Engine,
+    RuntimeOptions,
+    bucket_width,
+    check_providers,
+    graph_shape,
+    pad_feeds,
+    plan_providers,
 )
+from export._evaluate import evaluate_variant
+from export._gates import CUDA_FUSIONS, ShapeMismatchError, fusion_gate
+from export._graph import attention_shape, optimize_graph
+from export._manifest import MANIFEST_FILE, GateResult, Manifest, read_manifest
+from export._pipeline import OptimizeResult, optimize
+from export._predictor import Prediction, Predictor
 from export._presets import (
     PRESETS,
     GateConfig,
@@ -26,18 +33,6 @@ from export._presets import (
     preset,
 )
 from export._prune import PruneConfig, count_parameters, load_pruned, prune
-from export._runtime import (
-    CUDA_GRAPH_MAX_ROWS,
-    Engine,
-    Prediction,
-    Predictor,
-    bucket_width,
-    check_providers,
-    evaluate_variant,
-    graph_shape,
-    pad_feeds,
-    plan_providers,
-)
 
 __all__ = [
     "CUDA_FUSIONS",
@@ -55,6 +50,8 @@ __all__ = [
     "Predictor",
     "PruneConfig",
     "RecoveryConfig",
+    "RuntimeOptions",
+    "ShapeMismatchError",
     "SmoothConfig",
     "attention_shape",
     "bench",

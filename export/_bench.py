@@ -11,6 +11,8 @@ from typing import Any
 
 import numpy as np
 
+from export._manifest import read_manifest
+from export._predictor import Predictor
 from knowacq.base import (
     cpu_threads,
     length_sorted_batches,
@@ -42,6 +44,18 @@ class BenchRow:
     """PyTorch fp32 batch-1 p50 latency over this one's."""
 
 
+@dataclass(frozen=True)
+class _Contender:
+    """One engine the benchmark times: its name, where it came from, its logits function, what it weighs."""
+
+    name: str
+    path: str
+    logits: Callable[[list[str]], np.ndarray]
+    size_mb: float
+    params: int
+    provider: str
+
+
 def bench(
     model_dir: str | Path,
     variants: Sequence[str | Path],
@@ -60,10 +74,7 @@ def bench(
     rounds and each keeps its median, so drift on a shared machine hits all of them alike.
     """
     import torch
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from export._manifest import read_manifest
-    from export._runtime import Predictor
     from knowacq.base import read_model_card
 
     if latency_examples < 1 or rounds < 1:
@@ -75,97 +86,17 @@ def bench(
     texts = list(data.texts)
     latency_texts = texts[: min(latency_examples, len(texts))]
 
-    tokenizer = AutoTokenizer.from_pretrained(card.path, local_files_only=True)
-    model = AutoModelForSequenceClassification.from_pretrained(card.path, local_files_only=True).eval()
-
-    def torch_logits(batch: list[str]) -> np.ndarray:
-        with torch.inference_mode():
-            encoded = tokenizer(batch, padding=True, truncation=True, max_length=card.max_length, return_tensors="pt")
-            return model(**encoded).logits.numpy()
-
-    engines: list[tuple[str, str, Callable[[list[str]], np.ndarray], dict[str, Any]]] = [
-        (
-            "pytorch-fp32",
-            str(card.path),
-            torch_logits,
-            {
-                "size_mb": _size_mb(card.path, ("*.safetensors", "*.bin")),
-                "params": sum(p.numel() for p in model.parameters()),
-                "provider": "torch-cpu",
-            },
-        )
-    ]
-    for folder in map(Path, variants):
-        manifest = read_manifest(folder)
-        predictor = Predictor(folder, threads=threads, max_batch_size=THROUGHPUT_BATCH)
-        engines.append(
-            (
-                manifest.variant,
-                str(folder),
-                lambda batch, p=predictor: p.logits(batch)[0],
-                {
-                    "size_mb": _size_mb(folder, ("*.onnx",)),
-                    "params": int(manifest.metrics.get("params_after", 0)),
-                    "provider": predictor.provider,
-                },
-            )
-        )
-    names = [e[0] for e in engines]
+    contenders = [_torch_contender(card.path, card.max_length)]
+    contenders += [_variant_contender(folder, threads) for folder in map(Path, variants)]
+    names = [c.name for c in contenders]
     if len(set(names)) != len(names):
         raise ConfigError(f"two variants share a name: {names}; bench each preset once")
 
     index_batches = length_sorted_batches(np.array([len(t) for t in texts]), THROUGHPUT_BATCH)
-    order = np.concatenate(index_batches)
     batches = [[texts[i] for i in idx] for idx in index_batches]
-    throughput: dict[str, list[float]] = {n: [] for n in names}
-    latencies: dict[str, list[np.ndarray]] = {n: [] for n in names}
-    accuracy: dict[str, float] = {}
-    for name, _, fn, _ in engines:  # warm-up and accuracy (all sentences, once)
-        fn(batches[0])
-        logits = np.concatenate([fn(b) for b in batches])
-        predicted = np.empty(len(texts), dtype=np.int64)
-        predicted[order] = logits.argmax(1)
-        accuracy[name] = float(np.mean(predicted == data.labels))
-        log(f"{name}: accuracy {accuracy[name]:.4f}")
-    for r in range(rounds):
-        for name, _, fn, _ in engines:
-            started = time.perf_counter()
-            for batch in batches:
-                fn(batch)
-            throughput[name].append(len(texts) / (time.perf_counter() - started))
-            times = np.empty(len(latency_texts))
-            for i, text in enumerate(latency_texts):
-                t0 = time.perf_counter()
-                fn([text])
-                times[i] = time.perf_counter() - t0
-            latencies[name].append(times)
-            log(
-                f"round {r + 1}/{rounds} {name}: {throughput[name][-1]:.1f} sentences/s, "
-                f"batch-1 p50 {np.median(times) * 1e3:.2f} ms"
-            )
-
-    rows = []
-    base_tp = float(np.median(throughput["pytorch-fp32"]))
-    base_p50 = float(np.median([np.median(t) for t in latencies["pytorch-fp32"]]) * 1e3)
-    for name, path, _, extra in engines:
-        tp = float(np.median(throughput[name]))
-        p50 = float(np.median([np.median(t) for t in latencies[name]]) * 1e3)
-        p95 = float(np.median([np.percentile(t, 95) for t in latencies[name]]) * 1e3)
-        rows.append(
-            BenchRow(
-                name,
-                path,
-                round(tp, 2),
-                round(p50, 3),
-                round(p95, 3),
-                accuracy[name],
-                extra["size_mb"],
-                extra["params"],
-                extra["provider"],
-                round(tp / base_tp, 3),
-                round(base_p50 / p50, 3),
-            )
-        )
+    accuracy = _accuracies(contenders, batches, np.concatenate(index_batches), data.labels, log)
+    throughput, latencies = _time_rounds(contenders, batches, latency_texts, rounds, log)
+    rows = _rows(contenders, accuracy, throughput, latencies)
     result = {
         "machine": machine_info(threads),
         "data": str(Path(data_file).resolve()),
@@ -184,6 +115,131 @@ def bench(
     return result
 
 
+def _torch_contender(path: Path, max_length: int) -> _Contender:
+    """The fine-tuned model in PyTorch fp32 (eager), the baseline every ratio is against."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    tokenizers: Any = AutoTokenizer  # untyped library
+    tokenizer = tokenizers.from_pretrained(path, local_files_only=True)
+    model = AutoModelForSequenceClassification.from_pretrained(path, local_files_only=True).eval()
+
+    def torch_logits(batch: list[str]) -> np.ndarray:
+        with torch.inference_mode():
+            encoded = tokenizer(batch, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
+            return np.asarray(model(**encoded).logits.numpy())
+
+    size = _size_mb(path, ("*.safetensors", "*.bin"))
+    params = sum(p.numel() for p in model.parameters())
+    return _Contender("pytorch-fp32", str(path), torch_logits, size, params, "torch-cpu")
+
+
+def _variant_contender(folder: Path, threads: int) -> _Contender:
+    """An exported variant through the runtime `Predictor`, in batches of `THROUGHPUT_BATCH`."""
+    manifest = read_manifest(folder)
+    predictor = Predictor(folder, threads=threads, max_batch_size=THROUGHPUT_BATCH)
+    return _Contender(
+        manifest.variant,
+        str(folder),
+        _logits_of(predictor),
+        _size_mb(folder, ("*.onnx",)),
+        int(manifest.metrics.get("params_after", 0)),
+        predictor.provider,
+    )
+
+
+def _accuracies(
+    contenders: list[_Contender],
+    batches: list[list[str]],
+    order: np.ndarray,
+    labels: np.ndarray,
+    log: Callable[[str], None],
+) -> dict[str, float]:
+    """Warm-up and accuracy: each contender on all sentences once (`order`: the sentence of each batch row)."""
+    accuracy: dict[str, float] = {}
+    for c in contenders:
+        c.logits(batches[0])
+        logits = np.concatenate([c.logits(b) for b in batches])
+        predicted = np.empty(len(labels), dtype=np.int64)
+        predicted[order] = logits.argmax(1)
+        accuracy[c.name] = float(np.mean(predicted == labels))
+        log(f"{c.name}: accuracy {accuracy[c.name]:.4f}")
+    return accuracy
+
+
+def _time_rounds(
+    contenders: list[_Contender],
+    batches: list[list[str]],
+    latency_texts: list[str],
+    rounds: int,
+    log: Callable[[str], None],
+) -> tuple[dict[str, list[float]], dict[str, list[np.ndarray]]]:
+    """Throughput (sentences/s over all batches) and batch-1 latencies (s), per contender, per round; the
+    contenders take turns within each round."""
+    sentences = sum(len(b) for b in batches)
+    throughput: dict[str, list[float]] = {c.name: [] for c in contenders}
+    latencies: dict[str, list[np.ndarray]] = {c.name: [] for c in contenders}
+    for r in range(rounds):
+        for c in contenders:
+            fn = c.logits
+            started = time.perf_counter()
+            for batch in batches:
+                fn(batch)
+            throughput[c.name].append(sentences / (time.perf_counter() - started))
+            times = np.empty(len(latency_texts))
+            for i, text in enumerate(latency_texts):
+                t0 = time.perf_counter()
+                fn([text])
+                times[i] = time.perf_counter() - t0
+            latencies[c.name].append(times)
+            log(
+                f"round {r + 1}/{rounds} {c.name}: {throughput[c.name][-1]:.1f} sentences/s, "
+                f"batch-1 p50 {np.median(times) * 1e3:.2f} ms"
+            )
+    return throughput, latencies
+
+
+def _rows(
+    contenders: list[_Contender],
+    accuracy: dict[str, float],
+    throughput: dict[str, list[float]],
+    latencies: dict[str, list[np.ndarray]],
+) -> list[BenchRow]:
+    """One row per contender: medians over the rounds, ratios against the PyTorch fp32 baseline."""
+    rows = []
+    base_tp = float(np.median(throughput["pytorch-fp32"]))
+    base_p50 = float(np.median([np.median(t) for t in latencies["pytorch-fp32"]]) * 1e3)
+    for c in contenders:
+        tp = float(np.median(throughput[c.name]))
+        p50 = float(np.median([np.median(t) for t in latencies[c.name]]) * 1e3)
+        p95 = float(np.median([np.percentile(t, 95) for t in latencies[c.name]]) * 1e3)
+        rows.append(
+            BenchRow(
+                c.name,
+                c.path,
+                round(tp, 2),
+                round(p50, 3),
+                round(p95, 3),
+                accuracy[c.name],
+                c.size_mb,
+                c.params,
+                c.provider,
+                round(tp / base_tp, 3),
+                round(base_p50 / p50, 3),
+            )
+        )
+    return rows
+
+
+def _logits_of(predictor: Predictor) -> Callable[[list[str]], np.ndarray]:
+    """The raw logits of `predictor` for a batch, as the benchmark times them."""
+
+    def logits(batch: list[str]) -> np.ndarray:
+        return predictor.logits(batch)[0]
+
+    return logits
+
+
 def _size_mb(folder: Path, patterns: tuple[str, ...]) -> float:
     return round(sum(p.stat().st_size for pat in patterns for p in folder.glob(pat)) / 2**20, 2)
 
@@ -194,7 +250,8 @@ def _markdown(result: dict[str, Any]) -> str:
         f"{result['latency_sentences']}); {result['machine']['cpu']}, {result['machine']['threads']} threads; "
         f"median of {result['rounds']} interleaved rounds. Ratios are against PyTorch fp32 in the same run.",
         "",
-        "| variant | sentences/s (batch 32) | x PyTorch | batch-1 p50 ms | p95 ms | x PyTorch | accuracy | size MB | params |",
+        "| variant | sentences/s (batch 32) | x PyTorch | batch-1 p50 ms | p95 ms | x PyTorch | accuracy | size MB "
+        "| params |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for v in result["variants"]:

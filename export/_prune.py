@@ -32,6 +32,7 @@ __all__ = [
     "PruneResult",
     "count_parameters",
     "importance",
+    "layer_shape",
     "load_pruned",
     "prune",
     "prune_model",
@@ -132,7 +133,7 @@ def _layers(model: Any) -> Any:
     return layers
 
 
-def _shape(model: Any) -> tuple[list[int], list[int]]:
+def layer_shape(model: Any) -> tuple[list[int], list[int]]:
     """(heads per layer, intermediate neurons per layer) as the modules are now."""
     layers = _layers(model)
     heads = [int(layer.attention.self.num_attention_heads) for layer in layers]
@@ -186,8 +187,6 @@ def importance(
     """
     import torch
 
-    from knowacq.base import length_sorted_batches
-
     layers = _layers(model)
     if len(data) == 0:
         raise DataError("no calibration data: importance needs at least one labelled row")
@@ -199,11 +198,7 @@ def importance(
         )
     n = min(config.calibration_examples, len(data))
     rows = np.sort(rng.choice(len(data), size=n, replace=False))
-    texts = [data.texts[i] for i in rows]
-    labels = data.labels[rows]
-    lengths = np.array(
-        [len(ids) for ids in tokenizer(texts, truncation=True, max_length=config.max_length)["input_ids"]]
-    )
+    calibration = data.subset(rows)
 
     first = next(model.parameters())
     device, dtype = first.device, first.dtype
@@ -215,9 +210,6 @@ def importance(
         torch.ones(int(layer.output.dense.in_features), device=device, dtype=dtype, requires_grad=True)
         for layer in layers
     ]
-    head_sum = [torch.zeros_like(g, dtype=torch.float64) for g in head_gates]
-    neuron_sum = [torch.zeros_like(g, dtype=torch.float64) for g in neuron_gates]
-
     modes = [(m, m.training) for m in model.modules()]
     grad_flags = [(p, p.requires_grad) for p in model.parameters()]
     handles = []
@@ -230,22 +222,7 @@ def importance(
         # Only the gates need gradients: no graph through the weights, and their .grad stays untouched.
         for p, _ in grad_flags:
             p.requires_grad_(False)
-        gates = head_gates + neuron_gates
-        with torch.enable_grad():
-            for idx in length_sorted_batches(lengths, config.batch_size):
-                batch = tokenizer(
-                    [texts[i] for i in idx],
-                    truncation=True,
-                    max_length=config.max_length,
-                    padding=True,
-                    return_tensors="pt",
-                ).to(device)
-                logits = model(**batch).logits
-                target = torch.as_tensor(labels[idx], device=device)
-                loss = torch.nn.functional.cross_entropy(logits.float(), target, reduction="sum")
-                grads = torch.autograd.grad(loss, gates)
-                for total, grad in zip(head_sum + neuron_sum, grads):
-                    total += grad.detach().abs().to(torch.float64)
+        sums = _gate_gradients(model, tokenizer, calibration, config, head_gates + neuron_gates)
     finally:
         for handle in handles:
             handle.remove()
@@ -253,7 +230,42 @@ def importance(
             p.requires_grad_(flag)
         for module, training in modes:
             module.training = training
+    head_sum, neuron_sum = sums[: len(layers)], sums[len(layers) :]
+    return Importance(_head_scores(head_sum, n), tuple(t.cpu().numpy() / n for t in neuron_sum), n)
 
+
+def _gate_gradients(model: Any, tokenizer: Any, data: LabelledData, config: PruneConfig, gates: list[Any]) -> list[Any]:
+    """Sum over `data`'s rows of |dL/dgate| for each of `gates` (float64 tensors), in length-sorted batches."""
+    import torch
+
+    from knowacq.base import length_sorted_batches
+
+    texts, labels = list(data.texts), data.labels
+    device = gates[0].device
+    lengths = np.array(
+        [len(ids) for ids in tokenizer(texts, truncation=True, max_length=config.max_length)["input_ids"]]
+    )
+    sums = [torch.zeros_like(g, dtype=torch.float64) for g in gates]
+    with torch.enable_grad():
+        for idx in length_sorted_batches(lengths, config.batch_size):
+            batch = tokenizer(
+                [texts[i] for i in idx],
+                truncation=True,
+                max_length=config.max_length,
+                padding=True,
+                return_tensors="pt",
+            ).to(device)
+            logits = model(**batch).logits
+            target = torch.as_tensor(labels[idx], device=device)
+            loss = torch.nn.functional.cross_entropy(logits.float(), target, reduction="sum")
+            grads = torch.autograd.grad(loss, gates)
+            for total, grad in zip(sums, grads):
+                total += grad.detach().abs().to(torch.float64)
+    return sums
+
+
+def _head_scores(head_sum: list[Any], n: int) -> np.ndarray:
+    """[layers, heads] mean head scores, L2-normalised per layer; rows of fewer heads padded with NaN."""
     head_rows = []
     for total in head_sum:
         scores = total.cpu().numpy() / n
@@ -263,7 +275,7 @@ def importance(
     heads_array = np.full((len(head_rows), width), np.nan)
     for i, r in enumerate(head_rows):
         heads_array[i, : len(r)] = r
-    return Importance(heads_array, tuple(t.cpu().numpy() / n for t in neuron_sum), n)
+    return heads_array
 
 
 def _head_hook(gate: Any, heads: int) -> Any:
@@ -306,7 +318,7 @@ def prune_model(
     drop = _layer_indices(drop_layers, count, "drop_layers")
     if len(drop) >= count:
         raise ConfigError(f"drop_layers {sorted(drop)} would remove all {count} layers; keep at least one")
-    heads_now, neurons_now = _shape(model)
+    heads_now, neurons_now = layer_shape(model)
     heads_plan = _index_plan(keep_heads, heads_now, "keep_heads", "head")
     neurons_plan = _index_plan(keep_neurons, neurons_now, "keep_neurons", "neuron")
 
@@ -327,7 +339,7 @@ def prune_model(
                 if attention is not None and hasattr(attention.self, "layer_idx"):
                     attention.self.layer_idx = new_index
         model.config.num_hidden_layers = len(kept)
-    heads, neurons = _shape(model)
+    heads, neurons = layer_shape(model)
     setattr(model.config, CONFIG_KEY, {"heads": heads, "intermediate": neurons})
     return model
 
@@ -473,7 +485,7 @@ def prune(
     Nothing is scored when both fractions are 0. Heads are ranked across all kept layers; a head is
     skipped when removing it would leave its layer below `config.min_heads_per_layer`.
     """
-    heads_now, neurons_now = _shape(model)
+    heads_now, neurons_now = layer_shape(model)
     count = len(heads_now)
     drop = _layer_indices(config.drop_layers, count, "drop_layers")
     if len(drop) >= count:
@@ -513,7 +525,7 @@ def prune(
             keep_neurons[i] = sorted(int(j) for j in order[cut:])
 
     prune_model(model, keep_heads=keep_heads, keep_neurons=keep_neurons, drop_layers=sorted(drop))
-    heads_after, neurons_after = _shape(model)
+    heads_after, neurons_after = layer_shape(model)
     return PruneResult(
         model=model,
         params_before=params_before,
@@ -572,7 +584,8 @@ def load_pruned(path: str | Path, *, attn_implementation: str | None = None) -> 
     heads, neurons = _recorded_shape(shape, config, path)
     state = _read_safetensors(path)
     try:
-        model = AutoModelForSequenceClassification.from_config(config, **kwargs)
+        auto: Any = AutoModelForSequenceClassification  # untyped library
+        model = auto.from_config(config, **kwargs)
     except (OSError, ValueError) as exc:
         raise ModelError(f"cannot build the model described by {path / 'config.json'}: {exc}") from exc
     _reshape_empty(model, heads, neurons)

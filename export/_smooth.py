@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -72,17 +73,17 @@ def smooth_activations(
 
 
 def _activation_maxima(
-    model: object, tensors: list[str], batches: Sequence[dict[str, np.ndarray]], threads: int
+    model: Any, tensors: list[str], batches: Sequence[dict[str, np.ndarray]], threads: int
 ) -> dict[str, np.ndarray]:
     """Largest |value| of each tensor's last-axis channels over the calibration batches."""
     import onnx
     from onnx import helper
 
-    from export._runtime import require_onnxruntime
+    from export._engine import require_onnxruntime
 
     ort = require_onnxruntime()
     probe = onnx.ModelProto()
-    probe.CopyFrom(model)  # type: ignore[arg-type]
+    probe.CopyFrom(model)
     outputs = {o.name for o in probe.graph.output}
     for name in tensors:
         if name not in outputs:

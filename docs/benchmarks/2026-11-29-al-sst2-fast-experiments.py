@@ -18,7 +18,8 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 from knowacq.base import load_tsv  # noqa: E402
 from knowacq.train import default_base_model  # noqa: E402
-from knowacq.loop._simulate import _cached_embeddings, _fit_predict  # noqa: E402
+from knowacq.loop._embeddings import cached_embeddings as _cached_embeddings  # noqa: E402
+from knowacq.loop._learners import fit_predict as _fit_predict  # noqa: E402
 from knowacq.loop import Selection, select, strategy  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data" / "sst2"

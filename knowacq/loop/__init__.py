@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from knowacq.loop._bandit import Exp3, reward_from_gain
 from knowacq.loop._demo_loop import demo_loop
+from knowacq.loop._embeddings import embed
 from knowacq.loop._handoff import (
     EMBEDDING_STRATEGIES,
     ImportResult,
@@ -15,13 +16,7 @@ from knowacq.loop._handoff import (
     import_labels,
 )
 from knowacq.loop._retrain import RetrainConfig, RetrainResult, retrain
-from knowacq.loop._simulate import (
-    FULL_MODE_MAX_POOL,
-    FULL_MODE_TRAIN,
-    SimulationConfig,
-    embed,
-    simulate,
-)
+from knowacq.loop._simulate import FULL_MODE_MAX_POOL, FULL_MODE_TRAIN, SimulationConfig, simulate
 from knowacq.loop._strategies import (
     STRATEGIES,
     BadgeSampling,

@@ -18,12 +18,15 @@ import numpy as np
 
 from knowacq.base import FeedbackStore, PredictionRecord, redact_for_storage
 from knowacq.errors import DataError, InvalidInputError, UnknownPredictionError
-from knowacq.loop._strategies import Selection, select, strategy
+from knowacq.loop._strategies import STRATEGIES, Selection, select, strategy
 
 __all__ = ["ImportResult", "export_tasks", "import_labels"]
 
-EMBEDDING_STRATEGIES = ("diversity", "badge", "density")
+EMBEDDING_STRATEGIES = tuple(name for name, s in STRATEGIES.items() if s.needs_embeddings)
 """Strategies that need sentence embeddings of the pool, which the feedback store does not keep."""
+
+Row = tuple[str | None, str | None, str | None, str]
+"""One row of a labels file: (prediction_id, text, label, annotator); label None: skipped, the reason last."""
 
 FROM_NAME = "label"
 TO_NAME = "text"
@@ -46,7 +49,7 @@ def export_tasks(
     strategy_name: str = "margin",
     fmt: str = "label-studio",
     seed: int = 0,
-    options: Selection = Selection(near_duplicate_cosine=None),
+    options: Selection = Selection(near_duplicate_cosine=None),  # noqa: B008  frozen dataclass: immutable
 ) -> list[PredictionRecord]:
     """Choose up to `n` captured predictions with `strategy_name`, write them, mark them queued."""
     if fmt not in ("label-studio", "csv"):
@@ -120,10 +123,10 @@ class ImportResult:
     """One line per row that was not imported, with the reason."""
 
 
-def _rows_from_label_studio(data: Any) -> list[tuple[str | None, str | None, str | None, str]]:
+def _rows_from_label_studio(data: Any) -> list[Row]:
     if not isinstance(data, list):
         raise DataError("a Label Studio export is a JSON list of tasks")
-    rows = []
+    rows: list[Row] = []
     for i, task in enumerate(data):
         where = f"task {i + 1}"
         if not isinstance(task, dict) or not isinstance(task.get("data"), dict):
@@ -148,7 +151,7 @@ def _rows_from_label_studio(data: Any) -> list[tuple[str | None, str | None, str
     return rows
 
 
-def _rows_from_csv(path: Path) -> list[tuple[str | None, str | None, str | None, str]]:
+def _rows_from_csv(path: Path) -> list[Row]:
     with path.open(newline="", encoding="utf-8") as handle:
         reader = csv.DictReader(handle)
         fields = set(reader.fieldnames or [])
@@ -156,7 +159,7 @@ def _rows_from_csv(path: Path) -> list[tuple[str | None, str | None, str | None,
             raise DataError(
                 f"{path}: a CSV needs a 'label' column and 'prediction_id' or 'text'; found {sorted(fields)}"
             )
-        rows = []
+        rows: list[Row] = []
         for row in reader:
             label = (row.get("label") or "").strip()
             if not label:
@@ -181,16 +184,7 @@ def import_labels(
     annotator: str = "",
 ) -> ImportResult:
     """Store the labels of a Label Studio JSON export or a CSV; every skipped row is reported."""
-    path = Path(in_file)
-    if not path.is_file():
-        raise DataError(f"{path} does not exist")
-    if path.suffix.lower() == ".json":
-        try:
-            rows = _rows_from_label_studio(json.loads(path.read_text(encoding="utf-8")))
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{path} is not valid JSON: {exc}") from None
-    else:
-        rows = _rows_from_csv(path)
+    rows = _read_rows(Path(in_file))
     known = set(
         label_names
         or _label_names(store.predictions_with_status(("served", "captured", "queued", "labelled", "used"), limit=1000))
@@ -211,28 +205,8 @@ def import_labels(
             if not text or not text.strip():
                 skipped.append(f"row {i}: neither prediction_id nor text")
                 continue
-            clean, digest = redact_for_storage(text)
-            found = store.find_by_text_hash(digest)
-            if found is None:
-                prediction_id = "import-" + digest[:32]
-                store.record_predictions(
-                    [
-                        PredictionRecord(
-                            prediction_id=prediction_id,
-                            model_version="import",
-                            text=clean,
-                            text_sha256=digest,
-                            label=label,
-                            score=1.0,
-                            margin=1.0,
-                            probabilities={},
-                            captured=False,
-                        )
-                    ]
-                )
-                new_texts += 1
-            else:
-                prediction_id = found.prediction_id
+            prediction_id, new = _prediction_of_text(store, text, label)
+            new_texts += new
         try:
             outcome = store.add_label(prediction_id, label, source="import", annotator=who or annotator)
         except UnknownPredictionError:
@@ -240,3 +214,40 @@ def import_labels(
             continue
         counts[outcome] += 1
     return ImportResult(counts["created"], counts["updated"], counts["unchanged"], new_texts, skipped)
+
+
+def _read_rows(path: Path) -> list[Row]:
+    """The rows of a Label Studio JSON export (`.json`) or of a CSV (any other suffix)."""
+    if not path.is_file():
+        raise DataError(f"{path} does not exist")
+    if path.suffix.lower() == ".json":
+        try:
+            return _rows_from_label_studio(json.loads(path.read_text(encoding="utf-8")))
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{path} is not valid JSON: {exc}") from None
+    return _rows_from_csv(path)
+
+
+def _prediction_of_text(store: FeedbackStore, text: str, label: str) -> tuple[str, bool]:
+    """(prediction id, new): the stored prediction of this text (redacted, matched by hash), or a new record."""
+    clean, digest = redact_for_storage(text)
+    found = store.find_by_text_hash(digest)
+    if found is not None:
+        return found.prediction_id, False
+    prediction_id = "import-" + digest[:32]
+    store.record_predictions(
+        [
+            PredictionRecord(
+                prediction_id=prediction_id,
+                model_version="import",
+                text=clean,
+                text_sha256=digest,
+                label=label,
+                score=1.0,
+                margin=1.0,
+                probabilities={},
+                captured=False,
+            )
+        ]
+    )
+    return prediction_id, True

@@ -1,12 +1,12 @@
-"""Pool-based active-learning simulation: how many labels each strategy needs, on data with known labels.
+"""Pool-based active-learning simulation (its config and round loop): how many labels each strategy needs.
 
 Fast mode: a frozen encoder (mean-pooled sentence embeddings, computed once and cached) with a logistic-
 regression head retrained each round. Full mode: each round fine-tunes the encoder and a classification head
 from the base model on the labelled rows alone (`knowacq train`'s training loop, a fixed small-data recipe,
 no model selection on dev or held-out rows), then one forward pass over the unlabelled pool, dev and the
 held-out rows gives the probabilities and the embeddings (the fine-tuned model's mean-pooled last hidden
-state) for the strategies. Both modes share the round loop; a learner (`_FastLearner`, `_FullLearner`) fits
-and predicts. Labels of the pool stay hidden until a strategy queries them. The
+state) for the strategies. Both modes share the round loop; a learner (`FastLearner`, `FullLearner` in
+`_learners`) fits and predicts. Labels of the pool stay hidden until a strategy queries them. The
 bandit (EXP3 over the other strategies) is rewarded by the accuracy gain per label on a held-out slice of
 the training file, never on dev, which only draws the learning curves. The same models are also scored on
 the held-out rows, which come from the pool's distribution (dev may not: SST-2 train is mostly phrases, its
@@ -22,19 +22,22 @@ import json
 import time
 import zlib
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
 
 import numpy as np
 
 from knowacq.base import LabelledData, load_tsv
 from knowacq.errors import ConfigError
 from knowacq.loop._bandit import Exp3, reward_from_gain
-from knowacq.loop._strategies import STRATEGIES, Selection, select, strategy
+from knowacq.loop._embeddings import cached_embeddings
+from knowacq.loop._learners import FastLearner, FullLearner, Learner, Predictions
+from knowacq.loop._sim_results import Trace, Traces, plot, results
+from knowacq.loop._strategies import STRATEGIES, Selection, Strategy, select, strategy
 from knowacq.train import TrainConfig
 
-__all__ = ["FULL_MODE_MAX_POOL", "FULL_MODE_TRAIN", "SimulationConfig", "embed", "simulate"]
+__all__ = ["FULL_MODE_MAX_POOL", "FULL_MODE_TRAIN", "SimulationConfig", "simulate"]
 
 BANDIT = "bandit"
 MODES = ("fast", "full")
@@ -99,227 +102,6 @@ class SimulationConfig:
         Selection(near_duplicate_cosine=self.near_duplicate_cosine)  # raises ConfigError when out of range
 
 
-def embed(
-    texts: Sequence[str], model_dir: str | Path, *, max_length: int = 64, batch_size: int = 128, progress: bool = True
-) -> np.ndarray:
-    """Mean-pooled, L2-normalised sentence embeddings from a Hugging Face encoder (frozen)."""
-    import torch
-    from transformers import AutoModel, AutoTokenizer
-
-    from knowacq.base import length_sorted_batches
-
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModel.from_pretrained(model_dir).eval()
-    out = np.zeros((len(texts), model.config.hidden_size), dtype=np.float32)
-    batches = length_sorted_batches(np.array([len(t) for t in texts]), batch_size)
-    from rich.progress import Progress
-
-    with torch.inference_mode(), Progress(disable=not progress, transient=True) as bar:
-        task = bar.add_task("embedding", total=len(texts))
-        for idx in batches:
-            enc = tokenizer(
-                [texts[i] for i in idx], padding=True, truncation=True, max_length=max_length, return_tensors="pt"
-            )
-            hidden = model(**enc).last_hidden_state
-            mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
-            out[idx] = torch.nn.functional.normalize(pooled, dim=1).numpy()
-            bar.advance(task, len(idx))
-    return out
-
-
-def _cached_embeddings(
-    texts: Sequence[str], model_dir: Path, cache_dir: Path, progress: bool, log: Callable[[str], None]
-) -> np.ndarray:
-    key = hashlib.sha256(("\n".join(texts) + str(model_dir.resolve())).encode()).hexdigest()[:16]
-    path = cache_dir / f"embeddings-{key}.npy"
-    if path.is_file():
-        return np.load(path)
-    started = time.perf_counter()
-    vectors = embed(texts, model_dir, progress=progress)
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    np.save(path, vectors)
-    log(f"embedded {len(texts)} texts in {time.perf_counter() - started:.0f} s (cached in {path})")
-    return vectors
-
-
-def _fit_predict(x: np.ndarray, y: np.ndarray, num_labels: int, c: float, *targets: np.ndarray) -> list[np.ndarray]:
-    """Probabilities of a logistic-regression head trained on (x, y), for each target matrix."""
-    from sklearn.linear_model import LogisticRegression
-
-    if len(np.unique(y)) < 2:  # one class seen so far: predict it with certainty
-        out = []
-        for t in targets:
-            p = np.zeros((len(t), num_labels))
-            p[:, int(y[0])] = 1.0
-            out.append(p)
-        return out
-    if c > 0:
-        head = LogisticRegression(C=c, max_iter=1000).fit(x, y)
-    else:
-        from sklearn.linear_model import LogisticRegressionCV
-
-        folds = int(min(3, np.bincount(y).min())) if len(y) else 0
-        head = (
-            LogisticRegressionCV(Cs=[0.01, 0.1, 1.0, 10.0, 100.0], cv=folds, max_iter=1000).fit(x, y)
-            if folds >= 2
-            else LogisticRegression(max_iter=1000).fit(x, y)
-        )
-    out = []
-    for t in targets:
-        p = np.zeros((len(t), num_labels))
-        p[:, head.classes_] = head.predict_proba(t)
-        out.append(p)
-    return out
-
-
-@dataclass(frozen=True)
-class _Predictions:
-    """One round's model, applied: class probabilities of the pool, dev and held-out rows, and pool
-    embeddings for the strategies that need them. Rows of the pool already labelled may hold zeros."""
-
-    pool: np.ndarray
-    dev: np.ndarray
-    held: np.ndarray
-    embeddings: np.ndarray
-
-
-@dataclass(frozen=True)
-class _RankedOn:
-    """A strategy that ranks with these embeddings (the round's model's), whatever `select` is given: `select`
-    uses its own embeddings for the near-duplicate check, which in full mode stay the frozen encoder's."""
-
-    inner: Any
-    embeddings: np.ndarray
-
-    @property
-    def name(self) -> str:
-        return str(self.inner.name)
-
-    def rank(
-        self,
-        probabilities: np.ndarray,
-        *,
-        rng: np.random.Generator,
-        embeddings: np.ndarray | None = None,
-        n: int | None = None,
-    ) -> np.ndarray:
-        return self.inner.rank(probabilities, rng=rng, embeddings=self.embeddings, n=n)
-
-
-class _Learner(Protocol):
-    description: str
-
-    def fit_predict(self, labelled: np.ndarray, seed: int) -> _Predictions:
-        """Train on the pool rows where `labelled` is True (from scratch) and predict."""
-        ...
-
-
-class _FastLearner:
-    """Frozen encoder: cached mean-pooled embeddings, a logistic-regression head refitted each round."""
-
-    description = "fast (frozen encoder, mean-pooled embeddings, logistic-regression head)"
-
-    def __init__(
-        self, x_pool: np.ndarray, y_pool: np.ndarray, x_dev: np.ndarray, x_held: np.ndarray, num_labels: int, c: float
-    ) -> None:
-        self.x_pool, self.y_pool, self.x_dev, self.x_held = x_pool, y_pool, x_dev, x_held
-        self.num_labels, self.c = num_labels, c
-
-    def fit_predict(self, labelled: np.ndarray, seed: int) -> _Predictions:
-        lab = np.flatnonzero(labelled)
-        p_dev, p_pool, p_held = _fit_predict(
-            self.x_pool[lab], self.y_pool[lab], self.num_labels, self.c, self.x_dev, self.x_pool, self.x_held
-        )
-        return _Predictions(p_pool, p_dev, p_held, self.x_pool)
-
-
-class _FullLearner:
-    """Fine-tunes the base encoder and a new classification head on the labelled rows each round (the
-    training loop of `knowacq train`), then one forward pass per text gives probabilities and embeddings."""
-
-    description = (
-        "full (encoder + classification head fine-tuned from the base model each round on the "
-        "labelled rows; embeddings: the fine-tuned model's mean-pooled last hidden state)"
-    )
-
-    def __init__(
-        self, base: Path, pool: LabelledData, dev: LabelledData, held: LabelledData, config: TrainConfig
-    ) -> None:
-        from knowacq.base import require_torch
-
-        require_torch("Full-mode simulation")
-        self.base, self.pool, self.dev, self.held, self.config = base, pool, dev, held, config
-
-    def fit_predict(self, labelled: np.ndarray, seed: int) -> _Predictions:
-        import torch
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
-        from transformers import logging as hf_logging
-
-        from knowacq.errors import ModelError
-        from knowacq.train import fit
-
-        config = replace(self.config, seed=self.config.seed + seed)
-        names = list(self.pool.label_names)
-        torch.manual_seed(config.seed)  # the new head's initial weights, as `fine_tune` does
-        verbosity = hf_logging.get_verbosity()
-        hf_logging.set_verbosity_error()  # "newly initialized classifier weights" is expected here
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(self.base, local_files_only=True)
-            model = AutoModelForSequenceClassification.from_pretrained(
-                self.base,
-                local_files_only=True,
-                num_labels=len(names),
-                id2label=dict(enumerate(names)),
-                label2id={n: i for i, n in enumerate(names)},
-                ignore_mismatched_sizes=True,
-            )
-        except (OSError, ValueError) as exc:
-            raise ModelError(f"cannot load the base model from {self.base}: {exc}") from exc
-        finally:
-            hf_logging.set_verbosity(verbosity)
-        train = self.pool.subset(np.flatnonzero(labelled))
-        # The loop keeps its best evaluation: evaluating on the training rows themselves lets no dev or
-        # held-out row choose the model.
-        fit(model, tokenizer, train, train, config, progress=False, say=lambda _: None)
-        unlabelled = np.flatnonzero(~labelled)
-        texts = [self.pool.texts[i] for i in unlabelled] + list(self.dev.texts) + list(self.held.texts)
-        probs, vectors = _probabilities_and_embeddings(
-            model, tokenizer, texts, config.max_length, config.eval_batch_size
-        )
-        n_pool, n_dev = len(unlabelled), len(self.dev)
-        p_pool = np.zeros((len(self.pool), len(names)))
-        p_pool[unlabelled] = probs[:n_pool]
-        x_pool = np.zeros((len(self.pool), vectors.shape[1]), dtype=np.float32)
-        x_pool[unlabelled] = vectors[:n_pool]
-        return _Predictions(p_pool, probs[n_pool : n_pool + n_dev], probs[n_pool + n_dev :], x_pool)
-
-
-def _probabilities_and_embeddings(
-    model: Any, tokenizer: Any, texts: Sequence[str], max_length: int, batch_size: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Softmax probabilities and L2-normalised mean-pooled last hidden states, from one forward pass."""
-    import torch
-
-    from knowacq.base import length_sorted_batches
-
-    probs = np.zeros((len(texts), model.config.num_labels))
-    vectors = np.zeros((len(texts), model.config.hidden_size), dtype=np.float32)
-    model.eval()
-    with torch.inference_mode():
-        for idx in length_sorted_batches(np.array([len(t) for t in texts]), batch_size):
-            enc = tokenizer(
-                [texts[i] for i in idx], truncation=True, max_length=max_length, padding=True, return_tensors="pt"
-            )
-            output = model(**enc, output_hidden_states=True)
-            probs[idx] = torch.softmax(output.logits.double(), dim=1).numpy()
-            hidden = output.hidden_states[-1]
-            mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
-            vectors[idx] = torch.nn.functional.normalize(pooled, dim=1).numpy()
-    return probs, vectors
-
-
 def simulate(
     train_file: str | Path,
     dev_file: str | Path,
@@ -340,8 +122,53 @@ def simulate(
     train = load_tsv(train_file, label_names=label_names)
     dev = load_tsv(dev_file, label_names=train.label_names)
     model_dir = Path(base) if base else default_base_model()
-    rng0 = np.random.default_rng(12345)
-    order = rng0.permutation(len(train))
+    pool, held = _split(train, config)
+    log(f"{config.mode} mode: pool {len(pool)} rows, held-out {len(held)}, dev {len(dev)}; encoder {model_dir}")
+    learner, near_space = _learner(config, model_dir, pool, dev, held, out_dir / "cache", progress, log)
+    setup = _Setup(
+        config,
+        learner,
+        np.asarray(dev.labels),
+        np.asarray(held.labels),
+        near_space,
+        [hashlib.sha256(t.encode()).hexdigest() for t in pool.texts],
+        Selection(near_duplicate_cosine=config.near_duplicate_cosine),
+    )
+    traces = Traces(config.strategies)
+    for seed in range(config.seeds):
+        initial = np.random.default_rng(seed).choice(len(pool), config.seed_labels, replace=False)
+        labelled = np.zeros(len(pool), dtype=bool)
+        labelled[initial] = True
+        tick = time.perf_counter()
+        first = learner.fit_predict(labelled.copy(), seed)  # round 0: the same for every strategy of a seed
+        first_seconds = time.perf_counter() - tick
+        for name in config.strategies:
+            trace = _run(setup, name, seed, labelled.copy(), (first, first_seconds))
+            traces.add(name, trace)
+            log(
+                f"seed {seed} {name:>16}: dev accuracy {trace.dev[0]:.4f} -> {trace.dev[-1]:.4f} "
+                f"({sum(trace.fit_seconds) + sum(trace.select_seconds):.0f} s)"
+            )
+    head = {
+        "train": str(train_file),
+        "dev": str(dev_file),
+        "encoder": str(model_dir),
+        "mode": config.mode,
+        "model": learner.description,
+        "config": asdict(config),
+    }
+    labels_axis = [config.seed_labels + config.batch * r for r in range(config.rounds + 1)]
+    result = results(traces, labels_axis, len(held), head)
+    result["seconds"] = time.perf_counter() - started
+    (out_dir / "results.json").write_text(json.dumps(result, indent=2) + "\n")
+    plot(result, out_dir / "learning-curves.png")
+    log(f"wrote {out_dir / 'results.json'} and {out_dir / 'learning-curves.png'} in {result['seconds']:.0f} s")
+    return result
+
+
+def _split(train: LabelledData, config: SimulationConfig) -> tuple[LabelledData, LabelledData]:
+    """(pool, held-out rows): a fixed shuffle of the training rows, checked against what the run needs."""
+    order = np.random.default_rng(12345).permutation(len(train))
     heldout_idx = order[: config.heldout]
     pool_idx = order[config.heldout :]
     if config.max_pool:
@@ -355,187 +182,132 @@ def simulate(
             f"has {len(pool_idx)} rows, the limit is {FULL_MODE_MAX_POOL}: set max_pool "
             f"(--max-pool), e.g. 3000"
         )
-    pool = train.subset(pool_idx)
-    held = train.subset(heldout_idx)
-    log(f"{config.mode} mode: pool {len(pool)} rows, held-out {len(held)}, dev {len(dev)}; encoder {model_dir}")
-    y_pool, y_dev, y_held = np.asarray(pool.labels), np.asarray(dev.labels), np.asarray(held.labels)
-    learner: _Learner
-    cache = out_dir / "cache"
+    return train.subset(pool_idx), train.subset(heldout_idx)
+
+
+def _learner(
+    config: SimulationConfig,
+    model_dir: Path,
+    pool: LabelledData,
+    dev: LabelledData,
+    held: LabelledData,
+    cache: Path,
+    progress: bool,
+    log: Callable[[str], None],
+) -> tuple[Learner, np.ndarray | None]:
+    """The mode's learner, and the pool's embeddings for the near-duplicate check (None: the check is off)."""
     # The near-duplicate check compares texts in the frozen encoder's space in both modes: a fine-tuned
     # classifier's embeddings crowd each class together, and 0.98 there would mean "same class", not "same text".
-    near_space: np.ndarray | None = None
     if config.mode == "full":
-        learner = _FullLearner(model_dir, pool, dev, held, config.train)
-        if config.near_duplicate_cosine is not None:
-            near_space = _cached_embeddings(list(pool.texts), model_dir, cache, progress, log)
-    else:
-        x_pool = _cached_embeddings(list(pool.texts), model_dir, cache, progress, log)
-        near_space = x_pool
-        x_dev = _cached_embeddings(list(dev.texts), model_dir, cache, progress, log)
-        x_held = _cached_embeddings(list(held.texts), model_dir, cache, progress, log) if len(held) else x_dev[:0]
-        learner = _FastLearner(x_pool, y_pool, x_dev, x_held, train.num_labels, config.c)
-    hashes = [hashlib.sha256(t.encode()).hexdigest() for t in pool.texts]
-
-    selection = Selection(near_duplicate_cosine=config.near_duplicate_cosine)
-    curves: dict[str, list[list[float]]] = {s: [] for s in config.strategies}
-    held_curves: dict[str, list[list[float]]] = {s: [] for s in config.strategies}
-    fit_seconds: dict[str, list[list[float]]] = {s: [] for s in config.strategies}
-    select_seconds: dict[str, list[list[float]]] = {s: [] for s in config.strategies}
-    bandit_reports: list[dict[str, Any]] = []
-    labels_axis = [config.seed_labels + config.batch * r for r in range(config.rounds + 1)]
-    for seed in range(config.seeds):
-        seed_rng = np.random.default_rng(seed)
-        initial = seed_rng.choice(len(pool), config.seed_labels, replace=False)
-        first: tuple[_Predictions, float] | None = None  # round 0 is the same for every strategy of a seed
-        for name in config.strategies:
-            rng = np.random.default_rng([seed, zlib.crc32(name.encode())])
-            labelled = np.zeros(len(pool), dtype=bool)
-            labelled[initial] = True
-            bandit = Exp3([s for s in config.strategies if s != BANDIT], gamma=config.gamma) if name == BANDIT else None
-            curve: list[float] = []
-            held_curve: list[float] = []
-            fit_times: list[float] = []
-            select_times: list[float] = []
-            held_acc = None
-            for r in range(config.rounds + 1):
-                tick = time.perf_counter()
-                if r == 0 and first is not None:
-                    predicted, fit_time = first
-                else:
-                    predicted = learner.fit_predict(labelled.copy(), seed)
-                    fit_time = time.perf_counter() - tick
-                    if r == 0:
-                        first = predicted, fit_time
-                fit_times.append(round(fit_time, 3))
-                curve.append(float(np.mean(predicted.dev.argmax(1) == y_dev)))
-                new_held = float(np.mean(predicted.held.argmax(1) == y_held)) if len(y_held) else curve[-1]
-                if bandit is not None and held_acc is not None:
-                    bandit.update(reward_from_gain(new_held - held_acc, config.batch))
-                held_acc = new_held
-                held_curve.append(new_held)
-                if r == config.rounds:
-                    break
-                tick = time.perf_counter()
-                arm = bandit.choose(rng) if bandit is not None else name
-                candidates = np.flatnonzero(~labelled)
-                picked = select(
-                    _RankedOn(strategy(arm), predicted.embeddings[candidates]),
-                    predicted.pool[candidates],
-                    config.batch,
-                    rng=rng,
-                    embeddings=None if near_space is None else near_space[candidates],
-                    text_hashes=[hashes[i] for i in candidates],
-                    options=selection,
-                )
-                if len(picked) < config.batch:
-                    raise ConfigError(
-                        f"round {r + 1} of {name}: the selection found only {len(picked)} of "
-                        f"{config.batch} items that are not (near-)duplicates of one another; "
-                        "raise near_duplicate_cosine, turn it off, or lower batch"
-                    )
-                labelled[candidates[picked]] = True
-                select_times.append(round(time.perf_counter() - tick, 3))
-            curves[name].append(curve)
-            held_curves[name].append(held_curve)
-            fit_seconds[name].append(fit_times)
-            select_seconds[name].append(select_times)
-            if bandit is not None:
-                bandit_reports.append(
-                    {"seed": seed, "report": bandit.report(), "choices": [h["arm"] for h in bandit.history]}
-                )
-            log(
-                f"seed {seed} {name:>16}: dev accuracy {curve[0]:.4f} -> {curve[-1]:.4f} "
-                f"({sum(fit_times) + sum(select_times):.0f} s)"
-            )
-
-    mean = {s: np.mean(curves[s], axis=0) for s in config.strategies}
-    target = float(mean["random"][-1])
-    reach = _labels_to_reach(mean, target, labels_axis)
-    held_mean = {s: np.mean(held_curves[s], axis=0) for s in config.strategies}
-    held_target = float(held_mean["random"][-1])
-    held_reach = _labels_to_reach(held_mean, held_target, labels_axis)
-    random_final = labels_axis[-1]
-    result = {
-        "train": str(train_file),
-        "dev": str(dev_file),
-        "encoder": str(model_dir),
-        "mode": config.mode,
-        "model": learner.description,
-        "config": asdict(config),
-        "labels": labels_axis,
-        "curves": {s: {"per_seed": curves[s], "mean": mean[s].tolist()} for s in config.strategies},
-        "random_final_accuracy": target,
-        "random_final_labels": random_final,
-        "labels_to_reach_random_final": reach,
-        "label_ratio_to_random": {s: (None if v is None else v / random_final) for s, v in reach.items()},
-        "heldout": {
-            "note": "the same models scored on the held-out training rows (same distribution as the pool; "
-            "dev may differ, e.g. SST-2 train is phrases, dev whole sentences)",
-            "rows": int(len(y_held)),
-            "curves": {s: {"per_seed": held_curves[s], "mean": held_mean[s].tolist()} for s in config.strategies},
-            "random_final_accuracy": held_target,
-            "labels_to_reach_random_final": held_reach,
-            "label_ratio_to_random": {s: (None if v is None else v / random_final) for s, v in held_reach.items()},
-        },
-        "bandit": bandit_reports,
-        "timing": {
-            "note": "seconds per round: fit_predict trains the round's model (fast: logistic head; full: "
-            "fine-tuning) and predicts the unlabelled pool, dev and held-out rows; select chooses the "
-            "next batch. Round 0 is fitted once per seed and shared by the strategies (its time is "
-            "repeated in each).",
-            "fit_predict": {
-                s: {"per_seed": fit_seconds[s], "mean": np.mean(fit_seconds[s], axis=0).tolist()}
-                for s in config.strategies
-            },
-            "select": {
-                s: {"per_seed": select_seconds[s], "mean": np.mean(select_seconds[s], axis=0).tolist()}
-                for s in config.strategies
-            },
-        },
-        "seconds": time.perf_counter() - started,
-    }
-    (out_dir / "results.json").write_text(json.dumps(result, indent=2) + "\n")
-    _plot(result, out_dir / "learning-curves.png")
-    log(f"wrote {out_dir / 'results.json'} and {out_dir / 'learning-curves.png'} in {result['seconds']:.0f} s")
-    return result
+        learner = FullLearner(model_dir, pool, dev, held, config.train)
+        if config.near_duplicate_cosine is None:
+            return learner, None
+        return learner, cached_embeddings(list(pool.texts), model_dir, cache, progress, log)
+    x_pool = cached_embeddings(list(pool.texts), model_dir, cache, progress, log)
+    x_dev = cached_embeddings(list(dev.texts), model_dir, cache, progress, log)
+    x_held = cached_embeddings(list(held.texts), model_dir, cache, progress, log) if len(held) else x_dev[:0]
+    return FastLearner(x_pool, np.asarray(pool.labels), x_dev, x_held, pool.num_labels, config.c), x_pool
 
 
-def _labels_to_reach(mean: dict[str, np.ndarray], target: float, labels_axis: list[int]) -> dict[str, int | None]:
-    reach: dict[str, int | None] = {}
-    for s, curve in mean.items():
-        hit = np.flatnonzero(curve >= target - 1e-12)
-        reach[s] = int(labels_axis[hit[0]]) if len(hit) else None
-    return reach
+@dataclass(frozen=True)
+class _Setup:
+    """What every run of a simulation shares: the learner, the true labels it is scored on, the pool's texts."""
+
+    config: SimulationConfig
+    learner: Learner
+    y_dev: np.ndarray
+    y_held: np.ndarray
+    near_space: np.ndarray | None
+    """Frozen-encoder embeddings of the pool, for the near-duplicate check (None: off)."""
+    hashes: list[str]
+    """SHA-256 of each pool text, for the exact-duplicate check."""
+    selection: Selection
 
 
-def _plot(result: dict[str, Any], path: Path) -> None:
-    import matplotlib
+def _run(
+    setup: _Setup,
+    name: str,
+    seed: int,
+    labelled: np.ndarray,
+    first: tuple[Predictions, float],
+) -> Trace:
+    """One strategy on one seed: `config.rounds` rounds of fit, score, select, starting from `first` (round 0)."""
+    config = setup.config
+    rng = np.random.default_rng([seed, zlib.crc32(name.encode())])
+    bandit = Exp3([s for s in config.strategies if s != BANDIT], gamma=config.gamma) if name == BANDIT else None
+    trace = Trace()
+    held_acc = None
+    for r in range(config.rounds + 1):
+        tick = time.perf_counter()
+        if r == 0:
+            predicted, fit_time = first
+        else:
+            predicted = setup.learner.fit_predict(labelled.copy(), seed)
+            fit_time = time.perf_counter() - tick
+        trace.fit_seconds.append(round(fit_time, 3))
+        trace.dev.append(float(np.mean(predicted.dev.argmax(1) == setup.y_dev)))
+        new_held = float(np.mean(predicted.held.argmax(1) == setup.y_held)) if len(setup.y_held) else trace.dev[-1]
+        if bandit is not None and held_acc is not None:
+            bandit.update(reward_from_gain(new_held - held_acc, config.batch))
+        held_acc = new_held
+        trace.held.append(new_held)
+        if r == config.rounds:
+            break
+        tick = time.perf_counter()
+        arm = bandit.choose(rng) if bandit is not None else name
+        _query(setup, strategy(arm), predicted, labelled, rng, f"round {r + 1} of {name}")
+        trace.select_seconds.append(round(time.perf_counter() - tick, 3))
+    if bandit is not None:
+        trace.bandit = {"seed": seed, "report": bandit.report(), "choices": [h["arm"] for h in bandit.history]}
+    return trace
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    panels = [("dev", result["curves"], result["random_final_accuracy"])]
-    if result.get("heldout", {}).get("rows"):
-        held = result["heldout"]
-        panels.append((f"held-out training rows ({held['rows']})", held["curves"], held["random_final_accuracy"]))
-    fig, axes = plt.subplots(1, len(panels), figsize=(7 * len(panels), 4.5), squeeze=False)
-    for ax, (what, curves, target) in zip(axes[0], panels):
-        for name, curve in curves.items():
-            ax.plot(result["labels"], curve["mean"], marker="o", markersize=3, label=name)
-        ax.axhline(target, color="grey", linestyle=":", linewidth=1)
-        ax.set_xlabel("labels")
-        ax.set_ylabel("accuracy (mean over seeds)")
-        ax.set_title(what)
-        ax.grid(alpha=0.3)
-        ax.legend()
-    fig.suptitle(
-        "pool-based active learning, "
-        + (
-            "encoder + head fine-tuned each round"
-            if result.get("mode") == "full"
-            else "frozen encoder + logistic regression"
-        )
+def _query(
+    setup: _Setup, chosen: Strategy, predicted: Predictions, labelled: np.ndarray, rng: np.random.Generator, where: str
+) -> None:
+    """Choose the next batch among the unlabelled rows with the product's selection options; label it."""
+    batch = setup.config.batch
+    candidates = np.flatnonzero(~labelled)
+    picked = select(
+        _RankedOn(chosen, predicted.embeddings[candidates]),
+        predicted.pool[candidates],
+        batch,
+        rng=rng,
+        embeddings=None if setup.near_space is None else setup.near_space[candidates],
+        text_hashes=[setup.hashes[i] for i in candidates],
+        options=setup.selection,
     )
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    if len(picked) < batch:
+        raise ConfigError(
+            f"{where}: the selection found only {len(picked)} of "
+            f"{batch} items that are not (near-)duplicates of one another; "
+            "raise near_duplicate_cosine, turn it off, or lower batch"
+        )
+    labelled[candidates[picked]] = True
+
+
+@dataclass(frozen=True)
+class _RankedOn:
+    """A strategy that ranks with these embeddings (the round's model's), whatever `select` is given: `select`
+    uses its own embeddings for the near-duplicate check, which in full mode stay the frozen encoder's."""
+
+    inner: Strategy
+    embeddings: np.ndarray
+
+    @property
+    def name(self) -> str:
+        return self.inner.name
+
+    @property
+    def needs_embeddings(self) -> bool:
+        return self.inner.needs_embeddings
+
+    def rank(
+        self,
+        probabilities: np.ndarray,
+        *,
+        rng: np.random.Generator,
+        embeddings: np.ndarray | None = None,
+        n: int | None = None,
+    ) -> np.ndarray:
+        return self.inner.rank(probabilities, rng=rng, embeddings=self.embeddings, n=n)

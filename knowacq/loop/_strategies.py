@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Protocol
+from typing import ClassVar, Protocol
 
 import numpy as np
 
@@ -51,7 +51,15 @@ def entropy(probabilities: np.ndarray) -> np.ndarray:
 
 
 class Strategy(Protocol):
-    name: str
+    """A query strategy: a name, whether it ranks with sentence embeddings of the pool, and the ranking."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def needs_embeddings(self) -> bool:
+        """True: `rank` needs `embeddings` (one row per pool item) and refuses to rank without them."""
+        ...
 
     def rank(
         self,
@@ -71,9 +79,19 @@ def _by_score(scores: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return np.lexsort((jitter, -scores))
 
 
+def _check_embeddings(name: str, probabilities: np.ndarray, embeddings: np.ndarray | None) -> np.ndarray:
+    """The embeddings, as given, once they are there and one per pool item; else ConfigError."""
+    if embeddings is None:
+        raise ConfigError(f"the {name} strategy needs sentence embeddings of the pool")
+    if len(embeddings) != len(probabilities):
+        raise ConfigError(f"{len(embeddings)} embeddings for {len(probabilities)} pool items")
+    return embeddings
+
+
 @dataclass(frozen=True)
 class RandomSampling:
     name: str = "random"
+    needs_embeddings: ClassVar[bool] = False
 
     def rank(
         self,
@@ -92,6 +110,7 @@ class UncertaintySampling:
 
     name: str
     score: str
+    needs_embeddings: ClassVar[bool] = False
 
     def rank(
         self,
@@ -112,6 +131,7 @@ class DiversitySampling:
 
     name: str = "diversity"
     candidates_factor: int = 10
+    needs_embeddings: ClassVar[bool] = True
 
     def rank(
         self,
@@ -121,10 +141,7 @@ class DiversitySampling:
         embeddings: np.ndarray | None = None,
         n: int | None = None,
     ) -> np.ndarray:
-        if embeddings is None:
-            raise ConfigError("the diversity strategy needs sentence embeddings of the pool")
-        if len(embeddings) != len(probabilities):
-            raise ConfigError(f"{len(embeddings)} embeddings for {len(probabilities)} pool items")
+        embeddings = _check_embeddings(self.name, probabilities, embeddings)
         order = _by_score(margin(probabilities), rng)
         k = min(n or 1, len(order))
         candidates = order[: min(len(order), max(k, self.candidates_factor * k))]
@@ -147,14 +164,6 @@ class DiversitySampling:
         return np.array(first + [int(i) for i in order if int(i) not in chosen], dtype=np.int64)
 
 
-def _check_embeddings(name: str, probabilities: np.ndarray, embeddings: np.ndarray | None) -> np.ndarray:
-    if embeddings is None:
-        raise ConfigError(f"the {name} strategy needs sentence embeddings of the pool")
-    if len(embeddings) != len(probabilities):
-        raise ConfigError(f"{len(embeddings)} embeddings for {len(probabilities)} pool items")
-    return np.asarray(embeddings, dtype=np.float64)
-
-
 @dataclass(frozen=True)
 class BadgeSampling:
     """BADGE (Ash et al., "Deep batch active learning by diverse, uncertain gradient lower bounds", ICLR
@@ -170,6 +179,7 @@ class BadgeSampling:
     """
 
     name: str = "badge"
+    needs_embeddings: ClassVar[bool] = True
 
     def rank(
         self,
@@ -179,7 +189,7 @@ class BadgeSampling:
         embeddings: np.ndarray | None = None,
         n: int | None = None,
     ) -> np.ndarray:
-        x = _check_embeddings(self.name, probabilities, embeddings)
+        x = np.asarray(_check_embeddings(self.name, probabilities, embeddings), dtype=np.float64)
         p = np.asarray(probabilities, dtype=np.float64)
         r = p.copy()
         r[np.arange(len(r)), p.argmax(axis=1)] -= 1.0
@@ -214,6 +224,7 @@ class DensityWeightedSampling:
 
     name: str = "density"
     beta: float = 1.0
+    needs_embeddings: ClassVar[bool] = True
 
     def rank(
         self,
@@ -223,7 +234,7 @@ class DensityWeightedSampling:
         embeddings: np.ndarray | None = None,
         n: int | None = None,
     ) -> np.ndarray:
-        unit = _normalise(_check_embeddings(self.name, probabilities, embeddings))
+        unit = _normalise(np.asarray(_check_embeddings(self.name, probabilities, embeddings), dtype=np.float64))
         density = np.clip(unit @ unit.mean(axis=0), 0.0, None)
         return _by_score(entropy(probabilities) * density**self.beta, rng)
 
@@ -301,8 +312,8 @@ def select(
     quota = max(1, int(np.ceil(options.max_class_fraction * n)))
     per_class: dict[int, int] = {}
     hashes_taken = set(seen_hashes)
-    check_near = options.near_duplicate_cosine is not None and embeddings is not None
-    unit = _normalise(np.asarray(embeddings, dtype=np.float64)) if check_near else None
+    near = options.near_duplicate_cosine
+    unit = _normalise(np.asarray(embeddings, dtype=np.float64)) if near is not None and embeddings is not None else None
     picked: list[int] = []
     for i in order:
         i = int(i)
@@ -312,8 +323,8 @@ def select(
         if options.dedupe_hashes and text_hashes is not None:
             if text_hashes[i] in hashes_taken:
                 continue
-        if unit is not None and picked:
-            if float((unit[picked] @ unit[i]).max()) >= options.near_duplicate_cosine:  # type: ignore[operator]
+        if unit is not None and near is not None and picked:
+            if float((unit[picked] @ unit[i]).max()) >= near:
                 continue
         picked.append(i)
         per_class[cls] = per_class.get(cls, 0) + 1

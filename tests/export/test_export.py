@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import shutil
 from pathlib import Path
 
@@ -13,17 +14,19 @@ from typer.testing import CliRunner
 
 from export import (
     PRESETS,
+    Engine,
     GateConfig,
     OptimizeConfig,
+    Predictor,
     PruneConfig,
     RecoveryConfig,
     SmoothConfig,
     cpu_isa,
+    fusion_gate,
+    optimize,
     preset,
     read_manifest,
 )
-from export._optimize import optimize
-from export._runtime import Engine, Predictor
 from knowacq import ConfigError, ModelError, load_tsv
 from knowacq.cli import app
 from knowacq.errors import GateError, ParityError, ProviderError, QualityError
@@ -158,8 +161,6 @@ def test_gpu_fp16_graph_is_fused_for_cuda_and_gated(variants: dict[str, Path]) -
 
 
 def test_fusion_gate_refuses_an_unfused_graph() -> None:
-    from export._optimize import fusion_gate
-
     gate = fusion_gate({"SkipLayerNormalization": 12, "BiasGelu": 6}, 6)  # what an SDPA export gives
     assert not gate.passed and gate.value == 0 and "eager attention" in gate.detail
 
@@ -228,7 +229,7 @@ def test_a_refused_rerun_keeps_the_variant_already_there(
 
 def test_quality_gates_refuse_a_damaged_variant(model_dir: Path, tmp_path: Path, monkeypatch) -> None:
     """A quantised graph that answers the opposite label fails agreement and accuracy, not parity."""
-    import export._optimize as pipeline
+    import export._pipeline as pipeline  # the module whose Engine judges the variant on dev
 
     class Flipped(Engine):
         def logits(self, texts):  # type: ignore[override]
@@ -334,10 +335,20 @@ def test_cpu_isa_from_flags(tmp_path: Path, monkeypatch) -> None:
     assert cpu_isa(tmp_path / "cpuinfo") == "arm64"
 
 
-def test_pruning_preset_is_a_real_prune() -> None:
+def test_pruning_preset_is_a_real_prune(variants: dict[str, Path]) -> None:
+    """The variant the pruned preset makes really lost the share of heads and neurons its recipe asks for,
+    and is int8: read from what `optimize` wrote, not from the preset table."""
     config = PRESETS["cpu-int8-pruned"]
     assert isinstance(config.prune, PruneConfig) and config.prune.head_fraction > 0
-    assert config.quantize == "dynamic-int8"
+    manifest = read_manifest(variants["cpu-int8-pruned"])
+    pruning = manifest.metrics["pruning"]
+    heads, neurons = pruning["heads_before"], pruning["neurons_before"]
+    assert pruning["heads_after"] == heads - math.floor(config.prune.head_fraction * heads)
+    # Two layers of 64 neurons in the tiny model: the per-layer cuts add up to the fraction of the total.
+    assert pruning["neurons_after"] == neurons - math.floor(config.prune.ffn_fraction * neurons)
+    assert manifest.metrics["params_after"] < manifest.metrics["params_before"]
+    assert manifest.config["quantize"] == "dynamic-int8"
+    assert manifest.fused_operators.get("MatMulInteger", 0) > 0  # int8 kernels in the written graph
 
 
 def test_bench_writes_json_markdown_and_plot(

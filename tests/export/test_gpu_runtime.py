@@ -12,14 +12,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from export._runtime import (
+from export import (
     CUDA_GRAPH_MAX_ROWS,
     Engine,
     Predictor,
     check_providers,
     graph_shape,
+    optimize,
+    optimize_graph,
     pad_feeds,
     plan_providers,
+    preset,
 )
 from knowacq.errors import ModelError, ProviderError
 
@@ -30,9 +33,6 @@ TEXTS = ["a great film", "an awful dull story that goes on and on and on", "fine
 
 @pytest.fixture(scope="module")
 def fp16_variant(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from export import preset
-    from export._optimize import optimize
-
     out = tmp_path_factory.mktemp("gpu") / "gpu-fp16"
     return optimize(model_dir, preset("gpu-fp16"), out, progress=False, log=lambda _: None).out_dir
 
@@ -46,9 +46,6 @@ def fp16_graph(tiny_base: Path, tmp_path_factory: pytest.TempPathFactory) -> tup
 
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-    from export import preset
-    from export._optimize import optimize_graph
 
     torch.manual_seed(1)
     model = AutoModelForSequenceClassification.from_pretrained(

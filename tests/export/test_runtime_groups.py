@@ -7,7 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from export._runtime import Predictor, _bucket, bucket_width
+from export import Predictor, bucket_width
+from export._engine import _bucket
 
 
 def test_bucket_ceilings() -> None:

@@ -218,6 +218,83 @@ def test_a_worse_candidate_is_rejected_and_not_published(
     assert store.promoted_model() is None
 
 
+def test_a_candidate_taught_wrong_labels_is_rejected_through_the_cli(
+    fp32_variant: Path, binary_sets, tmp_path: Path
+) -> None:
+    """No rigging: every stored label is the opposite of the truth; the candidate trained on them (no replay, a
+    large step) is far worse on dev, and the gate (default tolerance) refuses it; nothing is registered or published."""
+    from knowacq.base import PredictionRecord, text_sha256
+
+    train_file, dev_file = binary_sets
+    rows = load_tsv(train_file, label_names=("negative", "positive"))
+    store_url = f"sqlite:///{tmp_path / 'store.db'}"
+    store = FeedbackStore(store_url)
+    n = len(rows)  # every training row, flipped: enough steps before the first dev evaluation
+    store.record_predictions(
+        [
+            PredictionRecord(
+                prediction_id=f"p{i}",
+                model_version="v",
+                text=rows.texts[i],
+                text_sha256=text_sha256(rows.texts[i]),
+                label=rows.label_names[rows.labels[i]],
+                score=0.6,
+                margin=0.2,
+                probabilities={"negative": 0.5, "positive": 0.5},
+                captured=True,
+            )
+            for i in range(n)
+        ]
+    )
+    for i in range(n):
+        store.add_label(f"p{i}", rows.label_names[1 - int(rows.labels[i])])  # flipped on purpose
+    env = {**service_env({}), "BENTOML_HOME": str(tmp_path / "bentoml")}
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "knowacq",
+            "retrain",
+            "--current",
+            str(fp32_variant),
+            "--store",
+            store_url,
+            "--out",
+            str(tmp_path / "runs"),
+            "--dev",
+            str(dev_file),
+            "--replay",
+            "0",
+            "--epochs",
+            "1",
+            "--lr",
+            "1e-2",
+            "--no-progress",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr  # a rejection is a result, not an error
+    record = json.loads(next((tmp_path / "runs").glob("run-*/record.json")).read_text())
+    current, candidate = record["current"]["dev_accuracy"], record["candidate"]["dev_accuracy"]
+    said = " ".join(done.stdout.split())  # rich wraps long lines
+    assert said.startswith(f"REJECTED: current dev {current:.4f}, candidate {candidate:.4f}, {n} new label(s)"), said
+    assert f"dev accuracy {candidate:.4f} is below the current {current:.4f} by more than the tolerance 0.005" in said
+    assert "; tag " not in said
+    assert record["decision"] == "rejected" and record["tag"] is None
+    assert record["retrain_config"]["tolerance"] == 0.005 and record["replayed_rows"] == 0
+    assert record["labels_used"]["count"] == n
+    # Clearly worse, not a near miss.
+    assert candidate < current - 0.3, record
+    assert len(record["reasons"]) == 1 and "is below the current" in record["reasons"][0]
+    assert (tmp_path / "runs" / record["run_id"] / "variant" / "model.onnx").is_file()  # kept for inspection
+    assert store.promoted_model() is None
+    assert store.retrain_counts() == {"promoted": 0, "rejected": 1}
+    assert not (tmp_path / "bentoml").exists() or not any((tmp_path / "bentoml").rglob("model.onnx"))
+
+
 def test_demo_loop_command(fp32_variant: Path, binary_sets, tmp_path: Path) -> None:
     env = {**service_env({}), "BENTOML_HOME": str(tmp_path / "bentoml")}
     done = subprocess.run(

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from knowacq.errors import ConfigError
 from knowacq.loop import (
+    EMBEDDING_STRATEGIES,
     STRATEGIES,
     BadgeSampling,
     Exp3,
@@ -85,6 +86,37 @@ def test_diversity_spreads_over_clusters() -> None:
 
 def test_every_strategy_is_registered_for_the_contract_tests() -> None:
     assert {"random", "least-confidence", "margin", "entropy", "diversity", "badge", "density"} <= set(STRATEGIES)
+    probs, emb = pool(30, 3, 2)
+    for name in STRATEGIES:
+        chosen = strategy(name)
+        assert chosen.name == name
+        order = chosen.rank(probs, rng=np.random.default_rng(0), embeddings=emb, n=5)
+        assert sorted(order.tolist()) == list(range(30))  # every pool index, each once
+
+
+@pytest.mark.parametrize("name", list(STRATEGIES))
+def test_needs_embeddings_says_whether_a_strategy_ranks_without_them(name: str) -> None:
+    probs, _ = pool(30, 3, 5)
+    chosen = strategy(name)
+    if chosen.needs_embeddings:
+        with pytest.raises(ConfigError, match=f"the {name} strategy needs sentence embeddings of the pool"):
+            chosen.rank(probs, rng=np.random.default_rng(0), n=5)
+        with pytest.raises(ConfigError, match="3 embeddings for 30 pool items"):
+            chosen.rank(probs, rng=np.random.default_rng(0), embeddings=np.zeros((3, 8)), n=5)
+    else:
+        order = chosen.rank(probs, rng=np.random.default_rng(0), n=5)
+        assert sorted(order.tolist()) == list(range(30))
+
+
+def test_the_hand_off_refuses_exactly_the_strategies_that_cannot_rank_without_embeddings() -> None:
+    probs, _ = pool(30, 3, 5)
+    refusing = []
+    for name, chosen in STRATEGIES.items():
+        try:
+            chosen.rank(probs, rng=np.random.default_rng(0), n=5)
+        except ConfigError:
+            refusing.append(name)
+    assert tuple(refusing) == EMBEDDING_STRATEGIES == ("diversity", "badge", "density")
 
 
 def test_badge_distances_equal_those_of_explicit_gradient_embeddings() -> None:

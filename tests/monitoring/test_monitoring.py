@@ -98,8 +98,13 @@ def service(fp32_variant: Path, tmp_path_factory: pytest.TempPathFactory) -> Ite
         "min_confidence": 1.0,
         "reload_poll_s": 1,
     }
-    with ServerProcess(settings, log_file=folder / "server.log", cwd=folder) as server:
-        yield server
+    # A BentoML home of its own: BentoML keeps the multiprocess metrics in $BENTOML_HOME/prometheus_multiproc_dir
+    # and clears it when a server starts, so with the shared ~/bentoml any other server on the machine would
+    # wipe or add to the counters this module's Prometheus reads.
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("BENTOML_HOME", str(folder / "bentoml"))
+        with ServerProcess(settings, log_file=folder / "server.log", cwd=folder) as server:
+            yield server
 
 
 def test_every_metric_named_by_dashboards_and_rules_is_exported(service: ServerProcess) -> None:

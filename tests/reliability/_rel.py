@@ -1,5 +1,5 @@
 """Shared helpers of the reliability suite; its fixtures (figures, fuzz_server, second_variant) and the
-outcome hook are in tests/conftest.py.
+outcome hook are in tests/reliability/conftest.py.
 
 The suite is short by default (part of `make test` and CI), full with KNOWACQ_RELIABILITY=full
 (`make reliability`).

@@ -1,5 +1,5 @@
 """PII redaction: every string of a labelled set of 235 (e-mail, phone numbers in 11 national formats,
-Luhn-valid cards, IPv4/IPv6, IBANs, URLs) is redacted before storage; false positives on SST-2 dev counted."""
+Luhn-valid cards, IPv4/IPv6, IBANs, URLs) is redacted before storage; SST-2, which holds none, is left alone."""
 
 from __future__ import annotations
 
@@ -72,11 +72,16 @@ def test_every_labelled_string_is_redacted(figures: dict) -> None:
 
 
 def test_false_positive_rate_on_sst2_dev(shared_data: Path, figures: dict) -> None:
-    from knowacq import load_tsv
+    """SST-2 holds no personal data: whatever is redacted there is a false positive. Recall comes first, but a
+    redactor that eats ordinary review text would make stored captures useless for labelling."""
+    from knowacq.base import load_tsv
 
+    failures = []
     for split in ("dev", "train"):  # train: 67,349 more phrases of the same kind, a few seconds
         texts = load_tsv(shared_data / "sst2" / f"{split}.tsv").texts
-        hits = [(t, r.text, r.found) for t, r in ((t, redact(t)) for t in texts) if r.found]
+        assert len(texts) > 0, f"SST-2 {split} is empty"
+        # changed: reported as found or altered at all (a redactor could rewrite text and report nothing)
+        hits = [(t, r.text, r.found) for t, r in ((t, redact(t)) for t in texts) if r.found or r.text != t]
         kinds: Counter[str] = Counter()
         for _, _, found in hits:
             kinds.update(found)
@@ -96,9 +101,14 @@ def test_false_positive_rate_on_sst2_dev(shared_data: Path, figures: dict) -> No
                     "examples": figures["sst2_dev"]["examples"],
                 }
             )
-    # SST-2 dev holds no personal data: whatever is redacted there is a false positive. Recall comes first,
-    # but a redactor that eats ordinary review text would make stored captures useless for labelling.
-    assert len(hits) / len(texts) <= 0.01, figures["examples"]
+            # all 872 dev sentences come out unchanged
+            if hits:
+                failures.append(f"{len(hits)} of {len(texts)} SST-2 dev sentences changed: {figures['examples']}")
+        elif len(hits) / len(texts) > 0.01:
+            failures.append(
+                f"SST-2 {split}: {len(hits)} of {len(texts)} changed (> 1%): {figures[f'sst2_{split}']['examples']}"
+            )
+    assert not failures, "\n".join(failures)
 
 
 @pytest.mark.parametrize(

@@ -12,17 +12,29 @@ import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
-from bento._core import ClassifierCore, Item, parse_classify, parse_feedback
-from bento._http import RequestGuard, State
-from bento._metrics import ServiceMetrics
-from bento._settings import Settings
-from export._runtime import Predictor
+from bento import (
+    FAILURE_REASONS,
+    ClassifierCore,
+    Item,
+    RequestGuard,
+    ServiceMetrics,
+    Settings,
+    State,
+    parse_classify,
+    parse_feedback,
+)
+from bento._refusals import ERRORS, INTERNAL, REFUSALS, refusal_of
+from export import Predictor
+from knowacq import errors
 from knowacq.base import FeedbackStore
 from knowacq.errors import (
     AuthError,
     ConfigError,
     InvalidInputError,
     PayloadTooLargeError,
+    ProviderError,
+    RequestError,
+    StoreError,
     UnknownLabelError,
     UnknownPredictionError,
 )
@@ -69,6 +81,53 @@ def test_settings_from_env_parse_and_validate() -> None:
         Settings.from_env({"KNOWACQ_MODEL": "m", "KNOWACQ_MIN_CONFIDENCE": "2"})
     with pytest.raises(ConfigError, match="KNOWACQ_PROVIDER must be"):
         Settings(model="m", provider="tpu")
+
+
+# the refusal table ------------------------------------------------------------------------------------
+
+
+def test_the_refusal_table_covers_every_request_error() -> None:
+    request_errors = [
+        cls
+        for cls in vars(errors).values()
+        if isinstance(cls, type) and issubclass(cls, RequestError) and cls is not RequestError
+    ]
+    assert len(request_errors) == 7
+    for cls in request_errors:
+        assert cls in ERRORS, f"{cls.__name__} has no entry in the refusal table"
+        assert (ERRORS[cls].status, ERRORS[cls].reason) == (cls.status, cls.reason), cls.__name__
+        assert refusal_of(cls("x")) is ERRORS[cls]
+        assert ERRORS[cls].counted and ERRORS[cls].reason in FAILURE_REASONS
+    assert ERRORS[AuthError].headers() == {"www-authenticate": 'Bearer realm="knowacq"'}
+    assert (ERRORS[StoreError].status, ERRORS[StoreError].reason) == (503, "store_error")
+    assert refusal_of(ProviderError("x")).status == 422  # the nearest class in the table decides (ModelError)
+    assert refusal_of(ValueError("x")) is INTERNAL and (INTERNAL.status, INTERNAL.reason) == (500, "internal")
+    body = refusal_of(UnknownLabelError("no such label", field="label")).body("no such label", field="label")
+    assert body == UnknownLabelError("no such label", field="label").to_body()
+
+
+def test_metric_failure_reasons_are_the_refusal_tables_reasons() -> None:
+    assert FAILURE_REASONS == tuple(dict.fromkeys(r.reason for r in REFUSALS if r.counted))
+    # label values of knowacq_failures_total: dashboards and alert rules in monitoring/ name them
+    assert FAILURE_REASONS == (
+        "invalid_json",
+        "invalid_input",
+        "unknown_label",
+        "unknown_prediction",
+        "unauthorized",
+        "too_large",
+        "unsupported_media_type",
+        "overloaded",
+        "store_error",
+        "internal",
+    )
+    registry = CollectorRegistry()
+    metrics = ServiceMetrics(("a", "b"), registry=registry)
+    for reason in FAILURE_REASONS:  # every series exists from the start
+        assert registry.get_sample_value("knowacq_failures_total", {"reason": reason}) == 0
+    metrics.fail("bad_request")  # not a reason of the table: counted as internal
+    assert registry.get_sample_value("knowacq_failures_total", {"reason": "internal"}) == 1
+    assert registry.get_sample_value("knowacq_failures_total", {"reason": "bad_request"}) is None
 
 
 # request parsing ----------------------------------------------------------------------------------
@@ -275,13 +334,50 @@ def test_guard_refuses_bad_requests_with_json_errors(guarded) -> None:
 
     got = asyncio.run(run())
     assert [code for code, _ in got] == [200, 400, 400, 422, 422, 422, 413, 413, 415, 415, 401, 401, 422]
-    for code, body in got[1:]:
+    for _code, body in got[1:]:
         assert set(body) >= {"error", "reason"}
     assert got[4][1]["field"] == "texts[0]" and got[12][1]["field"] == "label"
     assert "nope" not in json.dumps(got[11][1]) and TOKEN not in json.dumps(got)
     assert metric(registry, "knowacq_failures_total", {"reason": "invalid_json"}) == 2
     assert metric(registry, "knowacq_failures_total", {"reason": "unauthorized"}) == 2
     assert metric(registry, "knowacq_request_duration_seconds_count", {"endpoint": "classify"}) == 10
+
+
+def test_guard_refusals_carry_their_headers(guarded) -> None:
+    client, registry = guarded
+
+    async def run() -> list[httpx.Response]:
+        json_type = {"content-type": "application/json"}
+        return [
+            await client.post("/feedback", content=b'{"prediction_id": "p", "label": "x"}', headers=json_type),
+            await client.post("/classify", content=b"{", headers=json_type),
+        ]
+
+    unauthorized, invalid = asyncio.run(run())
+    assert unauthorized.status_code == 401 and unauthorized.headers["www-authenticate"] == 'Bearer realm="knowacq"'
+    assert "retry-after" not in unauthorized.headers
+    assert invalid.status_code == 400 and "www-authenticate" not in invalid.headers
+    assert metric(registry, "knowacq_feedback_total", {"outcome": "unauthorized"}) == 1
+
+
+def test_guard_refuses_over_the_in_flight_limit_with_429(fp32_variant: Path, tmp_path: Path) -> None:
+    core, registry = make_core(fp32_variant, tmp_path, max_concurrency=3)
+    state = State()
+    state.core = core
+    state.in_flight = 3  # as many as allowed are being answered
+    transport = httpx.ASGITransport(app=RequestGuard(_echo_app, state=state))
+
+    async def run() -> httpx.Response:
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            return await client.post("/classify", json={"texts": ["a"]})
+
+    refused = asyncio.run(run())
+    assert refused.status_code == 429 and refused.headers["retry-after"] == "1"
+    assert refused.json() == {"error": "too many requests in flight (limit 3); retry later", "reason": "overloaded"}
+    assert metric(registry, "knowacq_failures_total", {"reason": "overloaded"}) == 1
+    assert state.in_flight == 3
+    state.in_flight = 2
+    assert asyncio.run(run()).status_code == 200
 
 
 def test_guard_answers_model_and_readiness(guarded) -> None:
@@ -322,6 +418,17 @@ def test_guard_before_the_model_is_loaded() -> None:
 
     ready, classify = asyncio.run(run())
     assert ready.status_code == 503 and classify.status_code == 503
+    assert ready.json() == {"status": "loading"}
+    assert classify.json() == {"error": "the model is still loading", "reason": "not_ready"}
+    assert classify.headers["retry-after"] == "1"
+
+    async def model() -> httpx.Response:
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            return await client.get("/model")
+
+    info = asyncio.run(model())
+    assert info.status_code == 503 and info.json() == {"error": "the model is still loading", "reason": "not_ready"}
+    assert "retry-after" not in info.headers
 
 
 def test_cpu_fallback_is_reported_as_degraded(fp32_variant: Path, tmp_path: Path) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from bento._launch import ServerProcess
+from bento import ServerProcess
 
 TOKEN = "e2e-token-123"
 
@@ -150,7 +150,7 @@ def test_bentoml_build_packages_a_bento_that_serves(fp32_variant: Path, tmp_path
     import subprocess
     import sys
 
-    from bento._launch import free_port, service_env
+    from bento import free_port, service_env
 
     repo = Path(__file__).resolve().parents[2]
     env = {**service_env({}), "BENTOML_HOME": str(tmp_path / "bentoml"), "BENTOML_DO_NOT_TRACK": "true"}
@@ -277,49 +277,126 @@ def test_two_workers_share_the_store_and_add_up_their_metrics(fp32_variant: Path
     assert counts["predictions"] == len(texts) and counts["labels"] == 40
 
 
-def test_overload_is_refused_with_503_not_queued(fp32_variant: Path, tmp_path: Path) -> None:
-    settings = {
-        "model": str(fp32_variant),
-        "store_url": f"sqlite:///{tmp_path / 's.db'}",
-        "threads": 1,
-        "max_concurrency": 2,
-    }
-    with ServerProcess(settings, log_file=tmp_path / "server.log", cwd=tmp_path) as server:
+def _one(server: ServerProcess, texts_per_request: int) -> httpx.Response:
+    return httpx.post(f"{server.url}/classify", json={"texts": ["a long film " * 20] * texts_per_request}, timeout=60)
 
-        def one(i: int) -> httpx.Response:
-            return httpx.post(f"{server.url}/classify", json={"texts": ["a long film " * 20] * 8}, timeout=60)
 
-        with ThreadPoolExecutor(24) as pool:
-            codes = [r.status_code for r in pool.map(one, range(96))]
-        # 429: more requests in flight than max_concurrency; 503: the batching queue is too long.
-        assert set(codes) <= {200, 429, 503}, codes
-        refusals = codes.count(429) + codes.count(503)
-        assert refusals > 0 and codes.count(200) > 0
-        # Once the burst is over, the server answers normally again.
-        assert one(0).status_code == 200
-        metrics = httpx.get(f"{server.url}/metrics", timeout=30).text
+def _burst(server: ServerProcess, texts_per_request: int) -> list[httpx.Response]:
+    """96 requests of long texts from 24 threads at once."""
+
+    with ThreadPoolExecutor(24) as pool:
+        return list(pool.map(lambda _: _one(server, texts_per_request), range(96)))
+
+
+def _overloaded(server: ServerProcess) -> float:
+    metrics = httpx.get(f"{server.url}/metrics", timeout=30).text
     refused = re.search(r'^knowacq_failures_total\{reason="overloaded"\} (\S+)$', metrics, re.MULTILINE)
-    assert refused and float(refused.group(1)) == refusals
+    assert refused, "knowacq_failures_total{reason=overloaded} missing from /metrics"
+    return float(refused.group(1))
 
 
-def test_a_full_batching_queue_answers_503_with_retry_after(fp32_variant: Path, tmp_path: Path) -> None:
+def test_overload_is_refused_with_503_not_queued(fp32_variant: Path, tmp_path: Path) -> None:
+    """The batching queue refuses (503) a request that would wait longer than max_latency_ms. The in-flight
+    limit is far above the 24 concurrent requests, so no 429 can stand in for the 503."""
     settings = {
         "model": str(fp32_variant),
         "store_url": f"sqlite:///{tmp_path / 's.db'}",
         "threads": 1,
+        "max_concurrency": 1000,
         "max_latency_ms": 10,
         "max_batch_size": 4,
         "max_texts": 4,
     }
     with ServerProcess(settings, log_file=tmp_path / "server.log", cwd=tmp_path) as server:
-
-        def one(i: int) -> httpx.Response:
-            return httpx.post(f"{server.url}/classify", json={"texts": ["a long film " * 20] * 4}, timeout=60)
-
-        with ThreadPoolExecutor(24) as pool:
-            responses = list(pool.map(one, range(96)))
-    codes = [r.status_code for r in responses]
-    assert set(codes) <= {200, 503} and 503 in codes, codes
-    refused = next(r for r in responses if r.status_code == 503)
-    assert refused.json()["reason"] == "overloaded" and refused.headers["retry-after"] == "1"
+        responses = _burst(server, 4)
+        codes = [r.status_code for r in responses]
+        assert set(codes) <= {200, 503} and 503 in codes, codes
+        assert codes.count(200) > 0, codes
+        refused = next(r for r in responses if r.status_code == 503)
+        assert refused.json()["reason"] == "overloaded" and refused.headers["retry-after"] == "1"
+        # Once the burst is over, the server answers normally again.
+        assert _one(server, 4).status_code == 200
+        assert _overloaded(server) == codes.count(503)
     assert "Traceback" not in (tmp_path / "server.log").read_text()
+
+
+def test_too_many_requests_in_flight_are_refused_with_429(fp32_variant: Path, tmp_path: Path) -> None:
+    """More requests in flight than max_concurrency: 429 at once. The batching queue may keep a request a
+    minute, so no 503 can stand in for the 429."""
+    settings = {
+        "model": str(fp32_variant),
+        "store_url": f"sqlite:///{tmp_path / 's.db'}",
+        "threads": 1,
+        "max_concurrency": 2,
+        "max_latency_ms": 60_000,
+    }
+    with ServerProcess(settings, log_file=tmp_path / "server.log", cwd=tmp_path) as server:
+        responses = _burst(server, 8)
+        codes = [r.status_code for r in responses]
+        assert set(codes) <= {200, 429} and 429 in codes, codes
+        assert codes.count(200) > 0, codes
+        refused = next(r for r in responses if r.status_code == 429)
+        assert refused.json() == {"error": "too many requests in flight (limit 2); retry later", "reason": "overloaded"}
+        assert refused.headers["retry-after"] == "1"
+        # Once the burst is over, the server answers normally again.
+        assert _one(server, 8).status_code == 200
+        assert _overloaded(server) == codes.count(429)
+    assert "Traceback" not in (tmp_path / "server.log").read_text()
+
+
+def _readme_curl_calls() -> list[str]:
+    """The `curl` calls README's stage 3 shows (the ones `make serve` prints), continuation lines joined."""
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    stage = readme[readme.index("### 3. Serve") :]
+    block = stage[stage.index("```bash", stage.index("The calls `make serve` prints")) + len("```bash") :]
+    lines = block[: block.index("```")].replace("\\\n", " ").splitlines()
+    return [line.strip() for line in lines if line.strip().startswith("curl ")]
+
+
+def test_the_readme_curl_calls_work(fp32_variant: Path, tmp_path: Path) -> None:
+    """README's calls, run with curl as written (only the address changes): classify, model, a
+    low-confidence classify that is recorded, feedback on it with the bearer token, the metrics."""
+    import shlex
+    import shutil
+    import subprocess
+
+    if shutil.which("curl") is None:
+        pytest.skip("curl is not installed")
+    calls = _readme_curl_calls()
+    assert [("/classify" in c, "/model" in c, "/feedback" in c, "/metrics" in c) for c in calls] == [
+        (True, False, False, False),
+        (False, True, False, False),
+        (True, False, False, False),
+        (False, False, True, False),
+        (False, False, False, True),
+    ], calls
+    settings = {
+        "model": str(fp32_variant),
+        "api_token": "demo-token",  # what `make serve` sets
+        "store_url": f"sqlite:///{tmp_path / 'store.db'}",
+        "threads": 1,
+        "min_confidence": 1.0,  # the tiny test model is no demo model: make every answer low-confidence
+    }
+    with ServerProcess(settings, log_file=tmp_path / "server.log", cwd=tmp_path) as server:
+
+        def run(call: str) -> str:
+            command, _, pipe = call.partition(" | ")
+            argv = shlex.split(command.replace("http://127.0.0.1:3000", server.url))
+            out = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=True).stdout
+            if pipe.strip() == "grep ^knowacq_":
+                return "\n".join(line for line in out.splitlines() if line.startswith("knowacq_"))
+            assert not pipe, f"unexpected pipe in README: {pipe}"
+            return out
+
+        two = json.loads(run(calls[0]))
+        assert [a["label"] in ("negative", "positive") for a in two] == [True, True]
+        model = json.loads(run(calls[1]))
+        assert model["labels"] == ["negative", "positive"] and model["model_version"] == two[0]["model_version"]
+        (so_so,) = json.loads(run(calls[2]))
+        assert so_so["low_confidence"] is True and so_so["recorded"] is True
+        assert "<id from classify>" in calls[3]
+        fed = json.loads(run(calls[3].replace("<id from classify>", so_so["prediction_id"])))
+        assert fed == {"prediction_id": so_so["prediction_id"], "label": "negative", "outcome": "created"}
+        metrics = run(calls[4])
+        assert 'knowacq_feedback_total{outcome="created"} 1.0' in metrics.splitlines()
+        assert "knowacq_low_confidence_captures_total 3.0" in metrics.splitlines()  # 2 + 1 texts

@@ -1,31 +1,34 @@
-"""The runtime predictor: an exported variant folder in, labels and calibrated probabilities out.
+"""The runtime engine: ONNX Runtime provider plan and check, the session, length buckets, CUDA-graph bindings.
 
 Imports neither torch nor transformers: the fast tokenizer comes from `tokenizers`, inference from
-ONNX Runtime. The service (bento/) wraps this class; nothing here knows about HTTP.
+ONNX Runtime. `Predictor` (export/_predictor.py) wraps an `Engine`; nothing here knows about HTTP.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypedDict
 
 import numpy as np
 
-from export._manifest import Manifest, read_manifest
-from knowacq.base import cpu_threads, length_sorted_batches, softmax
+from knowacq.base import cpu_threads, length_sorted_batches
 from knowacq.errors import MissingDependencyError, ModelError, ProviderError
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 __all__ = [
     "CUDA_GRAPH_MAX_ROWS",
     "Engine",
-    "Prediction",
-    "Predictor",
+    "Provider",
+    "RuntimeKeywords",
+    "RuntimeOptions",
     "bucket_width",
     "check_providers",
-    "evaluate_variant",
     "graph_shape",
     "pad_feeds",
     "plan_providers",
@@ -33,6 +36,7 @@ __all__ = [
 ]
 
 Provider = Literal["auto", "cpu", "cuda"]
+_PROVIDERS = ("auto", "cpu", "cuda")
 _ORT_NAMES = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
 _NUMPY_TYPES = {
     "tensor(int64)": np.int64,
@@ -55,10 +59,61 @@ def require_onnxruntime() -> Any:
     return onnxruntime
 
 
+@dataclass(frozen=True)
+class RuntimeOptions:
+    """How an exported graph runs: one frozen set of knobs that `Predictor` hands to its `Engine`.
+
+    `provider`: "cpu"; "cuda" (an error when CUDA is not available, unless `allow_fallback`, which
+    runs on the CPU and says so in `fallback` and a warning); "auto" (CUDA when available, else CPU).
+    `threads`: ONNX Runtime intra-op threads (default: the CPUs this process may use).
+    `max_batch_size`: most texts per inference batch.
+    `bucket_tokens`: group texts by token count in buckets this wide (see `Engine.groups`); None keeps
+    plain batches of `max_batch_size` texts sorted by length.
+    `cuda_graphs`: on CUDA, replay batches of up to `CUDA_GRAPH_MAX_ROWS` rows as CUDA graphs, one per
+    (rows, bucket) shape (needs `bucket_tokens`; off by default). When ONNX Runtime refuses them the model runs
+    without, with a warning and `engine.cuda_graph_error` set; on the CPU the option does nothing.
+    """
+
+    provider: Provider = "cpu"
+    allow_fallback: bool = False
+    threads: int | None = None
+    max_batch_size: int = 64
+    bucket_tokens: int | None = None
+    cuda_graphs: bool = False
+
+    def __post_init__(self) -> None:
+        if self.provider not in _PROVIDERS:
+            raise ProviderError(f"provider must be 'auto', 'cpu' or 'cuda', got {self.provider!r}")
+        if self.cuda_graphs and self.bucket_tokens is None:
+            raise ModelError(
+                "cuda_graphs needs bucket_tokens: a CUDA graph replays one fixed shape, so batches "
+                "must be padded to fixed bucket widths"
+            )
+        if self.bucket_tokens is not None and self.bucket_tokens < 1:
+            raise ModelError(f"bucket_tokens must be >= 1 or None, got {self.bucket_tokens}")
+
+    @classmethod
+    def of(cls, options: RuntimeOptions | None, keywords: RuntimeKeywords) -> RuntimeOptions:
+        """`options` (default: the defaults) with the fields named in `keywords` replaced."""
+        base = options if options is not None else cls()
+        return dataclasses.replace(base, **keywords) if keywords else base
+
+
+class RuntimeKeywords(TypedDict, total=False):
+    """The fields of `RuntimeOptions` as keywords, for `Engine(..., provider="cuda")` and `Predictor`."""
+
+    provider: Provider
+    allow_fallback: bool
+    threads: int | None
+    max_batch_size: int
+    bucket_tokens: int | None
+    cuda_graphs: bool
+
+
 def plan_providers(requested: str, available: Sequence[str], *, allow_fallback: bool) -> list[str]:
     """The ONNX Runtime providers to ask for, best first. `requested` "cuda" with CUDA not among
     `available` raises ProviderError, unless `allow_fallback` (then the CPU alone: the caller reports it)."""
-    if requested not in ("auto", "cpu", "cuda"):
+    if requested not in _PROVIDERS:
         raise ProviderError(f"provider must be 'auto', 'cpu' or 'cuda', got {requested!r}")
     has_cuda = _ORT_NAMES["cuda"] in available
     if requested == "cuda" and not has_cuda and not allow_fallback:
@@ -91,19 +146,12 @@ def check_providers(
     return running, True
 
 
-@dataclass(frozen=True)
-class Prediction:
-    """One text's answer: the label, its calibrated probability, and every label's probability."""
-
-    label: str
-    score: float
-    probabilities: dict[str, float]
-    truncated: bool
-    """True when the text was longer than the model's window and was cut."""
-
-
 class Engine:
-    """An ONNX Runtime session and the fast tokenizer of its folder: texts in, raw logits out."""
+    """An ONNX Runtime session and the fast tokenizer of its folder: texts in, raw logits out.
+
+    Runs as `options` say (a `RuntimeOptions`), with any of its fields given as keywords replacing them:
+    `Engine(model_file, folder, num_labels=2, max_length=128, provider="cuda", bucket_tokens=16)`.
+    """
 
     def __init__(
         self,
@@ -112,65 +160,31 @@ class Engine:
         *,
         num_labels: int,
         max_length: int,
-        provider: Provider = "cpu",
-        allow_fallback: bool = False,
-        threads: int | None = None,
-        max_batch_size: int = 64,
-        bucket_tokens: int | None = None,
-        cuda_graphs: bool = False,
+        options: RuntimeOptions | None = None,
+        **keywords: Unpack[RuntimeKeywords],
     ) -> None:
         ort = require_onnxruntime()
         self._ort = ort
-        if provider not in ("auto", "cpu", "cuda"):
-            raise ProviderError(f"provider must be 'auto', 'cpu' or 'cuda', got {provider!r}")
-        if cuda_graphs and bucket_tokens is None:
-            raise ModelError(
-                "cuda_graphs needs bucket_tokens: a CUDA graph replays one fixed shape, so batches "
-                "must be padded to fixed bucket widths"
-            )
+        self.options = RuntimeOptions.of(options, keywords)
         self.num_labels = num_labels
         self.max_length = max_length
-        self.max_batch_size = max_batch_size
-        if bucket_tokens is not None and bucket_tokens < 1:
-            raise ModelError(f"bucket_tokens must be >= 1 or None, got {bucket_tokens}")
-        self.bucket_tokens = bucket_tokens
-        self.requested = provider
-        self.threads = threads or cpu_threads()
+        self.max_batch_size = self.options.max_batch_size
+        self.bucket_tokens = self.options.bucket_tokens
+        self.requested = self.options.provider
+        self.threads = self.options.threads or cpu_threads()
         self._tokenizer = _load_tokenizer(tokenizer_dir, max_length)
         self._pad_id = int(self._tokenizer.padding["pad_id"])
         self._unpadded = _load_tokenizer(tokenizer_dir, max_length)
         self._unpadded.no_padding()
 
-        planned = plan_providers(provider, ort.get_available_providers(), allow_fallback=allow_fallback)
-        want_cuda = planned[0] == _ORT_NAMES["cuda"]
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = self.threads
-        options.inter_op_num_threads = 1
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        # CPU: keep Add + LayerNormalization unfused; the CPU SkipLayerNormalization kernel is ~5x slower
-        # (see optimize_graph in export/_optimize.py). Graphs that already hold the fused node keep it.
-        disabled = [] if want_cuda else ["SkipLayerNormFusion"]
+        allow_fallback = self.options.allow_fallback
+        planned = plan_providers(self.requested, ort.get_available_providers(), allow_fallback=allow_fallback)
         self.cuda_graphs = False
         self.cuda_graph_error: str | None = None
-        session = None
-        if want_cuda and cuda_graphs:
-            # One session captures one graph per shape, told apart by the gpu_graph_id run option; ONNX Runtime
-            # refuses the option for a graph with nodes it places on the CPU.
-            graphed: list[Any] = [(_ORT_NAMES["cuda"], {"enable_cuda_graph": "1"}), _ORT_NAMES["cpu"]]
-            try:
-                session = _session(ort, model_file, options, graphed, disabled)
-                self.cuda_graphs = True
-            except ModelError as exc:
-                self.cuda_graph_error = str(exc)
-                warnings.warn(
-                    f"CUDA graphs were asked for but ONNX Runtime refused them ({exc}); running without them",
-                    RuntimeWarning,
-                    stacklevel=3,
-                )
-        self.session = session or _session(ort, model_file, options, planned, disabled)
+        self.session = self._open(model_file, planned)
         self.session_providers = list(self.session.get_providers())
         self.provider, self.fallback = check_providers(
-            provider, planned, self.session_providers, allow_fallback=allow_fallback
+            self.requested, planned, self.session_providers, allow_fallback=allow_fallback
         )
         self.cuda_graphs = self.cuda_graphs and self.provider == "cuda"
         if self.fallback:
@@ -185,9 +199,38 @@ class Engine:
         if self.cuda_graphs:  # no capture for shapes without a graph of their own: they would replay another's
             self._dynamic_options.add_run_config_entry("gpu_graph_id", "-1")
 
+    def _open(self, model_file: Path, planned: list[str]) -> Any:
+        """The session on the `planned` providers; with `cuda_graphs` on CUDA, first one that captures graphs
+        (sets `cuda_graphs`, or `cuda_graph_error` with a warning when ONNX Runtime refuses)."""
+        ort = self._ort
+        want_cuda = planned[0] == _ORT_NAMES["cuda"]
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = self.threads
+        options.inter_op_num_threads = 1
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # CPU: keep Add + LayerNormalization unfused; the CPU SkipLayerNormalization kernel is ~5x slower
+        # (see optimize_graph in export/_graph.py). Graphs that already hold the fused node keep it.
+        disabled = [] if want_cuda else ["SkipLayerNormFusion"]
+        if want_cuda and self.options.cuda_graphs:
+            # One session captures one graph per shape, told apart by the gpu_graph_id run option; ONNX Runtime
+            # refuses the option for a graph with nodes it places on the CPU.
+            graphed: list[Any] = [(_ORT_NAMES["cuda"], {"enable_cuda_graph": "1"}), _ORT_NAMES["cpu"]]
+            try:
+                session = _session(ort, model_file, options, graphed, disabled)
+                self.cuda_graphs = True
+                return session
+            except ModelError as exc:
+                self.cuda_graph_error = str(exc)
+                warnings.warn(
+                    f"CUDA graphs were asked for but ONNX Runtime refused them ({exc}); running without them",
+                    RuntimeWarning,
+                    stacklevel=4,
+                )
+        return _session(ort, model_file, options, planned, disabled)
+
     def tokenize(self, texts: Sequence[str]) -> list[Any]:
         """Unpadded, truncated encodings of `texts` (`tokenizers.Encoding`), one call for all of them."""
-        return self._unpadded.encode_batch(list(texts))
+        return list(self._unpadded.encode_batch(list(texts)))
 
     def groups(self, encodings: Sequence[Any]) -> list[np.ndarray]:
         """Indices of `encodings` grouped for inference: sorted by token count, at most `max_batch_size`
@@ -307,80 +350,6 @@ class Engine:
         return self.infer(encodings), np.array([bool(e.overflowing) for e in encodings])
 
 
-class Predictor:
-    """Loads one exported variant folder (its manifest must show passing gates) and classifies texts.
-
-    `provider`: "cpu"; "cuda" (an error when CUDA is not available, unless `allow_fallback`, which
-    runs on the CPU and says so in `fallback` and a warning); "auto" (CUDA when available, else CPU).
-    `threads`: ONNX Runtime intra-op threads (default: the CPUs this process may use).
-    `bucket_tokens`: group texts by token count in buckets this wide (see `Engine.groups`); None keeps
-    plain batches of `max_batch_size` texts sorted by length.
-    `cuda_graphs`: on CUDA, replay batches of up to `CUDA_GRAPH_MAX_ROWS` rows as CUDA graphs, one per
-    (rows, bucket) shape (needs `bucket_tokens`; off by default). When ONNX Runtime refuses them the model runs
-    without, with a warning and `engine.cuda_graph_error` set; on the CPU the option does nothing.
-    """
-
-    def __init__(
-        self,
-        path: str | Path,
-        *,
-        provider: Provider = "cpu",
-        allow_fallback: bool = False,
-        threads: int | None = None,
-        max_batch_size: int = 64,
-        bucket_tokens: int | None = None,
-        cuda_graphs: bool = False,
-    ) -> None:
-        self.path = Path(path)
-        self.manifest: Manifest = read_manifest(self.path)
-        self.labels = tuple(self.manifest.labels)
-        self.temperature = float(self.manifest.temperature)
-        self.engine = Engine(
-            self.path / self.manifest.model_file,
-            self.path,
-            num_labels=len(self.labels),
-            max_length=int(self.manifest.max_length),
-            provider=provider,
-            allow_fallback=allow_fallback,
-            threads=threads,
-            max_batch_size=max_batch_size,
-            bucket_tokens=bucket_tokens,
-            cuda_graphs=cuda_graphs,
-        )
-
-    @property
-    def provider(self) -> str:
-        """The execution provider actually running the model: "cpu" or "cuda"."""
-        return self.engine.provider
-
-    @property
-    def fallback(self) -> bool:
-        """True when CUDA was asked for and the CPU runs the model instead."""
-        return self.engine.fallback
-
-    def __repr__(self) -> str:
-        return f"Predictor({str(self.path)!r}, variant={self.manifest.variant!r}, provider={self.provider!r})"
-
-    def logits(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-        """Raw logits (uncalibrated) and truncation flags for `texts`, in order."""
-        return self.engine.logits(texts)
-
-    def predict(self, texts: Sequence[str]) -> list[Prediction]:
-        """Label, calibrated score and probabilities for each text."""
-        logits, truncated = self.logits(texts)
-        probs = softmax(logits, self.temperature)
-        best = probs.argmax(axis=1)
-        return [
-            Prediction(
-                label=self.labels[b],
-                score=float(p[b]),
-                probabilities={name: float(v) for name, v in zip(self.labels, p)},
-                truncated=bool(cut),
-            )
-            for p, b, cut in zip(probs, best, truncated)
-        ]
-
-
 class _StaticBinding:
     """The inputs and output of one fixed shape, allocated once on the device and bound once: a CUDA graph
     replays the addresses it captured, so they must not change. Each run copies the inputs in place and
@@ -415,7 +384,7 @@ class _StaticBinding:
         for name, value in feeds.items():
             self.values[name].update_inplace(np.ascontiguousarray(value, dtype=self.types[name]))
         session.run_with_iobinding(self.binding, self.options)
-        return self.output.numpy()
+        return np.asarray(self.output.numpy())
 
 
 def graph_shape(rows: int, width: int, max_rows: int = CUDA_GRAPH_MAX_ROWS) -> tuple[int, int] | None:
@@ -485,28 +454,3 @@ def _load_tokenizer(path: Path, max_length: int) -> Any:
         raise ModelError(f"{file}: the padding token {pad_token!r} is not in the vocabulary")
     tokenizer.enable_padding(pad_id=pad_id, pad_token=pad_token)
     return tokenizer
-
-
-def evaluate_variant(
-    path: str | Path,
-    data_file: str | Path,
-    *,
-    batch_size: int = 64,
-    reliability_png: str | Path | None = None,
-) -> Any:
-    """The same report as `knowacq.evaluate`, for an exported variant folder, on a labelled TSV."""
-    from knowacq.base import load_tsv
-    from knowacq.train import classification_report, reliability_diagram
-
-    predictor = Predictor(path, max_batch_size=batch_size)
-    data = load_tsv(data_file, label_names=predictor.labels)
-    logits, _ = predictor.logits(list(data.texts))
-    if reliability_png is not None:
-        reliability_diagram(
-            logits,
-            data.labels,
-            predictor.temperature,
-            reliability_png,
-            title=f"{Path(path).name} on {data.source} (n={len(data)})",
-        )
-    return classification_report(logits, data.labels, predictor.labels, predictor.temperature)

@@ -1,0 +1,38 @@
+"""Evaluation of an exported variant on a labelled TSV: the report `knowacq.evaluate` gives, and its plot."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from export._predictor import Predictor
+
+if TYPE_CHECKING:
+    from knowacq.train import EvalReport
+
+__all__ = ["evaluate_variant"]
+
+
+def evaluate_variant(
+    path: str | Path,
+    data_file: str | Path,
+    *,
+    batch_size: int = 64,
+    reliability_png: str | Path | None = None,
+) -> EvalReport:
+    """The same report as `knowacq.evaluate`, for an exported variant folder, on a labelled TSV."""
+    from knowacq.base import load_tsv
+    from knowacq.train import classification_report, reliability_diagram
+
+    predictor = Predictor(path, max_batch_size=batch_size)
+    data = load_tsv(data_file, label_names=predictor.labels)
+    logits, _ = predictor.logits(list(data.texts))
+    if reliability_png is not None:
+        reliability_diagram(
+            logits,
+            data.labels,
+            predictor.temperature,
+            reliability_png,
+            title=f"{Path(path).name} on {data.source} (n={len(data)})",
+        )
+    return classification_report(logits, data.labels, predictor.labels, predictor.temperature)

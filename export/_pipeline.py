@@ -1,0 +1,341 @@
+"""The optimisation pipeline: `optimize` and its named steps, from a fine-tuned folder to a gated variant folder."""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from export._engine import Engine
+from export._gates import (
+    Probe,
+    accuracy_drop_gate,
+    agreement_gate,
+    fusion_gate,
+    parity_gate,
+    raise_failures,
+)
+from export._graph import attention_shape, export_onnx, op_counts, optimize_graph, stderr_line
+from export._manifest import GateResult, Manifest, file_sha256, folder_sha256
+from export._presets import OptimizeConfig, cpu_isa
+from export._quantize import matching_nodes, quantize, smooth
+from export._recovery import prune_and_recover
+from knowacq.base import (
+    LabelledData,
+    ModelCard,
+    library_versions,
+    load_tsv,
+    read_model_card,
+    require_torch,
+)
+from knowacq.errors import ConfigError, DataError
+from knowacq.train import fit_temperature, predict_logits
+
+__all__ = ["TOKENIZER_FILES", "OptimizeResult", "optimize"]
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt")
+"""Tokenizer files copied from the export into the variant folder (those the export wrote)."""
+VERSIONED = (
+    "knowacq",
+    "torch",
+    "transformers",
+    "optimum",
+    "optimum-onnx",
+    "onnx",
+    "onnxruntime",
+    "onnxruntime-gpu",
+    "tokenizers",
+)
+"""Packages whose versions the manifest records."""
+
+
+@dataclass(frozen=True)
+class OptimizeResult:
+    out_dir: Path
+    manifest: Manifest
+    seconds: float
+
+
+@dataclass(frozen=True, eq=False)
+class _Source:
+    """The fine-tuned model, loaded and judged on dev, with the data and the recipe (ISA resolved) of the run."""
+
+    card: ModelCard
+    config: OptimizeConfig
+    dev: LabelledData
+    train: LabelledData | None
+    tokenizer: Any
+    model: Any
+    logits: np.ndarray
+    accuracy: float
+    params: int
+
+
+@dataclass(frozen=True, eq=False)
+class _Candidate:
+    """The torch model exported (the source, or its pruned and recovered copy), its dev logits and temperature."""
+
+    model: Any
+    logits: np.ndarray
+    temperature: float
+    metrics: dict[str, Any]
+
+
+@dataclass(frozen=True, eq=False)
+class _Graph:
+    """The ONNX graph the variant ships, the export folder beside it, and the gates measured on the way."""
+
+    file: Path
+    plain: Path
+    fused: dict[str, int]
+    gates: list[GateResult]
+    metrics: dict[str, Any]
+
+
+def optimize(
+    model_dir: str | Path,
+    config: OptimizeConfig,
+    out_dir: str | Path,
+    *,
+    dev: LabelledData | None = None,
+    train: LabelledData | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+    log: Callable[[str], None] | None = None,
+) -> OptimizeResult:
+    """Make the variant `config` of the fine-tuned folder `model_dir` and write it to `out_dir`.
+
+    `dev` (default: the dev file recorded in the model's knowacq.json) judges the variant; `train`
+    (default: the recorded training file) scores pruning importance and feeds recovery distillation.
+    Gates: parity of the fp32 ONNX graph with PyTorch on a probe set; for pruned or reduced-precision
+    variants, label agreement with the fp32 model that was quantised and the dev-accuracy drop against
+    the source model. Every gate is measured, then a failure raises ParityError or QualityError listing
+    all of them, and only a manifest marked as failed is written (no model). Logits of the wrong shape
+    raise ShapeMismatchError (a ParityError) at once.
+    """
+    require_torch("Optimisation")
+    say = log or stderr_line
+    started = time.perf_counter()
+    out_dir = Path(out_dir)
+    _check_out_dir(out_dir, overwrite)
+    source = _load_source(model_dir, config, dev, train, say)
+    candidate = _prune_step(source, say, progress)
+    with tempfile.TemporaryDirectory(prefix="knowacq-optimize-") as tmp:
+        graph = _build_graph(source, candidate, Path(tmp), say)
+        gates, metrics = _judge(source, candidate, graph)
+        for gate in gates:
+            say(f"gate {gate}")
+        manifest = _manifest(source, candidate, graph, gates, metrics)
+        _write_variant(manifest, graph, out_dir)
+    seconds = time.perf_counter() - started
+    say(
+        f"variant {config.name} written to {out_dir} in {seconds:.0f} s: dev accuracy {metrics['accuracy']:.4f} "
+        f"(source {source.accuracy:.4f}), {manifest.metrics['size_mb']:.1f} MB"
+    )
+    return OptimizeResult(out_dir, manifest, seconds)
+
+
+def _check_out_dir(out_dir: Path, overwrite: bool) -> None:
+    """Refuse early; with `overwrite`, the old contents go only when the new variant is written."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ConfigError(f"output path {out_dir} exists and is not a folder")
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
+        raise ConfigError(f"output folder {out_dir} is not empty; choose another --out or pass --overwrite")
+
+
+def _recorded_data(card: ModelCard, key: str, option: str) -> LabelledData:
+    path = (card.extra.get(key) or {}).get("path")
+    if not path or not Path(path).is_file():
+        raise ConfigError(
+            f"{card.path} records no readable {key.split('_')[0]} file ({path or 'none'}); pass {option} TSV"
+        )
+    return load_tsv(path, label_names=card.labels)
+
+
+def _load_source(
+    model_dir: str | Path,
+    config: OptimizeConfig,
+    dev: LabelledData | None,
+    train: LabelledData | None,
+    say: Callable[[str], None],
+) -> _Source:
+    """Load and check: the model card, dev (and train when the recipe needs it), the ISA, and the source
+    model with eager attention (with SDPA in the graph ORT's optimizer fuses no Attention node), judged on dev."""
+    card = read_model_card(model_dir)
+    dev = dev if dev is not None else _recorded_data(card, "dev_data", "--dev")
+    if dev.label_names != card.labels:
+        raise DataError(f"{dev.source} uses labels {list(dev.label_names)}, the model {list(card.labels)}")
+    if config.quantize:
+        isa = cpu_isa() if config.isa == "auto" else config.isa
+        config = dataclasses.replace(config, isa=isa)
+
+    from transformers import AutoTokenizer
+
+    from export._prune import count_parameters, load_pruned
+
+    tokenizers: Any = AutoTokenizer  # untyped library
+    tokenizer = tokenizers.from_pretrained(card.path, local_files_only=True)
+    model = load_pruned(card.path, attn_implementation="eager")
+    logits = predict_logits(model, tokenizer, dev.texts, max_length=card.max_length)
+    accuracy = float(np.mean(logits.argmax(1) == dev.labels))
+    params = count_parameters(model)
+    say(f"source {card.path}: dev accuracy {accuracy:.4f} (n={len(dev)}), {params:,} parameters")
+    if config.prune is not None or config.smooth is not None:
+        train = train if train is not None else _recorded_data(card, "train_data", "--train")
+    return _Source(card, config, dev, train, tokenizer, model, logits, accuracy, params)
+
+
+def _prune_step(source: _Source, say: Callable[[str], None], progress: bool) -> _Candidate:
+    """Prune and recover, when the recipe prunes: the pruned model's dev logits and refitted temperature."""
+    from export._prune import count_parameters
+
+    config, dev, max_length = source.config, source.dev, source.card.max_length
+    model, logits, temperature = source.model, source.logits, source.card.temperature
+    metrics: dict[str, Any] = {"source_accuracy": source.accuracy, "params_before": source.params}
+    if config.prune is not None:
+        assert source.train is not None
+        model, prune_metrics = prune_and_recover(
+            source.model, source.tokenizer, source.train, config, max_length, say, progress
+        )
+        metrics.update(prune_metrics)
+        logits = predict_logits(model, source.tokenizer, dev.texts, max_length=max_length)
+        # Pruning changes calibration: refit the temperature (it does not change any label).
+        temperature = fit_temperature(logits, dev.labels)
+        metrics["pruned_accuracy"] = float(np.mean(logits.argmax(1) == dev.labels))
+    metrics["params_after"] = count_parameters(model)
+    return _Candidate(model, logits, temperature, metrics)
+
+
+def _build_graph(source: _Source, candidate: _Candidate, work: Path, say: Callable[[str], None]) -> _Graph:
+    """Export, fuse, smooth and quantise, as the recipe says; each fp32 graph is parity-gated on the way."""
+    config = source.config
+    plain = export_onnx(candidate.model, work / "export", config.opset, say)
+    shutil.copy(plain / "model.onnx", work / "plain.onnx")  # keep the export for the parity probe
+    texts = list(source.dev.texts[: config.gates.probe_examples])
+    probe = Probe(
+        config.name,
+        texts,
+        candidate.logits[: len(texts)],
+        plain,
+        len(source.card.labels),
+        source.card.max_length,
+        config.gates.parity_atol,
+    )
+    gates = [parity_gate("parity fp32 export", work / "plain.onnx", probe)]
+    current, fused = work / "plain.onnx", op_counts(work / "plain.onnx")
+    if config.graph_optimization:
+        current, fused, more = _fuse(current, work / "optimized.onnx", candidate.model, config, probe, say)
+        gates += more
+    metrics: dict[str, Any] = {}
+    if config.quantize:
+        current, fused, more, keep = _int8(current, work, plain, source, probe, say)
+        gates += more
+        metrics["fp32_nodes"] = keep
+    return _Graph(current, plain, fused, gates, metrics)
+
+
+def _fuse(
+    plain: Path, target: Path, model: Any, config: OptimizeConfig, probe: Probe, say: Callable[[str], None]
+) -> tuple[Path, dict[str, int], list[GateResult]]:
+    """ORT's transformer optimizer on the export; gated on fused operators (CUDA) and parity (fp32)."""
+    num_heads, hidden_size, layers = attention_shape(model)
+    current, fused = optimize_graph(plain, target, config, num_heads=num_heads, hidden_size=hidden_size, log=say)
+    gates = []
+    if config.target == "cuda":
+        gates.append(fusion_gate(fused, layers))
+    if not config.fp16:
+        gates.append(parity_gate("parity fp32 optimised", current, probe))
+    return current, fused, gates
+
+
+def _int8(
+    current: Path, work: Path, plain: Path, source: _Source, probe: Probe, say: Callable[[str], None]
+) -> tuple[Path, dict[str, int], list[GateResult], list[str]]:
+    """Smooth (parity-gated) and quantise; returns the int8 graph, its operator counts, the gates and the
+    names of the nodes kept in fp32."""
+    config = source.config
+    keep = matching_nodes(current, config.keep_fp32)
+    gates = []
+    if config.smooth is not None:
+        assert source.train is not None
+        max_length = source.card.max_length
+        current = smooth(current, work / "smoothed.onnx", plain, source.train, config, keep, max_length, say)
+        gates.append(parity_gate("parity fp32 smoothed", current, probe))
+    current = quantize(current, plain / "config.json", work / "quantized", config, keep, say)
+    return current, op_counts(current), gates, keep
+
+
+def _judge(source: _Source, candidate: _Candidate, graph: _Graph) -> tuple[list[GateResult], dict[str, Any]]:
+    """The variant on all of dev (CPU provider): every gate so far, plus label agreement with the fp32 model
+    (reduced precision) and the accuracy drop; and the dev metrics for the manifest."""
+    config, dev = source.config, source.dev
+    engine = Engine(
+        graph.file, graph.plain, num_labels=len(source.card.labels), max_length=source.card.max_length, provider="cpu"
+    )
+    logits, _ = engine.logits(list(dev.texts))
+    labels, reference = logits.argmax(1), candidate.logits.argmax(1)
+    accuracy = float(np.mean(labels == dev.labels))
+    metrics = {
+        "accuracy": accuracy,
+        "agreement_with_fp32": float(np.mean(labels == reference)),
+        "dev_examples": len(dev),
+        "max_logit_diff_vs_fp32": float(np.abs(logits - candidate.logits).max()),
+    }
+    gates = list(graph.gates)
+    if config.quantize or config.fp16:
+        gates.append(agreement_gate(labels, reference, config.gates.min_agreement))
+    gates.append(accuracy_drop_gate(source.accuracy, accuracy, config.gates.max_accuracy_drop))
+    return gates, metrics
+
+
+def _manifest(
+    source: _Source, candidate: _Candidate, graph: _Graph, gates: list[GateResult], metrics: dict[str, Any]
+) -> Manifest:
+    """The manifest: what the variant is, how it was made, how it scored."""
+    card, config = source.card, source.config
+    return Manifest(
+        variant=config.name,
+        model_file="model.onnx",
+        model_sha256=file_sha256(graph.file),
+        labels=list(card.labels),
+        temperature=float(candidate.temperature),
+        max_length=card.max_length,
+        source={"path": str(card.path.resolve()), "sha256": folder_sha256(card.path)},
+        config=config.to_dict(),
+        versions=library_versions(*VERSIONED),
+        opset=config.opset,
+        fused_operators=graph.fused,
+        gates=gates,
+        metrics={
+            **candidate.metrics,
+            **graph.metrics,
+            **metrics,
+            "size_mb": round(graph.file.stat().st_size / 2**20, 3),
+        },
+        tokenizer_files=[f for f in TOKENIZER_FILES if (graph.plain / f).is_file()],
+        created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    )
+
+
+def _write_variant(manifest: Manifest, graph: _Graph, out_dir: Path) -> None:
+    """A passing variant replaces `out_dir` (model, tokenizer, config, manifest); a failing one writes only its
+    manifest, as the report, and only where no folder is already there; then the gates' error is raised."""
+    if not manifest.passed and not (out_dir.is_dir() and any(out_dir.iterdir())):
+        out_dir.mkdir(parents=True, exist_ok=True)
+        manifest.write(out_dir)
+    raise_failures(manifest.variant, manifest.gates)
+    if out_dir.is_dir():
+        shutil.rmtree(out_dir)  # --overwrite was given (checked at the start)
+    out_dir.mkdir(parents=True)
+    shutil.copy(graph.file, out_dir / "model.onnx")
+    for name in manifest.tokenizer_files + ["config.json"]:
+        shutil.copy(graph.plain / name, out_dir / name)
+    manifest.write(out_dir)

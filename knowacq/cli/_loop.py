@@ -1,0 +1,257 @@
+"""Stage 4's commands: `knowacq feedback export|import`, `knowacq retrain`, `knowacq al simulate|demo-loop`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal, cast
+
+import typer
+
+from knowacq.cli._app import StoreOption, err, friendly, out, split_names
+from knowacq.cli._render import print_simulation
+
+__all__ = ["commands"]
+
+commands = typer.Typer()
+
+feedback_app = typer.Typer(help="The feedback store: labelling hand-off.", no_args_is_help=True)
+commands.add_typer(feedback_app, name="feedback")
+
+
+@feedback_app.command("export")
+@friendly
+def feedback_export(
+    out_file: Annotated[Path, typer.Option("--out", dir_okay=False, help="File to write.")],
+    n: Annotated[int, typer.Option("--n", min=1, help="Items to export.")] = 100,
+    fmt: Annotated[str, typer.Option("--format", help="label-studio or csv.")] = "label-studio",
+    strategy_name: Annotated[
+        str, typer.Option("--strategy", help="random, least-confidence, margin or entropy.")
+    ] = "margin",
+    store: StoreOption = None,
+    seed: Annotated[int, typer.Option(help="Seed of the strategy's random choices.")] = 0,
+) -> None:
+    """Pick captured predictions for labelling, write Label Studio tasks or CSV, mark them queued."""
+    from knowacq.base import FeedbackStore
+    from knowacq.loop import export_tasks
+
+    records = export_tasks(FeedbackStore(store), out_file, n=n, strategy_name=strategy_name, fmt=fmt, seed=seed)
+    out.print(f"exported {len(records)} item(s) chosen by {strategy_name} to {out_file}; marked queued")
+
+
+@feedback_app.command("import")
+@friendly
+def feedback_import(
+    in_file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="Label Studio JSON export or CSV.")],
+    store: StoreOption = None,
+    label_names: Annotated[
+        str | None, typer.Option(help="Allowed labels, comma-separated [default: those of the stored predictions].")
+    ] = None,
+    annotator: Annotated[str, typer.Option(help="Annotator recorded when the file names none.")] = "",
+) -> None:
+    """Store human labels from a Label Studio export or a CSV (prediction_id or text, label)."""
+    from knowacq.base import FeedbackStore
+    from knowacq.loop import import_labels
+
+    result = import_labels(
+        FeedbackStore(store),
+        in_file,
+        label_names=split_names(label_names) if label_names else None,
+        annotator=annotator,
+    )
+    out.print(
+        f"labels: {result.created} new, {result.updated} changed, {result.unchanged} unchanged; "
+        f"{result.new_texts} new text(s); {len(result.skipped)} row(s) skipped"
+    )
+    for line in result.skipped[:20]:
+        err.print(f"  skipped {line}")
+    if len(result.skipped) > 20:
+        err.print(f"  ... and {len(result.skipped) - 20} more")
+
+
+@commands.command()
+@friendly
+def retrain(
+    current: Annotated[Path, typer.Option(exists=True, file_okay=False, help="The variant folder being served.")],
+    out_dir: Annotated[Path, typer.Option("--out", file_okay=False, help="Folder for the run (a sub-folder per run).")],
+    store: StoreOption = None,
+    dev: Annotated[
+        Path | None,
+        typer.Option(exists=True, dir_okay=False, help="Dev TSV [default: the one recorded by training]."),
+    ] = None,
+    train_tsv: Annotated[
+        Path | None,
+        typer.Option(
+            "--train", exists=True, dir_okay=False, help="Original training TSV for replay [default: recorded]."
+        ),
+    ] = None,
+    replay: Annotated[int, typer.Option(min=0, help="Original training rows trained on beside the new labels.")] = 4000,
+    epochs: Annotated[int, typer.Option(min=1)] = 1,
+    lr: Annotated[float, typer.Option(help="Learning rate of the continued fine-tuning.")] = 2e-5,
+    tolerance: Annotated[float, typer.Option(help="Promote if candidate dev accuracy >= current - tolerance.")] = 0.005,
+    register: Annotated[
+        str, typer.Option(help="Model-store name a promoted candidate is registered under ('' to skip).")
+    ] = "knowacq-classifier",
+    publish: Annotated[bool, typer.Option(help="Tell running services (through the store) to switch to it.")] = True,
+    progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+) -> None:
+    """Retrain on the new human labels; promote only if the candidate passes its gates and is not worse."""
+    from knowacq.base import FeedbackStore
+    from knowacq.loop import RetrainConfig
+    from knowacq.loop import retrain as run
+
+    result = run(
+        current,
+        FeedbackStore(store),
+        out_dir,
+        dev_file=dev,
+        train_file=train_tsv,
+        config=RetrainConfig(replay=replay, epochs=epochs, learning_rate=lr, tolerance=tolerance),
+        register_as=register or None,
+        publish=publish,
+        progress=progress,
+        log=lambda line: err.print(line),
+    )
+    verdict = "PROMOTED" if result.promoted else "REJECTED"
+    out.print(
+        f"{verdict}: current dev {result.current_accuracy:.4f}, candidate "
+        f"{'-' if result.candidate_accuracy is None else f'{result.candidate_accuracy:.4f}'}, "
+        f"{result.labels_used} new label(s); record {result.run_dir / 'record.json'}"
+        + (f"; tag {result.tag}" if result.tag else "")
+    )
+    for reason in result.reasons:
+        out.print(f"  {reason}")
+
+
+al_app = typer.Typer(help="Active learning: simulations of the query strategies.", no_args_is_help=True)
+commands.add_typer(al_app, name="al")
+
+
+# long: typer options (17 of them); the body is short
+@al_app.command("simulate")
+@friendly
+def al_simulate(
+    data: Annotated[Path, typer.Option(exists=True, dir_okay=False, help="Training TSV: the pool (labels hidden).")],
+    dev: Annotated[Path, typer.Option(exists=True, dir_okay=False, help="Dev TSV for the learning curves.")],
+    out_dir: Annotated[Path, typer.Option("--out", file_okay=False, help="Folder for results.json and the PNG.")],
+    strategies: Annotated[
+        str,
+        typer.Option(
+            help="Comma-separated: random, least-confidence, margin, entropy, diversity, badge, density, bandit."
+        ),
+    ] = "random,least-confidence,margin,entropy,diversity,badge,bandit",
+    seed_labels: Annotated[int, typer.Option(min=1, help="Labels drawn at random before round 1.")] = 200,
+    batch: Annotated[int, typer.Option(min=1, help="Labels queried per round.")] = 200,
+    rounds: Annotated[int, typer.Option(min=1)] = 9,
+    seeds: Annotated[int, typer.Option(min=1)] = 3,
+    max_pool: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            help="At most this many pool rows (0: all). Full mode needs a "
+            "pool of at most 20000 rows: set it, e.g. 3000.",
+        ),
+    ] = 0,
+    heldout: Annotated[int, typer.Option(min=0, help="Training rows set aside to reward the bandit.")] = 1000,
+    mode: Annotated[
+        str,
+        typer.Option(
+            help="fast: frozen encoder + logistic-regression head (minutes); full: "
+            "fine-tune encoder + head from --base every round on the labelled "
+            "rows and score the pool with it (slow: limit the pool with "
+            "--max-pool)."
+        ),
+    ] = "fast",
+    c: Annotated[
+        float,
+        typer.Option(
+            "--c",
+            min=0.0,
+            help="Inverse regularisation of the logistic head, fast "
+            "mode (0: cross-validated on the labelled set each "
+            "round).",
+        ),
+    ] = 1.0,
+    near_duplicate_cosine: Annotated[
+        float,
+        typer.Option(min=0.0, max=1.0, help="Skip a candidate this similar to one already in the batch (0: off)."),
+    ] = 0.98,
+    base: Annotated[
+        Path | None,
+        typer.Option(
+            file_okay=False, help="Encoder folder, frozen (fast) or fine-tuned (full) [default: all-MiniLM-L6-v2]."
+        ),
+    ] = None,
+    label_names: Annotated[str | None, typer.Option(help="Class names for ids 0,1,..., comma-separated.")] = None,
+    progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+) -> None:
+    """Pool-based active learning on labelled data: learning curves per strategy, labels to reach random."""
+    from knowacq.loop import SimulationConfig, simulate
+
+    config = SimulationConfig(
+        strategies=tuple(s.strip() for s in strategies.split(",") if s.strip()),
+        seed_labels=seed_labels,
+        batch=batch,
+        rounds=rounds,
+        seeds=seeds,
+        max_pool=max_pool,
+        heldout=heldout,
+        c=c,
+        near_duplicate_cosine=near_duplicate_cosine or None,
+        mode=cast(Literal["fast", "full"], mode),  # SimulationConfig refuses any other
+    )
+    result = simulate(
+        data,
+        dev,
+        out_dir,
+        config=config,
+        base=base,
+        label_names=split_names(label_names) if label_names else None,
+        progress=progress,
+        log=lambda line: err.print(line),
+    )
+    print_simulation(result)
+
+
+@al_app.command("demo-loop")
+@friendly
+def al_demo_loop(
+    variant: Annotated[Path, typer.Option(exists=True, file_okay=False, help="The variant to serve first.")],
+    traffic_tsv: Annotated[
+        Path,
+        typer.Option(
+            "--traffic",
+            exists=True,
+            dir_okay=False,
+            help="Labelled TSV: its texts are the traffic, its labels the annotators (not the dev file).",
+        ),
+    ],
+    out_dir: Annotated[Path, typer.Option("--out", file_okay=False, help="Folder for the store, runs, logs.")],
+    n_traffic: Annotated[int, typer.Option(min=1, help="Texts sent.")] = 1000,
+    skip: Annotated[int, typer.Option(min=0, help="Rows of --traffic skipped first.")] = 0,
+    labels: Annotated[int, typer.Option(min=1, help="Captured items sent for labelling.")] = 200,
+    replay: Annotated[int, typer.Option(min=0, help="Original training rows replayed in the retrain.")] = 4000,
+    min_confidence: Annotated[float, typer.Option(help="Capture threshold of the server.")] = 0.75,
+) -> None:
+    """One turn of the loop: serve, traffic, capture, label, retrain, promote or reject; printed."""
+    from knowacq.loop import RetrainConfig, demo_loop
+
+    s = demo_loop(
+        variant,
+        traffic_tsv,
+        out_dir,
+        traffic=n_traffic,
+        skip=skip,
+        labels=labels,
+        min_confidence=min_confidence,
+        config=RetrainConfig(replay=replay),
+        log=lambda line: err.print(line),
+    )
+    cand = "-" if s["candidate_dev_accuracy"] is None else f"{s['candidate_dev_accuracy']:.4f}"
+    out.print(
+        f"loop: {s['traffic']} texts served, {s['captured']} captured, {s['labelled']} labelled; "
+        f"retrain {s['decision'].upper()} (dev {s['current_dev_accuracy']:.4f} -> {cand})"
+        + (f"; now serving {s['served_after']} ({s['tag']})" if s["decision"] == "promoted" else "")
+    )
+    for reason in s["reasons"]:
+        out.print(f"  {reason}")
+    out.print(f"record: {s['record']}")

@@ -1,0 +1,108 @@
+"""Stage 3's commands: `knowacq serve`, `knowacq bench-serve` and `knowacq import-model`."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from knowacq.cli._app import err, friendly, out
+from knowacq.errors import ConfigError
+
+__all__ = ["commands"]
+
+commands = typer.Typer()
+
+
+@commands.command()
+@friendly
+def serve(
+    model: Annotated[str, typer.Option(help="Exported variant folder, or a BentoML model-store tag (name[:version]).")],
+    port: Annotated[int, typer.Option(min=1, max=65535)] = 3000,
+    host: Annotated[str, typer.Option(help="Interface to listen on (0.0.0.0 for every interface).")] = "127.0.0.1",
+    token: Annotated[
+        str | None,
+        typer.Option(
+            envvar="KNOWACQ_API_TOKEN",
+            show_default=False,
+            help="Bearer token for POST /feedback [env KNOWACQ_API_TOKEN; unset: feedback refused].",
+        ),
+    ] = None,
+    store: Annotated[
+        str | None,
+        typer.Option(
+            envvar="KNOWACQ_STORE_URL", help="SQLAlchemy URL of the feedback store [default: ./knowacq-feedback.db]."
+        ),
+    ] = None,
+    provider: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    workers: Annotated[int, typer.Option(min=1, help="BentoML worker processes.")] = 1,
+) -> None:
+    """Serve a variant over HTTP with BentoML: /classify, /feedback, /model, /readyz, /metrics.
+
+    Other settings (thresholds, batching, limits) come from KNOWACQ_* variables; see the README.
+    """
+    from bento import Settings, check_model, serve_command, service_env
+
+    check_model(model)
+    settings = {"model": model, "api_token": token, "store_url": store, "provider": provider, "workers": workers}
+    env = service_env(settings)
+    Settings.from_env({k: v for k, v in env.items() if k.startswith("KNOWACQ_")})  # fail here, not in a worker
+    if not token:
+        err.print("warning: no API token (--token or KNOWACQ_API_TOKEN): POST /feedback will answer 401")
+    command = serve_command(host, port)
+    err.print(f"serving {model} on http://{host}:{port} (Ctrl-C stops)")
+    sys.stdout.flush()
+    os.execvpe(command[0], command, env)
+
+
+@commands.command("bench-serve")
+@friendly
+def bench_serve(
+    model: Annotated[str, typer.Option(help="Exported variant folder or model-store tag.")],
+    out_file: Annotated[Path, typer.Option("--out", dir_okay=False, help="JSON results (.md beside).")],
+    data: Annotated[
+        Path | None,
+        typer.Option(
+            exists=True, dir_okay=False, help="TSV whose texts are sent [default: the model's recorded dev file]."
+        ),
+    ] = None,
+    concurrency: Annotated[str, typer.Option(help="Comma-separated client concurrencies.")] = "1,8,32",
+    duration: Annotated[float, typer.Option(min=1, help="Seconds measured per concurrency.")] = 20.0,
+    texts_per_request: Annotated[int, typer.Option(min=1, help="Texts in each request.")] = 1,
+) -> None:
+    """Drive the real server over loopback and compare with the in-process engine on the same texts."""
+    from bento import bench_serve as run
+
+    try:
+        levels = tuple(int(c) for c in concurrency.split(","))
+    except ValueError:
+        raise ConfigError(f"--concurrency must be comma-separated integers, got {concurrency!r}") from None
+    if not levels or min(levels) < 1:
+        raise ConfigError(f"--concurrency must be positive integers, got {concurrency!r}")
+    run(
+        model,
+        out_file,
+        data=data,
+        concurrencies=levels,
+        duration_s=duration,
+        texts_per_request=texts_per_request,
+        log=lambda line: err.print(line),
+    )
+    out.print(out_file.with_suffix(".md").read_text())
+    out.print(f"results: {out_file} (+ .md)")
+
+
+@commands.command("import-model")
+@friendly
+def import_model(
+    variant: Annotated[Path, typer.Argument(exists=True, file_okay=False, help="Exported variant folder.")],
+    name: Annotated[str, typer.Option(help="Model name in the BentoML model store.")] = "knowacq-classifier",
+) -> None:
+    """Copy a variant into the BentoML model store (for `bentoml build` and `serve --model NAME:TAG`)."""
+    from bento import import_to_model_store
+
+    tag = import_to_model_store(variant, name)
+    out.print(f"stored as {tag}")
