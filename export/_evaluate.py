@@ -22,17 +22,11 @@ def evaluate_variant(
 ) -> EvalReport:
     """The same report as `knowacq.evaluate`, for an exported variant folder, on a labelled TSV."""
     from knowacq.base import load_tsv
-    from knowacq.train import classification_report, reliability_diagram
+    from knowacq.train import report_on
 
     predictor = Predictor(path, max_batch_size=batch_size)
     data = load_tsv(data_file, label_names=predictor.labels)
     logits, _ = predictor.logits(list(data.texts))
-    if reliability_png is not None:
-        reliability_diagram(
-            logits,
-            data.labels,
-            predictor.temperature,
-            reliability_png,
-            title=f"{Path(path).name} on {data.source} (n={len(data)})",
-        )
-    return classification_report(logits, data.labels, predictor.labels, predictor.temperature)
+    return report_on(
+        logits, data, predictor.labels, predictor.temperature, name=Path(path).name, reliability_png=reliability_png
+    )

@@ -6,7 +6,7 @@ Imports `knowacq.base` only. torch and transformers load when a function that ne
 from __future__ import annotations
 
 from knowacq.train._config import TRAIN_PRESETS, TrainConfig, train_preset
-from knowacq.train._evaluate import evaluate
+from knowacq.train._evaluate import evaluate, report_on
 from knowacq.train._fine_tune import METRICS_FILE, RELIABILITY_FILE, TrainResult, fine_tune
 from knowacq.train._fit import FitResult, fit
 from knowacq.train._metrics import (
@@ -41,5 +41,6 @@ __all__ = [
     "negative_log_likelihood",
     "predict_logits",
     "reliability_diagram",
+    "report_on",
     "train_preset",
 ]

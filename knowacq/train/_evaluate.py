@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
+
+import numpy as np
 
 from knowacq.base import LabelledData
 from knowacq.errors import DataError
@@ -13,7 +16,7 @@ from knowacq.train._metrics import (
 )
 from knowacq.train._model import load_classifier, predict_logits
 
-__all__ = ["evaluate"]
+__all__ = ["evaluate", "report_on"]
 
 
 def evaluate(
@@ -36,12 +39,24 @@ def evaluate(
     if len(data) == 0:
         raise DataError(f"{data.source}: nothing to evaluate")
     logits = predict_logits(model, tokenizer, data.texts, max_length=card.max_length, batch_size=batch_size)
+    return report_on(
+        logits, data, card.labels, card.temperature, name=Path(model_dir).name, reliability_png=reliability_png
+    )
+
+
+def report_on(
+    logits: np.ndarray,
+    data: LabelledData,
+    label_names: Sequence[str],
+    temperature: float,
+    *,
+    name: str,
+    reliability_png: str | Path | None = None,
+) -> EvalReport:
+    """The report of a model `name` whose `logits` were computed on `data`, and its reliability diagram when
+    `reliability_png` is given: the last step of evaluating a PyTorch folder and an exported variant alike."""
     if reliability_png is not None:
         reliability_diagram(
-            logits,
-            data.labels,
-            card.temperature,
-            reliability_png,
-            title=f"{Path(model_dir).name} on {data.source} (n={len(data)})",
+            logits, data.labels, temperature, reliability_png, title=f"{name} on {data.source} (n={len(data)})"
         )
-    return classification_report(logits, data.labels, card.labels, card.temperature)
+    return classification_report(logits, data.labels, label_names, temperature)

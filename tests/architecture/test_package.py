@@ -105,6 +105,7 @@ FACES: dict[str, list[str]] = {
         "negative_log_likelihood",
         "predict_logits",
         "reliability_diagram",
+        "report_on",
         "train_preset",
     ],
     "export": [
