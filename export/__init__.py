@@ -18,7 +18,7 @@ from export._engine import (
     plan_providers,
 )
 from export._evaluate import evaluate_variant
-from export._gates import CUDA_FUSIONS, ShapeMismatchError, fusion_gate
+from export._gates import CUDA_FUSIONS, fusion_gate
 from export._graph import attention_shape, optimize_graph
 from export._manifest import MANIFEST_FILE, GateResult, Manifest, read_manifest
 from export._pipeline import OptimizeResult, optimize
@@ -51,7 +51,6 @@ __all__ = [
     "PruneConfig",
     "RecoveryConfig",
     "RuntimeOptions",
-    "ShapeMismatchError",
     "SmoothConfig",
     "attention_shape",
     "bench",

@@ -16,12 +16,11 @@ import numpy as np
 
 from export._engine import Engine
 from export._manifest import GateResult
-from knowacq.errors import ParityError, QualityError
+from knowacq.errors import ParityError, QualityError, ShapeMismatchError
 
 __all__ = [
     "CUDA_FUSIONS",
     "Probe",
-    "ShapeMismatchError",
     "accuracy_drop_gate",
     "agreement_gate",
     "fusion_gate",
@@ -32,24 +31,6 @@ __all__ = [
 CUDA_FUSIONS = ("Attention", "SkipLayerNormalization", "BiasGelu")
 """Fused operators a CUDA graph must hold, at least one of each per encoder layer: without them ORT's CUDA
 provider runs the unfused graph at about half the speed (an SDPA export fuses no Attention)."""
-
-
-class ShapeMismatchError(ParityError):
-    """The ONNX graph's logits have another shape than PyTorch's: the graph does not compute the model's
-    outputs. Fatal: raised by the parity gate at once, before any tolerance is judged."""
-
-    def __init__(
-        self, variant: str, gate: str, got: tuple[int, ...], expected: tuple[int, ...], num_labels: int
-    ) -> None:
-        self.got = got
-        self.expected = expected
-        super().__init__(
-            variant,
-            [
-                f"{gate}: logits of shape {got} from the ONNX graph but {expected} from PyTorch, for "
-                f"{num_labels} labels; the graph does not compute the model's outputs (no other gate was measured)"
-            ],
-        )
 
 
 @dataclass(frozen=True, eq=False)

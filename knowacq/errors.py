@@ -9,6 +9,7 @@
     │   └── ProviderError             the requested ONNX Runtime execution provider is not available
     ├── GateError                     an optimised variant failed one or more quality gates
     │   ├── ParityError               ONNX logits differ from PyTorch's by more than the tolerance
+    │   │   └── ShapeMismatchError    ONNX logits have another shape than PyTorch's (fatal at once)
     │   └── QualityError              label agreement or task accuracy below the gate
     ├── StoreError                    the feedback store cannot be reached or written
     └── RequestError                  a client's request the service refuses; carries its HTTP status
@@ -44,6 +45,7 @@ __all__ = [
     "QualityError",
     "RequestError",
     "RowProblem",
+    "ShapeMismatchError",
     "StoreError",
     "UnknownLabelError",
     "UnknownPredictionError",
@@ -120,6 +122,24 @@ class GateError(KnowacqError):
 
 class ParityError(GateError):
     """fp32 ONNX logits differ from the PyTorch model's by more than the tolerance."""
+
+
+class ShapeMismatchError(ParityError):
+    """The ONNX graph's logits have another shape than PyTorch's: the graph does not compute the model's
+    outputs. Fatal: raised by the parity gate at once, before any tolerance is judged."""
+
+    def __init__(
+        self, variant: str, gate: str, got: tuple[int, ...], expected: tuple[int, ...], num_labels: int
+    ) -> None:
+        self.got = got
+        self.expected = expected
+        super().__init__(
+            variant,
+            [
+                f"{gate}: logits of shape {got} from the ONNX graph but {expected} from PyTorch, for "
+                f"{num_labels} labels; the graph does not compute the model's outputs (no other gate was measured)"
+            ],
+        )
 
 
 class QualityError(GateError):

@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from export import GateResult, Predictor, ShapeMismatchError, fusion_gate, preset
+from export import GateResult, Predictor, fusion_gate, preset
 from export._gates import Probe, accuracy_drop_gate, agreement_gate, parity_gate, raise_failures
-from knowacq.errors import GateError, ParityError, QualityError
+from knowacq.errors import GateError, ParityError, QualityError, ShapeMismatchError
 
 TEXTS = ["a great film", "an awful dull story that goes on and on", "fine", "the plot was quite good"]
 
