@@ -87,34 +87,21 @@ def test_capture_label_retrain_promote_and_hot_swap(
         for t in threads:
             t.start()
         env = {**service_env({}), "BENTOML_HOME": str(bentoml_home)}
-        done = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "knowacq",
-                "retrain",
-                "--current",
-                str(fp32_variant),
-                "--store",
-                store_url,
-                "--out",
-                str(tmp_path / "runs"),
-                "--dev",
-                str(dev_file),
-                "--train",
-                str(train_file),
-                "--replay",
-                "100",
-                "--tolerance",
-                "1.0",
-                "--lr",
-                "1e-3",
-                "--no-progress",
-            ],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=600,
+        done = _retrain_cli(
+            fp32_variant,
+            store_url,
+            tmp_path / "runs",
+            env,
+            "--dev",
+            str(dev_file),
+            "--train",
+            str(train_file),
+            "--replay",
+            "100",
+            "--tolerance",
+            "1.0",
+            "--lr",
+            "1e-3",
         )
         assert done.returncode == 0, done.stdout + done.stderr
         assert "PROMOTED" in done.stdout and "tag knowacq-classifier:" in done.stdout
@@ -249,32 +236,19 @@ def test_a_candidate_taught_wrong_labels_is_rejected_through_the_cli(
     for i in range(n):
         store.add_label(f"p{i}", rows.label_names[1 - int(rows.labels[i])])  # flipped on purpose
     env = {**service_env({}), "BENTOML_HOME": str(tmp_path / "bentoml")}
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "knowacq",
-            "retrain",
-            "--current",
-            str(fp32_variant),
-            "--store",
-            store_url,
-            "--out",
-            str(tmp_path / "runs"),
-            "--dev",
-            str(dev_file),
-            "--replay",
-            "0",
-            "--epochs",
-            "1",
-            "--lr",
-            "1e-2",
-            "--no-progress",
-        ],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
+    done = _retrain_cli(
+        fp32_variant,
+        store_url,
+        tmp_path / "runs",
+        env,
+        "--dev",
+        str(dev_file),
+        "--replay",
+        "0",
+        "--epochs",
+        "1",
+        "--lr",
+        "1e-2",
     )
     assert done.returncode == 0, done.stdout + done.stderr  # a rejection is a result, not an error
     record = json.loads(next((tmp_path / "runs").glob("run-*/record.json")).read_text())
@@ -330,3 +304,11 @@ def test_demo_loop_command(fp32_variant: Path, binary_sets, tmp_path: Path) -> N
     assert summary["traffic"] == 60 and summary["labelled"] == 20
     assert summary["decision"] in ("promoted", "rejected")
     assert "loop: 60 texts served" in done.stdout
+
+
+def _retrain_cli(current: Path, store_url: str, out: Path, env: dict[str, str], *options: str):
+    """`python -m knowacq retrain` of `current` on the labels in `store_url`, with `options`, without progress."""
+    command = [sys.executable, "-m", "knowacq", "retrain", "--current", str(current), "--store", store_url]
+    return subprocess.run(
+        [*command, "--out", str(out), *options, "--no-progress"], env=env, capture_output=True, text=True, timeout=600
+    )

@@ -90,107 +90,25 @@ def test_simulation_refuses_bad_configs(tiny_base: Path, binary_sets, tmp_path: 
         )
 
 
+def _al_simulate(binary_sets, out: Path, *options: str):
+    """`knowacq al simulate` on the tiny binary sets, writing to `out`, with `options` after."""
+    data = ["--data", str(binary_sets[0]), "--dev", str(binary_sets[1]), "--out", str(out)]
+    return CliRunner().invoke(app, ["al", "simulate", *data, *options])
+
+
 def test_al_simulate_cli(tiny_base: Path, binary_sets, tmp_path: Path) -> None:
-    result = CliRunner().invoke(
-        app,
-        [
-            "al",
-            "simulate",
-            "--data",
-            str(binary_sets[0]),
-            "--dev",
-            str(binary_sets[1]),
-            "--out",
-            str(tmp_path),
-            "--strategies",
-            "random,margin",
-            "--seed-labels",
-            "20",
-            "--batch",
-            "20",
-            "--rounds",
-            "2",
-            "--seeds",
-            "1",
-            "--heldout",
-            "40",
-            "--near-duplicate-cosine",
-            "0",
-            "--base",
-            str(tiny_base),
-            "--label-names",
-            "negative,positive",
-            "--no-progress",
-        ],
-    )
+    small = ["--strategies", "random,margin", "--seed-labels", "20", "--batch", "20", "--seeds", "1"]
+    tiny = ["--heldout", "40", "--base", str(tiny_base), "--label-names", "negative,positive", "--no-progress"]
+    result = _al_simulate(binary_sets, tmp_path, *small, "--rounds", "2", "--near-duplicate-cosine", "0", *tiny)
     assert result.exit_code == 0, result.output
     assert "labels to reach random's final accuracy" in result.output
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved["config"]["near_duplicate_cosine"] is None and saved["heldout"]["rows"] == 40
-    bad = CliRunner().invoke(
-        app,
-        [
-            "al",
-            "simulate",
-            "--data",
-            str(binary_sets[0]),
-            "--dev",
-            str(binary_sets[1]),
-            "--out",
-            str(tmp_path),
-            "--strategies",
-            "margin",
-        ],
-    )
+    bad = _al_simulate(binary_sets, tmp_path, "--strategies", "margin")
     assert bad.exit_code == 2 and "needs 'random'" in bad.output
-    slow = CliRunner().invoke(
-        app,
-        [
-            "al",
-            "simulate",
-            "--data",
-            str(binary_sets[0]),
-            "--dev",
-            str(binary_sets[1]),
-            "--out",
-            str(tmp_path),
-            "--mode",
-            "slow",
-        ],
-    )
+    slow = _al_simulate(binary_sets, tmp_path, "--mode", "slow")
     assert slow.exit_code == 2 and "mode must be one of fast, full" in slow.output
-    full = CliRunner().invoke(
-        app,
-        [
-            "al",
-            "simulate",
-            "--data",
-            str(binary_sets[0]),
-            "--dev",
-            str(binary_sets[1]),
-            "--out",
-            str(tmp_path / "full"),
-            "--mode",
-            "full",
-            "--strategies",
-            "random,margin",
-            "--seed-labels",
-            "20",
-            "--batch",
-            "20",
-            "--rounds",
-            "1",
-            "--seeds",
-            "1",
-            "--heldout",
-            "40",
-            "--base",
-            str(tiny_base),
-            "--label-names",
-            "negative,positive",
-            "--no-progress",
-        ],
-    )
+    full = _al_simulate(binary_sets, tmp_path / "full", "--mode", "full", *small, "--rounds", "1", *tiny)
     assert full.exit_code == 0, full.output
     assert "full mode:" in full.output and "s per fit-and-predict after round 0" in full.output
     assert json.loads((tmp_path / "full" / "results.json").read_text())["mode"] == "full"
