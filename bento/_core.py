@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import hmac
 import logging
+import os
+import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -18,10 +20,11 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from bento._drift import DriftMonitor
 from bento._metrics import ServiceMetrics
 from bento._refusals import STORE_DOWN
 from bento._settings import Settings
-from knowacq.base import FeedbackStore, PredictionRecord, redact_for_storage, softmax
+from knowacq.base import FeedbackStore, PredictionRecord, mean_interval, redact_for_storage, softmax, wilson_interval
 from knowacq.errors import (
     AuthError,
     InvalidInputError,
@@ -113,7 +116,11 @@ class ClassifierCore:
 
     `predictor`: an `export.Predictor` (or anything with `labels`, `temperature`, `engine`, `manifest`).
     `store`: the feedback store; `metrics`: `ServiceMetrics`; `clock`: monotonic seconds;
-    `new_id`: makes prediction ids.
+    `new_id`: makes prediction ids; `rng`: the draws of the live sample (default: seeded with
+    `settings.sample_seed` and the process id, so that workers draw independently).
+
+    `drift` follows the variant's reference profile (None when its manifest has none); `shadow`, set by the
+    service while a candidate runs in shadow, is offered every batch after its answers are built.
     """
 
     def __init__(
@@ -125,6 +132,7 @@ class ClassifierCore:
         metrics: ServiceMetrics,
         clock: Callable[[], float] = time.perf_counter,
         new_id: Callable[[], str] = lambda: uuid.uuid4().hex,
+        rng: np.random.Generator | None = None,
     ) -> None:
         self.predictor = predictor
         self.settings = settings
@@ -132,6 +140,8 @@ class ClassifierCore:
         self.metrics = metrics
         self.clock = clock
         self.new_id = new_id
+        self._rng = rng if rng is not None else np.random.default_rng([settings.sample_seed, os.getpid()])
+        self._rng_lock = threading.Lock()
         self.labels: tuple[str, ...] = tuple(predictor.labels)
         manifest = predictor.manifest
         self.variant = manifest.variant
@@ -144,6 +154,11 @@ class ClassifierCore:
         except ValueError:
             created = 0.0
         metrics.model_created.set(created)
+        self.drift = DriftMonitor.from_manifest(
+            manifest, labels=self.labels, window=settings.drift_window, min_texts=settings.drift_min_texts
+        )
+        self.shadow: Any = None
+        """A `bento._shadow.ShadowScorer` while a candidate runs in shadow (set by the service)."""
 
     def refresh_store_gauges(self) -> None:
         """Backlog, labels and retraining outcomes from the store, for the loop's dashboard and alerts."""
@@ -154,15 +169,39 @@ class ClassifierCore:
         for decision, runs in self.store.retrain_counts().items():
             self.metrics.retrain_runs.labels(decision=decision).set(float(runs))
         self.metrics.last_promotion.set(self.store.last_promotion_time())
+        self.refresh_live_gauges()
+
+    def refresh_live_gauges(self) -> None:
+        """Accuracy of the serving model on the labelled live sample (Wilson 95% interval), and the label-free
+        estimate (mean calibrated confidence of its sampled predictions, t interval) beside it."""
+        live = self.store.live_evaluation_set(self.model_version)
+        correct = sum(1 for record, label in live if record.label == label)
+        self._set_bounds(self.metrics.live_accuracy, wilson_interval(correct, len(live)).as_dict())
+        self.metrics.live_labels.set(len(live))
+        estimate = mean_interval(self.store.sampled_scores(self.model_version))
+        self._set_bounds(self.metrics.live_estimated_accuracy, estimate.as_dict())
+
+    @staticmethod
+    def _set_bounds(gauge: Any, interval: dict[str, float | int]) -> None:
+        for bound in ("estimate", "low", "high"):
+            gauge.labels(bound=bound).set(float(interval[bound]))
 
     def with_predictor(self, predictor: Any) -> ClassifierCore:
         """A core for another model, sharing this one's settings, store, metrics, clock and ids."""
         self.metrics.model_info.labels(
             version=self.model_version, variant=self.variant, provider=self.predictor.provider
         ).set(0)
-        return ClassifierCore(
-            predictor, self.settings, store=self.store, metrics=self.metrics, clock=self.clock, new_id=self.new_id
+        core = ClassifierCore(
+            predictor,
+            self.settings,
+            store=self.store,
+            metrics=self.metrics,
+            clock=self.clock,
+            new_id=self.new_id,
+            rng=self._rng,
         )
+        core.shadow = self.shadow
+        return core
 
     # classify -------------------------------------------------------------------------------------
 
@@ -182,12 +221,17 @@ class ClassifierCore:
         if not items:
             return []
         m = self.metrics
-        logits, truncated = self._logits(items)
+        logits, truncated, lengths = self._logits(items)
         probs = softmax(logits, self.predictor.temperature)
         order = np.argsort(-probs, axis=1)
         top = probs[np.arange(len(items)), order[:, 0]]
         second = probs[np.arange(len(items)), order[:, 1]] if probs.shape[1] > 1 else np.zeros(len(items))
         margins = top - second
+        sampled = self._draw_sample(len(items))
+        if self.drift is not None:
+            self.drift.observe(order[:, 0], top, lengths)
+            for signal, value in self.drift.psi().items():
+                m.drift_psi.labels(signal=signal).set(value)
         created = datetime.now(timezone.utc)
         answers: list[dict[str, Any]] = []
         records: list[PredictionRecord] = []
@@ -213,7 +257,7 @@ class ClassifierCore:
                 m.truncated.inc()
             if captured:
                 m.captures.inc()
-            if captured or self.settings.record == "all":
+            if captured or sampled[i] or self.settings.record == "all":
                 clean, digest = redact_for_storage(item.text[: self.settings.max_stored_chars])
                 records.append(
                     PredictionRecord(
@@ -227,15 +271,40 @@ class ClassifierCore:
                         probabilities=probabilities,
                         captured=captured,
                         created_at=created,
+                        sampled=bool(sampled[i]),
                     )
                 )
         stored = self._record(records)
         for answer in answers:
             answer["recorded"] = answer["prediction_id"] in stored
+        self._offer_to_shadow(items, answers)
         return answers
 
-    def _logits(self, items: Sequence[Item]) -> tuple[NDArray[np.float32], list[bool]]:
-        """The model's logits for `items` and which texts were cut to its window; times the stages."""
+    def _draw_sample(self, n: int) -> NDArray[np.bool_]:
+        """Which of `n` predictions join the live sample: each with probability `settings.sample_rate`."""
+        rate = self.settings.sample_rate
+        if rate <= 0.0:
+            return np.zeros(n, dtype=bool)
+        with self._rng_lock:  # numpy Generators are not thread-safe
+            return np.asarray(self._rng.random(n) < rate)
+
+    def _offer_to_shadow(self, items: Sequence[Item], answers: list[dict[str, Any]]) -> None:
+        """Hand the batch to the shadow candidate, if one runs; it never blocks and never changes an answer."""
+        shadow = self.shadow
+        if shadow is None:
+            return
+        try:
+            shadow.offer(
+                [item.text for item in items],
+                [a["label"] for a in answers],
+                [a["prediction_id"] if a["recorded"] else None for a in answers],
+            )
+        except Exception as exc:  # the answers are built; a failing shadow must not fail them
+            log.error("the shadow candidate could not take a batch: %s", type(exc).__name__)
+
+    def _logits(self, items: Sequence[Item]) -> tuple[NDArray[np.float32], list[bool], NDArray[np.int64]]:
+        """The model's logits for `items`, which texts were cut to its window, and their token counts (after
+        truncation); times the stages."""
         m = self.metrics
         start = self.clock()
         for item in items:
@@ -246,6 +315,7 @@ class ClassifierCore:
         t0 = self.clock()
         encodings = engine.tokenize([item.text for item in items])
         truncated = [bool(e.overflowing) for e in encodings]
+        lengths = np.array([len(e.ids) for e in encodings], dtype=np.int64)
         t1 = self.clock()
         # Grouped by token count (Engine.groups), so short texts do not pay for long ones; each row's
         # answer depends only on its own text (fp32 exactly; dynamic int8 within its quantisation noise).
@@ -253,7 +323,7 @@ class ClassifierCore:
             logits[idx] = engine.run(engine.feeds([encodings[i] for i in idx]))
         m.stage_seconds.labels(stage="tokenize").observe(t1 - t0)
         m.stage_seconds.labels(stage="infer").observe(self.clock() - t1)
-        return logits, truncated
+        return logits, truncated, lengths
 
     def _record(self, records: list[PredictionRecord]) -> set[str]:
         """Write `records` to the store in one transaction; the ids stored (none when the write failed)."""
@@ -284,15 +354,16 @@ class ClassifierCore:
         if not hmac.compare_digest(given.strip().encode(), self._token):
             raise AuthError("wrong bearer token")
 
-    def feedback(self, prediction_id: str, label: str, annotator: str = "") -> dict[str, Any]:
-        """Record a human label for a prediction (idempotent). The caller has checked the token."""
+    def feedback(self, prediction_id: str, label: str, annotator: str = "", *, source: str = "api") -> dict[str, Any]:
+        """Record a human label for a prediction (idempotent per source and annotator). The caller has checked
+        the token. `source`: "api" (POST /feedback) or "label-studio" (the ML backend's webhook)."""
         if label not in self.labels:
             self.metrics.feedback.labels(outcome="unknown_label").inc()
             raise UnknownLabelError(
                 f"unknown label {label!r}; this model's labels are {', '.join(self.labels)}", field="label"
             )
         try:
-            outcome = self.store.add_label(prediction_id, label, source="api", annotator=annotator)
+            outcome = self.store.add_label(prediction_id, label, source=source, annotator=annotator)
         except StoreError:
             self.metrics.feedback.labels(outcome="store_error").inc()
             self.metrics.store_failures.labels(kind="labels").inc()

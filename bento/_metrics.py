@@ -13,7 +13,15 @@ from typing import Any
 
 from bento._refusals import FAILURE_REASONS, INTERNAL
 
-__all__ = ["FAILURE_REASONS", "FEEDBACK_OUTCOMES", "STAGES", "ServiceMetrics"]
+__all__ = [
+    "BOUNDS",
+    "DRIFT_SIGNALS",
+    "FAILURE_REASONS",
+    "FEEDBACK_OUTCOMES",
+    "SHADOW_SKIPS",
+    "STAGES",
+    "ServiceMetrics",
+]
 
 STAGES = ("tokenize", "queue", "infer", "store")
 FEEDBACK_OUTCOMES = (
@@ -25,6 +33,13 @@ FEEDBACK_OUTCOMES = (
     "unauthorized",
     "store_error",
 )
+
+BOUNDS = ("estimate", "low", "high")
+"""An estimate and its 95% interval, as the values of one gauge's `bound` label."""
+DRIFT_SIGNALS = ("class_mix", "confidence", "length")
+SHADOW_SKIPS = ("not_sampled", "busy", "error")
+"""Why a batch was not scored by the shadow candidate: not drawn (KNOWACQ_SHADOW_SHARE), its worker busy, or
+the candidate failed on it."""
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 _CONFIDENCE_BUCKETS = (0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95, 0.975, 0.99, 1.0)
@@ -59,6 +74,7 @@ class ServiceMetrics:
         make = _maker(registry)
         self._add_request_metrics(make)
         self._add_model_and_store_metrics(make)
+        self._add_live_metrics(make)
         # Create every series up front, so that rates start at 0 instead of appearing on first use.
         for stage in STAGES:
             self.stage_seconds.labels(stage=stage)
@@ -74,6 +90,11 @@ class ServiceMetrics:
             self.backlog.labels(status=status)
         for decision in ("promoted", "rejected"):
             self.retrain_runs.labels(decision=decision)
+        for bound in BOUNDS:
+            self.live_accuracy.labels(bound=bound)
+            self.live_estimated_accuracy.labels(bound=bound)
+        for reason in SHADOW_SKIPS:
+            self.shadow_skipped.labels(reason=reason)
 
     def _add_request_metrics(self, make: Callable[..., Any]) -> None:
         """Requests, stages, batches, predictions, feedback and failures."""
@@ -162,6 +183,63 @@ class ServiceMetrics:
             "knowacq_model_created_timestamp_seconds",
             "When the served variant was exported",
             multiprocess_mode="max",
+        )
+
+    def _add_live_metrics(self, make: Callable[..., Any]) -> None:
+        """The live evaluation set, drift against the reference profile, and the shadow candidate."""
+        self.live_accuracy = make(
+            "Gauge",
+            "knowacq_live_accuracy_ratio",
+            "Accuracy of the serving model on the labelled live sample, with its Wilson 95% interval",
+            ["bound"],
+            multiprocess_mode="max",
+        )
+        self.live_labels = make(
+            "Gauge",
+            "knowacq_live_labels_items",
+            "Labelled predictions of the serving model in the live sample (the live evaluation set)",
+            multiprocess_mode="max",
+        )
+        self.live_estimated_accuracy = make(
+            "Gauge",
+            "knowacq_live_estimated_accuracy_ratio",
+            "Label-free accuracy estimate on the live sample: mean calibrated confidence, with its 95% interval",
+            ["bound"],
+            multiprocess_mode="max",
+        )
+        self.drift_psi = make(
+            "Gauge",
+            "knowacq_drift_psi",
+            "Population stability index of recent traffic against the variant's reference profile, by signal",
+            ["signal"],
+            multiprocess_mode="max",
+        )
+        self.shadow_info = make(
+            "Gauge",
+            "knowacq_shadow_info",
+            "The candidate being scored in shadow (value 1 while it is)",
+            ["version"],
+            multiprocess_mode="max",
+        )
+        self.shadow_scored = make(
+            "Counter", "knowacq_shadow_scored_texts_total", "Texts scored by the shadow candidate"
+        )
+        self.shadow_agreed = make(
+            "Counter",
+            "knowacq_shadow_agreed_texts_total",
+            "Texts on which the shadow candidate's label agreed with the serving model's",
+        )
+        self.shadow_skipped = make(
+            "Counter",
+            "knowacq_shadow_skipped_batches_total",
+            "Batches the shadow candidate did not score, by reason",
+            ["reason"],
+        )
+        self.shadow_seconds = make(
+            "Histogram",
+            "knowacq_shadow_duration_seconds",
+            "Time the shadow candidate took per batch (off the request path)",
+            buckets=_LATENCY_BUCKETS,
         )
 
     def fail(self, reason: str) -> None:

@@ -39,6 +39,29 @@ class Settings:
     answers say `recorded`); "all" stores every prediction, so that any prediction_id can get feedback.
     Measured with bench-serve (cpu-int8-pruned, 8 texts per request, concurrency 32, 20 s): "all" served
     0.55x of the in-process engine, "captured" 0.65x: redacting and writing every text costs that much."""
+    sample_rate: float = 0.0
+    """KNOWACQ_SAMPLE_RATE: share of predictions stored as `sampled`, whatever their confidence (seeded by
+    KNOWACQ_SAMPLE_SEED): the unbiased sample of live traffic. Labelled (`knowacq feedback export --status
+    sampled`), it is the live evaluation set; it is never trained on. e.g. 0.01."""
+    sample_seed: int = 0
+    """KNOWACQ_SAMPLE_SEED: seed of the sampling draws (each worker adds its process id)."""
+    drift_window: int = 2000
+    """KNOWACQ_DRIFT_WINDOW: texts in the sliding window whose class mix, confidence and token length are
+    compared with the variant's reference profile (`knowacq_drift_psi`)."""
+    drift_min_texts: int = 200
+    """KNOWACQ_DRIFT_MIN_TEXTS: the drift gauges are exported once the window holds this many texts."""
+    shadow_share: float = 0.1
+    """KNOWACQ_SHADOW_SHARE: share of batches a candidate in shadow scores (off the request path)."""
+    shadow_min_texts: int = 500
+    """KNOWACQ_SHADOW_MIN_TEXTS: texts a shadow candidate must score before it is promoted or rejected."""
+    shadow_min_agreement: float = 0.9
+    """KNOWACQ_SHADOW_MIN_AGREEMENT: a candidate agreeing with the serving model on fewer is rejected."""
+    shadow_max_accuracy_drop: float = 0.02
+    """KNOWACQ_SHADOW_MAX_ACCURACY_DROP: on the live evaluation texts it scored, a candidate less accurate
+    than the serving model by more than this is rejected."""
+    shadow_min_live: int = 0
+    """KNOWACQ_SHADOW_MIN_LIVE: labelled live texts the candidate must have scored before it is decided
+    (0: its accuracy is checked on whatever labelled texts it scored, and not at all when none)."""
     max_texts: int = 64
     """KNOWACQ_MAX_TEXTS: texts per request; more is refused with 413."""
     max_body_bytes: int = 1_000_000
@@ -93,7 +116,14 @@ class Settings:
             )
         if not 0.0 <= self.reload_poll_s <= 86_400:
             raise ConfigError(f"KNOWACQ_RELOAD_POLL_S must be in [0, 86400], got {self.reload_poll_s}")
-        for name in ("min_confidence", "min_margin"):
+        for name in (
+            "min_confidence",
+            "min_margin",
+            "sample_rate",
+            "shadow_share",
+            "shadow_min_agreement",
+            "shadow_max_accuracy_drop",
+        ):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ConfigError(f"KNOWACQ_{name.upper()} must be in [0, 1], got {getattr(self, name)}")
         limits = {
@@ -107,6 +137,10 @@ class Settings:
             "timeout_s": (1, 3_600),
             "workers": (1, 256),
             "threads": (0, 1_024),
+            "drift_window": (10, 10_000_000),
+            "drift_min_texts": (1, 10_000_000),
+            "shadow_min_texts": (1, 10**9),
+            "shadow_min_live": (0, 10**9),
         }
         for name, (lo, hi) in limits.items():
             if not lo <= getattr(self, name) <= hi:

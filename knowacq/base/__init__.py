@@ -22,12 +22,22 @@ from knowacq.base._data import (
 from knowacq.base._machine import cpu_threads, machine_info
 from knowacq.base._numeric import length_sorted_batches, softmax
 from knowacq.base._redact import Redaction, redact, redact_for_storage, text_sha256
+from knowacq.base._stats import (
+    Interval,
+    mean_interval,
+    paired_difference,
+    population_stability_index,
+    wilson_interval,
+)
 from knowacq.base._store import (
     SCHEMA_VERSION,
     STATUSES,
     FeedbackStore,
     LabelRecord,
+    ModelEvent,
     PredictionRecord,
+    RetrainRequest,
+    ShadowRun,
     default_store_url,
 )
 from knowacq.base._versions import library_versions
@@ -38,11 +48,15 @@ __all__ = [
     "SIDECAR",
     "STATUSES",
     "FeedbackStore",
+    "Interval",
     "LabelRecord",
     "LabelledData",
     "ModelCard",
+    "ModelEvent",
     "PredictionRecord",
     "Redaction",
+    "RetrainRequest",
+    "ShadowRun",
     "check_hf_folder",
     "cpu_threads",
     "default_store_url",
@@ -50,6 +64,9 @@ __all__ = [
     "library_versions",
     "load_tsv",
     "machine_info",
+    "mean_interval",
+    "paired_difference",
+    "population_stability_index",
     "read_label_names",
     "read_model_card",
     "redact",
@@ -57,5 +74,6 @@ __all__ = [
     "require_torch",
     "softmax",
     "text_sha256",
+    "wilson_interval",
     "write_tsv",
 ]

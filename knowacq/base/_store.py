@@ -23,11 +23,24 @@ from knowacq.errors import (
     UnknownPredictionError,
 )
 
-__all__ = ["SCHEMA_VERSION", "STATUSES", "FeedbackStore", "LabelRecord", "PredictionRecord", "default_store_url"]
+__all__ = [
+    "SCHEMA_VERSION",
+    "STATUSES",
+    "FeedbackStore",
+    "LabelRecord",
+    "ModelEvent",
+    "PredictionRecord",
+    "RetrainRequest",
+    "ShadowRun",
+    "default_store_url",
+]
 
-SCHEMA_VERSION = 2
-"""1: predictions, labels. 2: predictions.used_in_run (which retrain run consumed the label)."""
-STATUSES = ("served", "captured", "queued", "labelled", "used")
+SCHEMA_VERSION = 3
+"""1: predictions, labels. 2: predictions.used_in_run (which retrain run consumed the label). 3: predictions.sampled
+(the unbiased live sample), the model history, shadow runs and their predictions, queued retrain requests."""
+STATUSES = ("served", "captured", "sampled", "queued", "labelled", "used")
+SHADOW_STATES = ("running", "promoted", "rejected", "superseded")
+REQUEST_STATES = ("queued", "running", "done", "failed")
 RETRAIN_KEYS = {"promoted": "retrain_runs_promoted", "rejected": "retrain_runs_rejected"}
 LAST_PROMOTION_KEY = "last_promotion_time"
 """Unix time of the last promotion, written by `knowacq retrain`."""
@@ -59,8 +72,11 @@ class PredictionRecord:
     """True when confidence or margin was under the service's threshold (a candidate for labelling)."""
     created_at: datetime = field(default_factory=_utcnow)
     status: str = ""
-    """served (not captured), captured, queued, labelled, used; filled in by the store."""
+    """served (not captured), captured, sampled, queued, labelled, used; filled in by the store."""
     used_in_run: str | None = None
+    sampled: bool = False
+    """True when the prediction is in the unbiased random sample of live traffic (KNOWACQ_SAMPLE_RATE): once
+    labelled it belongs to the live evaluation set, and is never trained on. Stored with status `sampled`."""
 
 
 @dataclass(frozen=True)
@@ -70,6 +86,57 @@ class LabelRecord:
     source: str
     annotator: str
     created_at: datetime
+
+
+@dataclass(frozen=True)
+class ModelEvent:
+    """One entry of the model history: `model` (folder or tag) became the serving model at `created_at`."""
+
+    id: int
+    model: str
+    model_version: str
+    action: str
+    """start (first model seen by a service), promote, shadow-promote, reload or rollback."""
+    created_at: datetime
+    reason: str = ""
+    evidence: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ShadowRun:
+    """A candidate scored in shadow beside the serving model before it may serve."""
+
+    id: int
+    model: str
+    state: str
+    """running, promoted, rejected or superseded (a newer candidate replaced it)."""
+    started_at: datetime
+    finished_at: datetime | None
+    scored: int
+    """Texts the candidate scored in shadow."""
+    agreed: int
+    """... of which its label agreed with the serving model's."""
+    reason: str = ""
+    evidence: dict[str, Any] = field(default_factory=dict)
+    """What the run that proposed it measured (its retrain record's figures), then the shadow's own."""
+    model_version: str = ""
+    """Set by the first service that loads it."""
+
+    @property
+    def agreement(self) -> float:
+        return self.agreed / self.scored if self.scored else 0.0
+
+
+@dataclass(frozen=True)
+class RetrainRequest:
+    """A request to retrain (from Label Studio's START_TRAINING event, or an operator), run by `retrain --queued`."""
+
+    id: int
+    source: str
+    detail: str
+    state: str
+    created_at: datetime
+    run_id: str | None = None
 
 
 class FeedbackStore:
@@ -137,6 +204,7 @@ class FeedbackStore:
             sa.Column("captured", sa.Boolean, nullable=False, index=True),
             sa.Column("status", sa.String(16), nullable=False, index=True),
             sa.Column("used_in_run", sa.String(64), nullable=True),
+            sa.Column("sampled", sa.Boolean, nullable=False, server_default=sa.false(), index=True),
         )
         self.labels = sa.Table(
             "knowacq_labels",
@@ -150,6 +218,54 @@ class FeedbackStore:
             sa.Column("annotator", sa.String(128), nullable=False, server_default=""),
             sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
             sa.UniqueConstraint("prediction_id", "source", "annotator", name="uq_label_per_source"),
+        )
+        self._define_v3_tables()
+
+    def _define_v3_tables(self) -> None:
+        """The model history, shadow runs and retrain requests (schema version 3)."""
+        sa = self._sa
+        self.models = sa.Table(
+            "knowacq_models",
+            self.metadata,
+            sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+            sa.Column("model", sa.String(1024), nullable=False),
+            sa.Column("model_version", sa.String(128), nullable=False, server_default=""),
+            sa.Column("action", sa.String(32), nullable=False),
+            sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+            sa.Column("reason", sa.Text, nullable=False, server_default=""),
+            sa.Column("evidence", sa.Text, nullable=False, server_default="{}"),
+        )
+        self.shadows = sa.Table(
+            "knowacq_shadows",
+            self.metadata,
+            sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+            sa.Column("model", sa.String(1024), nullable=False),
+            sa.Column("model_version", sa.String(128), nullable=False, server_default=""),
+            sa.Column("state", sa.String(16), nullable=False, index=True),
+            sa.Column("started_at", sa.DateTime(timezone=True), nullable=False),
+            sa.Column("finished_at", sa.DateTime(timezone=True), nullable=True),
+            sa.Column("scored", sa.Integer, nullable=False, server_default="0"),
+            sa.Column("agreed", sa.Integer, nullable=False, server_default="0"),
+            sa.Column("reason", sa.Text, nullable=False, server_default=""),
+            sa.Column("evidence", sa.Text, nullable=False, server_default="{}"),
+        )
+        self.shadow_predictions = sa.Table(
+            "knowacq_shadow_predictions",
+            self.metadata,
+            sa.Column("shadow_id", sa.Integer, primary_key=True),
+            sa.Column("prediction_id", sa.String(64), primary_key=True),
+            sa.Column("label", sa.String(128), nullable=False),
+        )
+        self.requests = sa.Table(
+            "knowacq_retrain_requests",
+            self.metadata,
+            sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+            sa.Column("source", sa.String(64), nullable=False),
+            sa.Column("detail", sa.Text, nullable=False, server_default=""),
+            sa.Column("state", sa.String(16), nullable=False, index=True),
+            sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+            sa.Column("finished_at", sa.DateTime(timezone=True), nullable=True),
+            sa.Column("run_id", sa.String(64), nullable=True),
         )
 
     def _create_schema(self) -> None:
@@ -183,6 +299,9 @@ class FeedbackStore:
         sa = self._sa
         if found < 2:
             conn.execute(sa.text("ALTER TABLE knowacq_predictions ADD COLUMN used_in_run VARCHAR(64)"))
+        if found < 3:  # the new tables are made by create_all; the new column is added here
+            conn.execute(sa.text("ALTER TABLE knowacq_predictions ADD COLUMN sampled BOOLEAN NOT NULL DEFAULT FALSE"))
+            conn.execute(sa.text("CREATE INDEX ix_knowacq_predictions_sampled ON knowacq_predictions (sampled)"))
         conn.execute(self.meta.update().where(self.meta.c.key == "schema_version").values(value=str(SCHEMA_VERSION)))
 
     # writes ---------------------------------------------------------------------------------------
@@ -203,7 +322,8 @@ class FeedbackStore:
                 "margin": float(r.margin),
                 "probabilities": json.dumps(r.probabilities),
                 "captured": bool(r.captured),
-                "status": "captured" if r.captured else "served",
+                "sampled": bool(r.sampled),
+                "status": "sampled" if r.sampled else ("captured" if r.captured else "served"),
             }
             for r in records
         ]
@@ -275,10 +395,13 @@ class FeedbackStore:
         if key == "schema_version":
             raise ValueError("schema_version is managed by the store")
         with self.engine.begin() as conn:
-            updated = conn.execute(self.meta.update().where(self.meta.c.key == key).values(value=value)).rowcount
-            if not updated:
-                conn.execute(self._insert_ignore(self.meta, ["key"]), [{"key": key, "value": value}])
-                conn.execute(self.meta.update().where(self.meta.c.key == key).values(value=value))
+            self._set_meta(conn, key, value)
+
+    def _set_meta(self, conn: Any, key: str, value: str) -> None:
+        updated = conn.execute(self.meta.update().where(self.meta.c.key == key).values(value=value)).rowcount
+        if not updated:
+            conn.execute(self._insert_ignore(self.meta, ["key"]), [{"key": key, "value": value}])
+            conn.execute(self.meta.update().where(self.meta.c.key == key).values(value=value))
 
     def count_retrain(self, decision: str, when: float) -> None:
         """Record one retraining run's decision (and the time of a promotion) for the service's metrics."""
@@ -287,13 +410,266 @@ class FeedbackStore:
         if decision == "promoted":
             self.set_meta(LAST_PROMOTION_KEY, f"{when:.0f}")
 
-    def promote(self, model: str) -> None:
-        """Publish `model` (a variant folder or model-store tag) as the one every replica should serve."""
-        self.set_meta(PROMOTED_MODEL_KEY, model)
+    def promote(
+        self,
+        model: str,
+        *,
+        action: str = "promote",
+        model_version: str = "",
+        reason: str = "",
+        evidence: dict[str, Any] | None = None,
+    ) -> ModelEvent:
+        """Publish `model` (a variant folder or model-store tag) as the one every replica should serve, and
+        append it to the model history (`action`: promote, shadow-promote, reload or rollback)."""
+        with self.engine.begin() as conn:
+            return self._promote(conn, model, action, model_version, reason, evidence or {})
+
+    def _promote(
+        self, conn: Any, model: str, action: str, model_version: str, reason: str, evidence: dict[str, Any]
+    ) -> ModelEvent:
+        now = self._clock()
+        row = {
+            "model": model,
+            "model_version": model_version,
+            "action": action,
+            "created_at": now,
+            "reason": reason,
+            "evidence": json.dumps(evidence),
+        }
+        new_id = _new_id(conn.execute(self.models.insert().values(**row)))
+        self._set_meta(conn, PROMOTED_MODEL_KEY, model)
+        return ModelEvent(int(new_id), model, model_version, action, now, reason, evidence)
 
     def promoted_model(self) -> str | None:
         """The model last published by `promote`, or None when none was."""
         return self.get_meta(PROMOTED_MODEL_KEY)
+
+    def note_serving(self, model: str, model_version: str) -> None:
+        """Called by a service when it starts: the first model ever served opens the history (action `start`),
+        so that a rollback after the first promotion has somewhere to return to. Later calls change nothing,
+        except filling in the model_version of a history entry that names `model` without one."""
+        sa = self._sa
+        with self.engine.begin() as conn:
+            first = conn.execute(sa.select(self.models.c.id).limit(1)).first()
+            if first is None:
+                conn.execute(
+                    self.models.insert().values(
+                        model=model,
+                        model_version=model_version,
+                        action="start",
+                        created_at=self._clock(),
+                        reason="the first model a service served",
+                        evidence="{}",
+                    )
+                )
+                return
+            conn.execute(
+                self.models.update()
+                .where(self.models.c.model == model)
+                .where(self.models.c.model_version == "")
+                .values(model_version=model_version)
+            )
+
+    def model_history(self) -> list[ModelEvent]:
+        """What served when, oldest first (see `promote`)."""
+        sa = self._sa
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(self.models).order_by(self.models.c.id)).mappings().all()
+        return [
+            ModelEvent(
+                int(r["id"]),
+                r["model"],
+                r["model_version"],
+                r["action"],
+                _utc(r["created_at"]),
+                r["reason"],
+                json.loads(r["evidence"] or "{}"),
+            )
+            for r in rows
+        ]
+
+    def rollback(self, *, reason: str = "") -> ModelEvent:
+        """Publish the model that served before the current one (every replica follows); StoreError when the
+        history holds no earlier model. A running shadow run is stopped (superseded) as well."""
+        history = self.model_history()
+        if not history:
+            raise StoreError("the model history is empty: nothing has been served through this store yet")
+        current = history[-1]
+        earlier = [e for e in history[:-1] if e.model != current.model]
+        if not earlier:
+            raise StoreError(f"no earlier model to roll back to: {current.model} is the only one in the history")
+        target = earlier[-1]
+        shadow = self.active_shadow()
+        if shadow is not None:
+            self.finish_shadow(shadow.id, "superseded", "stopped by a rollback")
+        return self.promote(
+            target.model,
+            action="rollback",
+            model_version=target.model_version,
+            reason=reason or f"rolled back from {current.model}",
+            evidence={"from": current.model, "from_version": current.model_version},
+        )
+
+    # shadow runs ----------------------------------------------------------------------------------
+
+    def start_shadow(self, model: str, *, evidence: dict[str, Any] | None = None) -> ShadowRun:
+        """Put `model` in shadow: services load it beside the serving model and score a share of live batches
+        with it. A shadow run still running is superseded by this one."""
+        now = self._clock()
+        with self.engine.begin() as conn:
+            conn.execute(
+                self.shadows.update()
+                .where(self.shadows.c.state == "running")
+                .values(state="superseded", finished_at=now, reason=f"superseded by {model}")
+            )
+            new_id = _new_id(
+                conn.execute(
+                    self.shadows.insert().values(
+                        model=model,
+                        state="running",
+                        started_at=now,
+                        scored=0,
+                        agreed=0,
+                        reason="",
+                        evidence=json.dumps(evidence or {}),
+                    )
+                )
+            )
+        run = self.shadow_run(int(new_id))
+        assert run is not None
+        return run
+
+    def active_shadow(self) -> ShadowRun | None:
+        """The shadow run in state `running`, or None."""
+        sa = self._sa
+        with self.engine.connect() as conn:
+            row = (
+                conn.execute(
+                    sa.select(self.shadows)
+                    .where(self.shadows.c.state == "running")
+                    .order_by(self.shadows.c.id.desc())
+                    .limit(1)
+                )
+                .mappings()
+                .first()
+            )
+        return None if row is None else _to_shadow(row)
+
+    def shadow_run(self, shadow_id: int) -> ShadowRun | None:
+        sa = self._sa
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(self.shadows).where(self.shadows.c.id == shadow_id)).mappings().first()
+        return None if row is None else _to_shadow(row)
+
+    def shadow_runs(self) -> list[ShadowRun]:
+        """Every shadow run, oldest first."""
+        sa = self._sa
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(self.shadows).order_by(self.shadows.c.id)).mappings().all()
+        return [_to_shadow(r) for r in rows]
+
+    def set_shadow_version(self, shadow_id: int, model_version: str) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(
+                self.shadows.update()
+                .where(self.shadows.c.id == shadow_id)
+                .where(self.shadows.c.model_version == "")
+                .values(model_version=model_version)
+            )
+
+    def record_shadow(
+        self, shadow_id: int, *, scored: int, agreed: int, predictions: Sequence[tuple[str, str]] = ()
+    ) -> bool:
+        """Add one shadow-scored batch to a running shadow run: `scored` texts, `agreed` of them with the
+        serving model's label, and the candidate's label per stored prediction id (for its live accuracy).
+        False (nothing written) when the run is no longer running."""
+        with self.engine.begin() as conn:
+            updated = conn.execute(
+                self.shadows.update()
+                .where(self.shadows.c.id == shadow_id)
+                .where(self.shadows.c.state == "running")
+                .values(scored=self.shadows.c.scored + scored, agreed=self.shadows.c.agreed + agreed)
+            ).rowcount
+            if updated and predictions:
+                conn.execute(
+                    self._insert_ignore(self.shadow_predictions, ["shadow_id", "prediction_id"]),
+                    [{"shadow_id": shadow_id, "prediction_id": pid, "label": label} for pid, label in predictions],
+                )
+        return bool(updated)
+
+    def shadow_live_pairs(self, shadow_id: int) -> list[tuple[str, str, str]]:
+        """(serving model's label, candidate's label, human label) for each labelled prediction of the live
+        evaluation set that the candidate scored in shadow: paired evidence on the same texts."""
+        labelled = {r.prediction_id: (r, label) for r, label in self.live_evaluation_set()}
+        sa = self._sa
+        sp = self.shadow_predictions
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(sp.c.prediction_id, sp.c.label).where(sp.c.shadow_id == shadow_id)).all()
+        return [(labelled[pid][0].label, label, labelled[pid][1]) for pid, label in rows if pid in labelled]
+
+    def finish_shadow(self, shadow_id: int, state: str, reason: str, *, evidence: dict[str, Any] | None = None) -> bool:
+        """End a running shadow run as promoted, rejected or superseded; a promoted one is published (every
+        replica switches) and enters the model history, in the same transaction. False when the run was no
+        longer running (another replica decided first): then nothing changes."""
+        if state not in SHADOW_STATES[1:]:
+            raise ValueError(f"state must be one of {SHADOW_STATES[1:]}, got {state!r}")
+        run = self.shadow_run(shadow_id)
+        if run is None:
+            raise StoreError(f"no shadow run {shadow_id} in the feedback store")
+        merged = {**run.evidence, **(evidence or {})}
+        with self.engine.begin() as conn:
+            updated = conn.execute(
+                self.shadows.update()
+                .where(self.shadows.c.id == shadow_id)
+                .where(self.shadows.c.state == "running")
+                .values(state=state, finished_at=self._clock(), reason=reason, evidence=json.dumps(merged))
+            ).rowcount
+            if updated and state == "promoted":
+                self._promote(conn, run.model, "shadow-promote", run.model_version, reason, merged)
+        return bool(updated)
+
+    # retrain requests -----------------------------------------------------------------------------
+
+    def request_retrain(self, source: str, detail: str = "") -> RetrainRequest:
+        """Queue a retrain request (nothing trains here); `knowacq retrain --queued` runs the queued ones."""
+        now = self._clock()
+        with self.engine.begin() as conn:
+            new_id = _new_id(
+                conn.execute(
+                    self.requests.insert().values(source=source, detail=detail, state="queued", created_at=now)
+                )
+            )
+        return RetrainRequest(int(new_id), source, detail, "queued", now)
+
+    def retrain_requests(self, state: str | None = "queued") -> list[RetrainRequest]:
+        """Retrain requests in `state` (None: all), oldest first."""
+        sa = self._sa
+        rr = self.requests
+        query = sa.select(rr).order_by(rr.c.id)
+        if state is not None:
+            query = query.where(rr.c.state == state)
+        with self.engine.connect() as conn:
+            rows = conn.execute(query).mappings().all()
+        return [
+            RetrainRequest(int(r["id"]), r["source"], r["detail"], r["state"], _utc(r["created_at"]), r["run_id"])
+            for r in rows
+        ]
+
+    def finish_retrain_requests(self, ids: Sequence[int], state: str, run_id: str | None = None) -> int:
+        """Mark requests running, done or failed (with the run that answered them); returns how many changed."""
+        if state not in REQUEST_STATES:
+            raise ValueError(f"state must be one of {REQUEST_STATES}, got {state!r}")
+        if not ids:
+            return 0
+        rr = self.requests
+        with self.engine.begin() as conn:
+            return int(
+                conn.execute(
+                    rr.update()
+                    .where(rr.c.id.in_(list(ids)))
+                    .values(state=state, run_id=run_id, finished_at=None if state == "running" else self._clock())
+                ).rowcount
+            )
 
     def retrain_counts(self) -> dict[str, int]:
         """Retraining runs recorded by `count_retrain`, per decision ("promoted", "rejected")."""
@@ -378,14 +754,18 @@ class FeedbackStore:
             )
         return None if row is None else _to_record(row)
 
-    def labelled(self, *, statuses: Sequence[str] = ("labelled",)) -> list[tuple[PredictionRecord, str]]:
-        """Each labelled prediction with its label (the latest across sources), for retraining."""
+    def labelled(
+        self, *, statuses: Sequence[str] = ("labelled",), sampled: bool = False
+    ) -> list[tuple[PredictionRecord, str]]:
+        """Each labelled prediction with its label (the latest across sources). By default only predictions
+        outside the live sample (those are for retraining); `sampled=True`: only the live sample's."""
         sa = self._sa
         p, lab = self.predictions, self.labels
         query = (
             sa.select(p, lab.c.label.label("human_label"), lab.c.id.label("label_row"))
             .join(lab, lab.c.prediction_id == p.c.prediction_id)
             .where(p.c.status.in_(list(statuses)))
+            .where(p.c.sampled == sampled)
             .order_by(lab.c.id)
         )
         latest: dict[str, tuple[PredictionRecord, str]] = {}
@@ -393,6 +773,27 @@ class FeedbackStore:
             for row in conn.execute(query).mappings():
                 latest[row["prediction_id"]] = (_to_record(row), row["human_label"])
         return list(latest.values())
+
+    def live_evaluation_set(self, model_version: str | None = None) -> list[tuple[PredictionRecord, str]]:
+        """The labelled predictions of the unbiased live sample (of `model_version` only, when given), with
+        their human label: the live evaluation set. Retraining never trains on these."""
+        rows = self.labelled(statuses=("labelled", "used"), sampled=True)
+        return [(r, label) for r, label in rows if model_version is None or r.model_version == model_version]
+
+    def sampled_scores(self, model_version: str, *, limit: int = 10_000) -> list[float]:
+        """Calibrated scores of the newest sampled predictions of `model_version`, labelled or not (the
+        label-free accuracy estimate on the live sample)."""
+        sa = self._sa
+        p = self.predictions
+        query = (
+            sa.select(p.c.score)
+            .where(p.c.sampled == sa.true())
+            .where(p.c.model_version == model_version)
+            .order_by(p.c.created_at.desc())
+            .limit(limit)
+        )
+        with self.engine.connect() as conn:
+            return [float(v) for v in conn.execute(query).scalars()]
 
     def labels_for(self, prediction_id: str) -> list[LabelRecord]:
         sa = self._sa
@@ -409,13 +810,14 @@ class FeedbackStore:
         return [LabelRecord(r["prediction_id"], r["label"], r["source"], r["annotator"], r["created_at"]) for r in rows]
 
     def counts(self) -> dict[str, int]:
-        """Rows by kind: predictions, captured, labels, and predictions by status."""
+        """Rows by kind: predictions, captured, sampled, labels, and predictions by status."""
         sa = self._sa
         p, lab = self.predictions, self.labels
         with self.engine.connect() as conn:
             out = {
                 "predictions": conn.execute(sa.select(sa.func.count()).select_from(p)).scalar_one(),
                 "captured": conn.execute(sa.select(sa.func.count()).select_from(p).where(p.c.captured)).scalar_one(),
+                "sampled": conn.execute(sa.select(sa.func.count()).select_from(p).where(p.c.sampled)).scalar_one(),
                 "labels": conn.execute(sa.select(sa.func.count()).select_from(lab)).scalar_one(),
             }
             for status, n in conn.execute(sa.select(p.c.status, sa.func.count()).group_by(p.c.status)):
@@ -445,10 +847,37 @@ class FeedbackStore:
         return f"FeedbackStore({self._safe_url()!r})"
 
 
+def _new_id(result: Any) -> int:
+    """The primary key an INSERT ... VALUES made."""
+    key = result.inserted_primary_key
+    if key is None:
+        raise StoreError("the feedback store did not return the new row's id")
+    return int(key[0])
+
+
+def _utc(when: datetime) -> datetime:
+    """SQLite returns naive datetimes; they were written in UTC."""
+    return when.replace(tzinfo=timezone.utc) if when.tzinfo is None else when
+
+
+def _to_shadow(row: Any) -> ShadowRun:
+    finished = row["finished_at"]
+    return ShadowRun(
+        id=int(row["id"]),
+        model=row["model"],
+        state=row["state"],
+        started_at=_utc(row["started_at"]),
+        finished_at=None if finished is None else _utc(finished),
+        scored=int(row["scored"]),
+        agreed=int(row["agreed"]),
+        reason=row["reason"],
+        evidence=json.loads(row["evidence"] or "{}"),
+        model_version=row["model_version"],
+    )
+
+
 def _to_record(row: Any) -> PredictionRecord:
-    created = row["created_at"]
-    if created.tzinfo is None:  # SQLite returns naive datetimes; they were written in UTC
-        created = created.replace(tzinfo=timezone.utc)
+    created = _utc(row["created_at"])
     return PredictionRecord(
         prediction_id=row["prediction_id"],
         model_version=row["model_version"],
@@ -462,6 +891,7 @@ def _to_record(row: Any) -> PredictionRecord:
         created_at=created,
         status=row["status"],
         used_in_run=row.get("used_in_run"),
+        sampled=bool(row.get("sampled", False)),
     )
 
 

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import multiprocessing
+from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
 
-from knowacq.base import FeedbackStore, PredictionRecord
+from knowacq.base import SCHEMA_VERSION, FeedbackStore, PredictionRecord
 from knowacq.errors import ConfigError, StoreError, UnknownPredictionError
 
 
@@ -135,4 +136,86 @@ def test_a_version_1_store_is_migrated(tmp_path: Path) -> None:
     assert store.set_status(["p1", "old"], "used", run="run-1") == 2
     assert store.get_prediction("old").used_in_run == "run-1"  # type: ignore[union-attr]
     with store.engine.connect() as conn:
-        assert conn.execute(sa.text("SELECT value FROM knowacq_meta")).scalar_one() == "2"
+        assert conn.execute(sa.text("SELECT value FROM knowacq_meta")).scalar_one() == str(SCHEMA_VERSION)
+    # version 3: the old rows are outside the live sample; new sampled rows go in it
+    assert store.get_prediction("old").sampled is False  # type: ignore[union-attr]
+    store.record_predictions([replace(record(2), sampled=True)])
+    assert store.get_prediction("p2").status == "sampled"  # type: ignore[union-attr]
+
+
+# schema 3: the live sample, the model history, shadow runs, retrain requests ---------------------
+
+
+def test_the_live_sample_is_kept_apart_from_the_training_labels(store_url: str) -> None:
+    store = FeedbackStore(store_url)
+    store.record_predictions(
+        [record(1), replace(record(2), sampled=True), replace(record(3, model="v2"), sampled=True)]
+    )
+    assert store.get_prediction("p2").status == "sampled"  # type: ignore[union-attr]
+    assert [r.prediction_id for r in store.predictions_with_status(("captured",))] == ["p1"]
+    for pid, label in (("p1", "negative"), ("p2", "positive"), ("p3", "negative")):
+        store.add_label(pid, label)
+    assert [r.prediction_id for r, _ in store.labelled()] == ["p1"]  # training never sees the live sample
+    assert [(r.prediction_id, label) for r, label in store.live_evaluation_set()] == [
+        ("p2", "positive"),
+        ("p3", "negative"),
+    ]
+    assert [r.prediction_id for r, _ in store.live_evaluation_set("v1")] == ["p2"]
+    assert store.sampled_scores("v1") == [0.6] and store.sampled_scores("nope") == []
+    assert store.counts()["sampled"] == 2
+
+
+def test_history_promotion_and_rollback(store_url: str) -> None:
+    store = FeedbackStore(store_url)
+    with pytest.raises(StoreError, match="history is empty"):
+        store.rollback()
+    store.note_serving("A", "vA")
+    store.note_serving("B", "vB")  # only the first model opens the history
+    with pytest.raises(StoreError, match="no earlier model"):
+        store.rollback()
+    store.promote("B", model_version="vB", evidence={"dev": 0.9})
+    assert store.promoted_model() == "B"
+    back = store.rollback(reason="test")
+    assert (back.model, back.model_version, back.action, back.reason) == ("A", "vA", "rollback", "test")
+    assert store.promoted_model() == "A"
+    assert [(e.model, e.action) for e in store.model_history()] == [("A", "start"), ("B", "promote"), ("A", "rollback")]
+    assert store.model_history()[1].evidence == {"dev": 0.9}
+
+
+def test_a_shadow_run_is_decided_once(store_url: str) -> None:
+    store = FeedbackStore(store_url)
+    store.note_serving("A", "vA")
+    store.record_predictions([replace(record(1), sampled=True), replace(record(2), sampled=True)])
+    store.add_label("p1", "positive")
+    first = store.start_shadow("B", evidence={"run": "r1"})
+    second = store.start_shadow("C")
+    assert store.shadow_run(first.id).state == "superseded"  # type: ignore[union-attr]
+    assert store.active_shadow() == second
+    assert store.record_shadow(second.id, scored=10, agreed=9, predictions=[("p1", "negative"), ("p2", "positive")])
+    assert not store.record_shadow(first.id, scored=5, agreed=5)  # no longer running: nothing counted
+    assert store.shadow_live_pairs(second.id) == [("positive", "negative", "positive")]  # p2 has no label yet
+    run = store.shadow_run(second.id)
+    assert run is not None and (run.scored, run.agreed, run.agreement) == (10, 9, 0.9)
+    assert store.promoted_model() is None
+    assert store.finish_shadow(second.id, "promoted", "agreement 0.9", evidence={"agreement": 0.9})
+    assert not store.finish_shadow(second.id, "rejected", "too late")  # another replica decided first
+    assert store.promoted_model() == "C" and store.active_shadow() is None
+    assert store.model_history()[-1].action == "shadow-promote"
+    assert store.shadow_run(second.id).evidence == {"agreement": 0.9}  # type: ignore[union-attr]
+    third = store.start_shadow("D")
+    store.rollback()
+    assert store.shadow_run(third.id).state == "superseded"  # type: ignore[union-attr]
+
+
+def test_retrain_requests_queue(store_url: str) -> None:
+    store = FeedbackStore(store_url)
+    a = store.request_retrain("label-studio", "START_TRAINING project 1")
+    b = store.request_retrain("operator")
+    assert [r.id for r in store.retrain_requests()] == [a.id, b.id]
+    assert store.finish_retrain_requests([a.id, b.id], "running") == 2
+    assert store.retrain_requests() == []
+    store.finish_retrain_requests([a.id], "done", run_id="run-1")
+    done = [r for r in store.retrain_requests(None) if r.state == "done"]
+    assert [(r.id, r.run_id) for r in done] == [(a.id, "run-1")]
+    with pytest.raises(ValueError, match="state must be one of"):
+        store.finish_retrain_requests([a.id], "lost")
