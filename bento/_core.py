@@ -21,7 +21,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from bento._drift import DriftMonitor
-from bento._metrics import ServiceMetrics
+from bento._metrics import DRIFT_SIGNALS, ServiceMetrics
 from bento._refusals import STORE_DOWN
 from bento._settings import Settings
 from knowacq.base import FeedbackStore, PredictionRecord, mean_interval, redact_for_storage, softmax, wilson_interval
@@ -191,6 +191,8 @@ class ClassifierCore:
         self.metrics.model_info.labels(
             version=self.model_version, variant=self.variant, provider=self.predictor.provider
         ).set(0)
+        for signal in DRIFT_SIGNALS:  # the new model starts a new window: the old one's figures would mislead
+            self.metrics.drift_psi.labels(signal=signal).set(float("nan"))
         core = ClassifierCore(
             predictor,
             self.settings,

@@ -145,6 +145,11 @@ class Settings:
         for name, (lo, hi) in limits.items():
             if not lo <= getattr(self, name) <= hi:
                 raise ConfigError(f"KNOWACQ_{name.upper()} must be in [{lo}, {hi}], got {getattr(self, name)}")
+        if self.drift_min_texts > self.drift_window:
+            raise ConfigError(
+                f"KNOWACQ_DRIFT_MIN_TEXTS ({self.drift_min_texts}) must not exceed KNOWACQ_DRIFT_WINDOW "
+                f"({self.drift_window})"
+            )
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:

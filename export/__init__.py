@@ -32,6 +32,7 @@ from export._presets import (
     cpu_isa,
     preset,
 )
+from export._profile import bin_indices, reference_profile
 from export._prune import PruneConfig, count_parameters, load_pruned, prune
 
 __all__ = [
@@ -54,6 +55,7 @@ __all__ = [
     "SmoothConfig",
     "attention_shape",
     "bench",
+    "bin_indices",
     "bucket_width",
     "check_providers",
     "count_parameters",
@@ -69,4 +71,5 @@ __all__ = [
     "preset",
     "prune",
     "read_manifest",
+    "reference_profile",
 ]

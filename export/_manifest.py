@@ -56,6 +56,10 @@ class Manifest:
     tokenizer_files: list[str] = field(default_factory=list)
     created: str = ""
     format: int = FORMAT
+    reference: dict[str, Any] = field(default_factory=dict)
+    """The reference profile the service measures drift against (`export._profile`): predicted class mix,
+    calibrated-confidence and token-length histograms of this variant on held-out rows, with their count and
+    file. Empty in manifests written before it existed (they still load; the service then reports no drift)."""
 
     @property
     def passed(self) -> bool:

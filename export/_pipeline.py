@@ -26,6 +26,7 @@ from export._gates import (
 from export._graph import attention_shape, export_onnx, op_counts, optimize_graph, stderr_line
 from export._manifest import GateResult, Manifest, file_sha256, folder_sha256
 from export._presets import OptimizeConfig, cpu_isa
+from export._profile import reference_profile
 from export._quantize import matching_nodes, quantize, smooth
 from export._recovery import prune_and_recover
 from knowacq.base import (
@@ -119,7 +120,9 @@ def optimize(
     variants, label agreement with the fp32 model that was quantised and the dev-accuracy drop against
     the source model. Every gate is measured, then a failure raises ParityError or QualityError listing
     all of them, and only a manifest marked as failed is written (no model). Logits of the wrong shape
-    raise ShapeMismatchError (a ParityError) at once.
+    raise ShapeMismatchError (a ParityError) at once. The manifest also carries the reference profile the
+    service measures drift against (`export._profile`): the variant's own class mix, calibrated-confidence and
+    token-length histograms on dev.
     """
     require_torch("Optimisation")
     say = log or stderr_line
@@ -130,10 +133,12 @@ def optimize(
     candidate = _prune_step(source, say, progress)
     with tempfile.TemporaryDirectory(prefix="knowacq-optimize-") as tmp:
         graph = _build_graph(source, candidate, Path(tmp), say)
-        gates, metrics = _judge(source, candidate, graph)
+        engine, logits = _run_variant(source, graph)
+        gates, metrics = _judge(source, candidate, graph, logits)
         for gate in gates:
             say(f"gate {gate}")
-        manifest = _manifest(source, candidate, graph, gates, metrics)
+        reference = _reference(source, candidate, engine, logits, say)
+        manifest = _manifest(source, candidate, graph, gates, metrics, reference)
         _write_variant(manifest, graph, out_dir)
     seconds = time.perf_counter() - started
     say(
@@ -273,14 +278,22 @@ def _int8(
     return current, op_counts(current), gates, keep
 
 
-def _judge(source: _Source, candidate: _Candidate, graph: _Graph) -> tuple[list[GateResult], dict[str, Any]]:
-    """The variant on all of dev (CPU provider): every gate so far, plus label agreement with the fp32 model
-    (reduced precision) and the accuracy drop; and the dev metrics for the manifest."""
-    config, dev = source.config, source.dev
+def _run_variant(source: _Source, graph: _Graph) -> tuple[Engine, np.ndarray]:
+    """The variant's engine (CPU provider) and its raw logits on all of dev: what the gates and the reference
+    profile are measured on."""
     engine = Engine(
         graph.file, graph.plain, num_labels=len(source.card.labels), max_length=source.card.max_length, provider="cpu"
     )
-    logits, _ = engine.logits(list(dev.texts))
+    logits, _ = engine.logits(list(source.dev.texts))
+    return engine, logits
+
+
+def _judge(
+    source: _Source, candidate: _Candidate, graph: _Graph, logits: np.ndarray
+) -> tuple[list[GateResult], dict[str, Any]]:
+    """The variant's dev `logits` judged: every gate so far, plus label agreement with the fp32 model (reduced
+    precision) and the accuracy drop; and the dev metrics for the manifest."""
+    config, dev = source.config, source.dev
     labels, reference = logits.argmax(1), candidate.logits.argmax(1)
     accuracy = float(np.mean(labels == dev.labels))
     metrics = {
@@ -296,8 +309,35 @@ def _judge(source: _Source, candidate: _Candidate, graph: _Graph) -> tuple[list[
     return gates, metrics
 
 
+def _reference(
+    source: _Source, candidate: _Candidate, engine: Engine, logits: np.ndarray, say: Callable[[str], None]
+) -> dict[str, Any]:
+    """The reference profile the service measures drift against: the variant's own answers on dev (held out
+    from training and recovery), calibrated with the temperature the manifest records."""
+    dev = source.dev
+    profile = reference_profile(
+        engine,
+        dev.texts,
+        temperature=candidate.temperature,
+        labels=source.card.labels,
+        logits=logits,
+        split="dev",
+        file=Path(dev.source).name,
+    )
+    mix = ", ".join(
+        f"{n} {c / profile['rows']:.2f}" for n, c in zip(source.card.labels, profile["class_mix"]["counts"])
+    )
+    say(f"reference profile: {profile['rows']} dev rows ({profile['file']}), predicted class mix {mix}")
+    return profile
+
+
 def _manifest(
-    source: _Source, candidate: _Candidate, graph: _Graph, gates: list[GateResult], metrics: dict[str, Any]
+    source: _Source,
+    candidate: _Candidate,
+    graph: _Graph,
+    gates: list[GateResult],
+    metrics: dict[str, Any],
+    reference: dict[str, Any],
 ) -> Manifest:
     """The manifest: what the variant is, how it was made, how it scored."""
     card, config = source.card, source.config
@@ -322,6 +362,7 @@ def _manifest(
         },
         tokenizer_files=[f for f in TOKENIZER_FILES if (graph.plain / f).is_file()],
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        reference=reference,
     )
 
 

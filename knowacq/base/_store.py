@@ -8,6 +8,7 @@ is on disk. Texts arrive here already redacted (see `knowacq._redact`).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from collections.abc import Callable, Sequence
@@ -43,7 +44,7 @@ SHADOW_STATES = ("running", "promoted", "rejected", "superseded")
 REQUEST_STATES = ("queued", "running", "done", "failed")
 RETRAIN_KEYS = {"promoted": "retrain_runs_promoted", "rejected": "retrain_runs_rejected"}
 LAST_PROMOTION_KEY = "last_promotion_time"
-"""Unix time of the last promotion, written by `knowacq retrain`."""
+"""Unix time of the last promotion (a model started serving through `promote` or a shadow run's promotion)."""
 PROMOTED_MODEL_KEY = "promoted_model"
 """Meta key: the model (folder or model-store tag) every worker and replica should serve; services watch it."""
 
@@ -137,6 +138,7 @@ class RetrainRequest:
     state: str
     created_at: datetime
     run_id: str | None = None
+    error: str = ""
 
 
 class FeedbackStore:
@@ -266,6 +268,7 @@ class FeedbackStore:
             sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
             sa.Column("finished_at", sa.DateTime(timezone=True), nullable=True),
             sa.Column("run_id", sa.String(64), nullable=True),
+            sa.Column("error", sa.Text, nullable=False, server_default=""),
         )
 
     def _create_schema(self) -> None:
@@ -403,12 +406,11 @@ class FeedbackStore:
             conn.execute(self._insert_ignore(self.meta, ["key"]), [{"key": key, "value": value}])
             conn.execute(self.meta.update().where(self.meta.c.key == key).values(value=value))
 
-    def count_retrain(self, decision: str, when: float) -> None:
-        """Record one retraining run's decision (and the time of a promotion) for the service's metrics."""
+    def count_retrain(self, decision: str, when: float | None = None) -> None:
+        """Record one retraining run's decision ("promoted": it passed its gate) for the service's metrics.
+        The time of a promotion is kept by `promote` (when a model starts serving; `when` is not used)."""
         key = RETRAIN_KEYS[decision]
         self.set_meta(key, str(int(self.get_meta(key) or 0) + 1))
-        if decision == "promoted":
-            self.set_meta(LAST_PROMOTION_KEY, f"{when:.0f}")
 
     def promote(
         self,
@@ -438,6 +440,8 @@ class FeedbackStore:
         }
         new_id = _new_id(conn.execute(self.models.insert().values(**row)))
         self._set_meta(conn, PROMOTED_MODEL_KEY, model)
+        if action in ("promote", "shadow-promote"):
+            self._set_meta(conn, LAST_PROMOTION_KEY, f"{now.timestamp():.0f}")
         return ModelEvent(int(new_id), model, model_version, action, now, reason, evidence)
 
     def promoted_model(self) -> str | None:
@@ -650,13 +654,27 @@ class FeedbackStore:
             query = query.where(rr.c.state == state)
         with self.engine.connect() as conn:
             rows = conn.execute(query).mappings().all()
-        return [
-            RetrainRequest(int(r["id"]), r["source"], r["detail"], r["state"], _utc(r["created_at"]), r["run_id"])
-            for r in rows
-        ]
+        return [_to_request(r) for r in rows]
 
-    def finish_retrain_requests(self, ids: Sequence[int], state: str, run_id: str | None = None) -> int:
-        """Mark requests running, done or failed (with the run that answered them); returns how many changed."""
+    def claim_retrain_requests(self) -> list[RetrainRequest]:
+        """Mark every queued request running and return those this caller moved (two callers at once never
+        get the same request)."""
+        rr = self.requests
+        claimed = []
+        for request in self.retrain_requests("queued"):
+            with self.engine.begin() as conn:
+                moved = conn.execute(
+                    rr.update().where(rr.c.id == request.id).where(rr.c.state == "queued").values(state="running")
+                ).rowcount
+            if moved:
+                claimed.append(dataclasses.replace(request, state="running"))
+        return claimed
+
+    def finish_retrain_requests(
+        self, ids: Sequence[int], state: str, run_id: str | None = None, *, error: str = ""
+    ) -> int:
+        """Mark requests running, done or failed (with the run that answered them, or the error); returns how
+        many changed."""
         if state not in REQUEST_STATES:
             raise ValueError(f"state must be one of {REQUEST_STATES}, got {state!r}")
         if not ids:
@@ -667,7 +685,12 @@ class FeedbackStore:
                 conn.execute(
                     rr.update()
                     .where(rr.c.id.in_(list(ids)))
-                    .values(state=state, run_id=run_id, finished_at=None if state == "running" else self._clock())
+                    .values(
+                        state=state,
+                        run_id=run_id,
+                        error=error,
+                        finished_at=None if state == "running" else self._clock(),
+                    )
                 ).rowcount
             )
 
@@ -676,7 +699,7 @@ class FeedbackStore:
         return {decision: int(self.get_meta(key) or 0) for decision, key in RETRAIN_KEYS.items()}
 
     def last_promotion_time(self) -> float:
-        """Unix time of the last promotion recorded by `count_retrain` (0.0 when none was)."""
+        """Unix time a model last started serving through `promote` or a shadow promotion (0.0: never)."""
         return float(self.get_meta(LAST_PROMOTION_KEY) or 0)
 
     def get_meta(self, key: str) -> str | None:
@@ -858,6 +881,18 @@ def _new_id(result: Any) -> int:
 def _utc(when: datetime) -> datetime:
     """SQLite returns naive datetimes; they were written in UTC."""
     return when.replace(tzinfo=timezone.utc) if when.tzinfo is None else when
+
+
+def _to_request(row: Any) -> RetrainRequest:
+    return RetrainRequest(
+        id=int(row["id"]),
+        source=row["source"],
+        detail=row["detail"],
+        state=row["state"],
+        created_at=_utc(row["created_at"]),
+        run_id=row["run_id"],
+        error=row["error"],
+    )
 
 
 def _to_shadow(row: Any) -> ShadowRun:

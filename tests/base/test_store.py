@@ -219,3 +219,18 @@ def test_retrain_requests_queue(store_url: str) -> None:
     assert [(r.id, r.run_id) for r in done] == [(a.id, "run-1")]
     with pytest.raises(ValueError, match="state must be one of"):
         store.finish_retrain_requests([a.id], "lost")
+    c = store.request_retrain("operator")
+    assert [r.id for r in store.claim_retrain_requests()] == [c.id]
+    assert store.claim_retrain_requests() == []  # claimed once only
+    store.finish_retrain_requests([c.id], "failed", error="DataError: no labels")
+    assert [r.error for r in store.retrain_requests("failed")] == ["DataError: no labels"]
+
+
+def test_the_last_promotion_time_is_when_a_model_starts_serving(store_url: str) -> None:
+    store = FeedbackStore(store_url, clock=lambda: datetime(2026, 12, 1, 12, 0, tzinfo=timezone.utc))
+    store.count_retrain("promoted")
+    assert store.last_promotion_time() == 0.0 and store.retrain_counts() == {"promoted": 1, "rejected": 0}
+    run = store.start_shadow("B")
+    assert store.last_promotion_time() == 0.0  # in shadow: not serving yet
+    store.finish_shadow(run.id, "promoted", "ok")
+    assert store.last_promotion_time() == datetime(2026, 12, 1, 12, 0, tzinfo=timezone.utc).timestamp()

@@ -89,7 +89,8 @@ def _named_metrics() -> set[str]:
 def service(fp32_variant: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     folder = tmp_path_factory.mktemp("monitoring")
     # The tiny model is near-certain about everything (scores > 0.996); a threshold of 1.0 makes its answers
-    # count as low-confidence, so that the low-confidence alert has something to see.
+    # count as low-confidence, so that the low-confidence alert has something to see. Drift gauges from the
+    # first text on (the default waits for 200), so that the scrape after one request holds them.
     settings = {
         "model": str(fp32_variant),
         "api_token": "t",
@@ -97,6 +98,7 @@ def service(fp32_variant: Path, tmp_path_factory: pytest.TempPathFactory) -> Ite
         "threads": 1,
         "min_confidence": 1.0,
         "reload_poll_s": 1,
+        "drift_min_texts": 1,
     }
     # A BentoML home of its own: BentoML keeps the multiprocess metrics in $BENTOML_HOME/prometheus_multiproc_dir
     # and clears it when a server starts, so with the shared ~/bentoml any other server on the machine would
@@ -179,7 +181,7 @@ def test_real_prometheus_scrapes_records_and_alerts(service: ServerProcess, tmp_
         seen: dict[str, str] = {}
         while time.monotonic() < deadline:
             seen = alerts()
-            if {"KnowacqLowConfidenceRateHigh", "KnowacqWatchedLabelSurge"} <= set(seen):
+            if {"KnowacqLowConfidenceRateHigh", "KnowacqWatchedLabelSurge", "KnowacqDriftHigh"} <= set(seen):
                 break
             time.sleep(2)
         targets = httpx.get(f"{api}/targets", timeout=10).json()["data"]["activeTargets"]
@@ -189,6 +191,9 @@ def test_real_prometheus_scrapes_records_and_alerts(service: ServerProcess, tmp_
         assert query("knowacq:estimated_accuracy:ratio_rate30m")
         assert seen.get("KnowacqLowConfidenceRateHigh") in ("pending", "firing"), seen
         assert seen.get("KnowacqWatchedLabelSurge") in ("pending", "firing"), seen
+        # One repeated sentence at a time, against the dev set of 5 to 13 words the profile was measured on.
+        assert {r["metric"]["signal"] for r in query("knowacq_drift_psi > 0.25")} >= {"length"}
+        assert seen.get("KnowacqDriftHigh") in ("pending", "firing"), seen
         assert "KnowacqErrorRatioHigh" not in seen and "KnowacqFallbackProvider" not in seen
     finally:
         stop.set()
