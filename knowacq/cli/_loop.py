@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal, cast
+from typing import TYPE_CHECKING, Annotated, Literal, cast
 
 import typer
 
 from knowacq.cli._app import StoreOption, err, friendly, out, split_names
 from knowacq.cli._render import print_simulation
+
+if TYPE_CHECKING:
+    from knowacq.loop import RetrainResult
 
 __all__ = ["commands"]
 
@@ -22,20 +25,35 @@ commands.add_typer(feedback_app, name="feedback")
 @friendly
 def feedback_export(
     out_file: Annotated[Path, typer.Option("--out", dir_okay=False, help="File to write.")],
-    n: Annotated[int, typer.Option("--n", min=1, help="Items to export.")] = 100,
+    n: Annotated[int, typer.Option("--n", min=1, help="Items to export (at most).")] = 100,
     fmt: Annotated[str, typer.Option("--format", help="label-studio or csv.")] = "label-studio",
+    status: Annotated[
+        str,
+        typer.Option(
+            help="captured: low-confidence predictions, chosen by --strategy; sampled: the random sample of live "
+            "traffic (KNOWACQ_SAMPLE_RATE), oldest first, no strategy and no pre-annotation: once labelled, the "
+            "live evaluation set."
+        ),
+    ] = "captured",
     strategy_name: Annotated[
-        str, typer.Option("--strategy", help="random, least-confidence, margin or entropy.")
-    ] = "margin",
+        str | None,
+        typer.Option(
+            "--strategy",
+            help="random, least-confidence, margin or entropy [default: margin]; refused with --status sampled.",
+        ),
+    ] = None,
     store: StoreOption = None,
     seed: Annotated[int, typer.Option(help="Seed of the strategy's random choices.")] = 0,
 ) -> None:
-    """Pick captured predictions for labelling, write Label Studio tasks or CSV, mark them queued."""
+    """Hand predictions to labelling: write Label Studio tasks or CSV, mark them queued."""
     from knowacq.base import FeedbackStore
     from knowacq.loop import export_tasks
 
-    records = export_tasks(FeedbackStore(store), out_file, n=n, strategy_name=strategy_name, fmt=fmt, seed=seed)
-    out.print(f"exported {len(records)} item(s) chosen by {strategy_name} to {out_file}; marked queued")
+    records = export_tasks(
+        FeedbackStore(store), out_file, n=n, strategy_name=strategy_name, fmt=fmt, seed=seed, status=status
+    )
+    how = "sampled, oldest first," if status == "sampled" else f"chosen by {strategy_name or 'margin'}"
+    out.print(f"exported {len(records)} item(s) {how} to {out_file}; marked queued")
 
 
 @feedback_app.command("import")
@@ -68,6 +86,7 @@ def feedback_import(
         err.print(f"  ... and {len(result.skipped) - 20} more")
 
 
+# long: typer options (17 of them); the body is short
 @commands.command()
 @friendly
 def retrain(
@@ -87,30 +106,66 @@ def retrain(
     replay: Annotated[int, typer.Option(min=0, help="Original training rows trained on beside the new labels.")] = 4000,
     epochs: Annotated[int, typer.Option(min=1)] = 1,
     lr: Annotated[float, typer.Option(help="Learning rate of the continued fine-tuning.")] = 2e-5,
-    tolerance: Annotated[float, typer.Option(help="Promote if candidate dev accuracy >= current - tolerance.")] = 0.005,
+    tolerance: Annotated[
+        float, typer.Option(help="Pass if candidate accuracy >= current - tolerance, on dev and on live data.")
+    ] = 0.005,
+    min_live: Annotated[
+        int,
+        typer.Option(min=1, help="Live evaluation labels needed to judge on live data too (fewer: dev alone)."),
+    ] = 50,
     register: Annotated[
-        str, typer.Option(help="Model-store name a promoted candidate is registered under ('' to skip).")
+        str, typer.Option(help="Model-store name a passing candidate is registered under ('' to skip).")
     ] = "knowacq-classifier",
-    publish: Annotated[bool, typer.Option(help="Tell running services (through the store) to switch to it.")] = True,
+    publish: Annotated[bool, typer.Option(help="Tell running services (through the store) about it.")] = True,
+    shadow: Annotated[
+        bool,
+        typer.Option(
+            help="Publish a passing candidate in shadow (the services score it on live traffic, then promote or "
+            "reject it); --no-shadow: it serves at once."
+        ),
+    ] = True,
+    queued: Annotated[
+        bool,
+        typer.Option("--queued", help="Run only if a retrain request is queued (Label Studio's START_TRAINING)."),
+    ] = False,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
 ) -> None:
-    """Retrain on the new human labels; promote only if the candidate passes its gates and is not worse."""
+    """Retrain on the new human labels; publish only if the candidate passes its gates and is not worse."""
     from knowacq.base import FeedbackStore
-    from knowacq.loop import RetrainConfig
+    from knowacq.loop import RetrainConfig, retrain_queued
     from knowacq.loop import retrain as run
 
-    result = run(
-        current,
-        FeedbackStore(store),
-        out_dir,
-        dev_file=dev,
-        train_file=train_tsv,
-        config=RetrainConfig(replay=replay, epochs=epochs, learning_rate=lr, tolerance=tolerance),
-        register_as=register or None,
-        publish=publish,
-        progress=progress,
-        log=lambda line: err.print(line),
-    )
+    feedback = FeedbackStore(store)
+    config = RetrainConfig(replay=replay, epochs=epochs, learning_rate=lr, tolerance=tolerance, min_live=min_live)
+
+    def once() -> RetrainResult:
+        return run(
+            current,
+            feedback,
+            out_dir,
+            dev_file=dev,
+            train_file=train_tsv,
+            config=config,
+            register_as=register or None,
+            publish=publish,
+            shadow=shadow,
+            progress=progress,
+            log=lambda line: err.print(line),
+        )
+
+    if not queued:
+        _print_retrain(once())
+        return
+    requests, result = retrain_queued(feedback, once, log=lambda line: err.print(line))
+    if result is None:
+        out.print("no queued retrain request")
+        return
+    _print_retrain(result)
+    out.print(f"retrain request(s) {', '.join(f'#{r.id}' for r in requests)} done ({result.run_id})")
+
+
+def _print_retrain(result: RetrainResult) -> None:
+    """The decision, its reasons, the evidence it rests on, and where the candidate went."""
     verdict = "PROMOTED" if result.promoted else "REJECTED"
     out.print(
         f"{verdict}: current dev {result.current_accuracy:.4f}, candidate "
@@ -120,6 +175,21 @@ def retrain(
     )
     for reason in result.reasons:
         out.print(f"  {reason}")
+    live = result.live
+    if live is None:
+        out.print(f"  decided by {result.decided_by}; no live evidence: {result.live_skipped}")
+    else:
+        out.print(
+            f"  decided by {result.decided_by}; live evaluation set: current {live.current}, candidate "
+            f"{live.candidate}, candidate - current {live.difference}"
+        )
+    if result.published == "shadow":
+        out.print(
+            f"  in shadow (run {result.shadow_run}): the services score it beside the serving model and promote "
+            "or reject it (knowacq models shadow)"
+        )
+    elif result.published == "serving":
+        out.print("  published as the serving model: every service switches to it")
 
 
 al_app = typer.Typer(help="Active learning: simulations of the query strategies.", no_args_is_help=True)
@@ -212,6 +282,7 @@ def al_simulate(
     print_simulation(result)
 
 
+# long: typer options (12 of them); the body is short
 @al_app.command("demo-loop")
 @friendly
 def al_demo_loop(
@@ -231,8 +302,16 @@ def al_demo_loop(
     labels: Annotated[int, typer.Option(min=1, help="Captured items sent for labelling.")] = 200,
     replay: Annotated[int, typer.Option(min=0, help="Original training rows replayed in the retrain.")] = 4000,
     min_confidence: Annotated[float, typer.Option(help="Capture threshold of the server.")] = 0.75,
+    sample_rate: Annotated[
+        float,
+        typer.Option(min=0.0, max=1.0, help="Share of traffic sampled for the live evaluation set (all labelled)."),
+    ] = 0.1,
+    min_live: Annotated[int, typer.Option(min=1, help="Live labels needed to judge the candidate on them.")] = 50,
+    shadow: Annotated[
+        bool, typer.Option(help="A passing candidate runs in shadow first (--no-shadow: it serves at once).")
+    ] = True,
 ) -> None:
-    """One turn of the loop: serve, traffic, capture, label, retrain, promote or reject; printed."""
+    """One turn of the loop: serve, traffic, capture and sample, label, retrain, shadow, promote or reject."""
     from knowacq.loop import RetrainConfig, demo_loop
 
     s = demo_loop(
@@ -243,15 +322,31 @@ def al_demo_loop(
         skip=skip,
         labels=labels,
         min_confidence=min_confidence,
-        config=RetrainConfig(replay=replay),
+        sample_rate=sample_rate,
+        shadow=shadow,
+        config=RetrainConfig(replay=replay, min_live=min_live),
         log=lambda line: err.print(line),
     )
     cand = "-" if s["candidate_dev_accuracy"] is None else f"{s['candidate_dev_accuracy']:.4f}"
+    live = s["live"]
+    judged = (
+        f"live {live['current']['estimate']:.4f} -> {live['candidate']['estimate']:.4f} on {live['n']}"
+        if live
+        else f"no live evidence: {s['live_skipped']}"
+    )
     out.print(
-        f"loop: {s['traffic']} texts served, {s['captured']} captured, {s['labelled']} labelled; "
-        f"retrain {s['decision'].upper()} (dev {s['current_dev_accuracy']:.4f} -> {cand})"
-        + (f"; now serving {s['served_after']} ({s['tag']})" if s["decision"] == "promoted" else "")
+        f"loop: {s['traffic']} texts served, {s['captured']} captured, {s['sampled']} sampled, {s['labelled']} "
+        f"labelled + {s['live_labelled']} live; retrain {s['decision'].upper()} by {s['decided_by']} (dev "
+        f"{s['current_dev_accuracy']:.4f} -> {cand}; {judged})"
     )
     for reason in s["reasons"]:
         out.print(f"  {reason}")
+    run = s["shadow"]
+    if run is not None:
+        out.print(
+            f"shadow run {run['run']}: {run['state']} after {run['scored']} texts (agreement "
+            f"{run['agreement']:.4f}){': ' + run['reason'] if run['reason'] else ''}"
+        )
+    if s["served_after"] != s["served_before"]:
+        out.print(f"now serving {s['served_after']} ({s['tag']})")
     out.print(f"record: {s['record']}")

@@ -15,7 +15,7 @@ from knowacq.loop._handoff import (
     export_tasks,
     import_labels,
 )
-from knowacq.loop._retrain import RetrainConfig, RetrainResult, retrain
+from knowacq.loop._retrain import LiveEvidence, RetrainConfig, RetrainResult, retrain, retrain_queued
 from knowacq.loop._simulate import FULL_MODE_MAX_POOL, FULL_MODE_TRAIN, SimulationConfig, simulate
 from knowacq.loop._strategies import (
     STRATEGIES,
@@ -39,6 +39,7 @@ __all__ = [
     "DensityWeightedSampling",
     "Exp3",
     "ImportResult",
+    "LiveEvidence",
     "RetrainConfig",
     "RetrainResult",
     "Selection",
@@ -52,6 +53,7 @@ __all__ = [
     "least_confidence",
     "margin",
     "retrain",
+    "retrain_queued",
     "reward_from_gain",
     "select",
     "simulate",

@@ -1,7 +1,12 @@
-"""One turn of the loop, shown on real data: serve -> traffic -> capture -> label -> retrain -> promote or reject.
+"""One turn of the loop, shown on real data: serve -> traffic -> capture and sample -> label -> retrain judged
+on dev and live data -> shadow -> promote or reject.
 
 The data set's own labels stand in for annotators. Traffic comes from a slice of a labelled TSV that is
-not the dev file, so the retrained model is still judged on data it never saw.
+not the dev file, so the retrained model is still judged on data it never saw. A share of the traffic
+(`sample_rate`) is the unbiased live sample; labelled, it is the live evaluation set the retrain compares
+both models on (when it holds `config.min_live` labels). A passing candidate goes to shadow: the server
+scores every batch with it too (KNOWACQ_SHADOW_SHARE=1) and decides once it has scored `shadow_min_texts`
+texts, while the demo keeps sending traffic.
 """
 
 from __future__ import annotations
@@ -15,11 +20,14 @@ from typing import Any
 
 import httpx
 
-from knowacq.base import FeedbackStore, load_tsv
+from knowacq.base import FeedbackStore, ShadowRun, load_tsv
 from knowacq.loop._handoff import ImportResult, export_tasks, import_labels
 from knowacq.loop._retrain import RetrainConfig, retrain
 
 __all__ = ["demo_loop"]
+
+SHADOW_WAIT_S = 120.0
+"""How long the demo sends traffic for a shadow run to be decided before it reports it still running."""
 
 
 def demo_loop(
@@ -31,11 +39,14 @@ def demo_loop(
     skip: int = 0,
     labels: int = 200,
     min_confidence: float = 0.75,
+    sample_rate: float = 0.1,
+    shadow: bool = True,
+    shadow_min_texts: int = 200,
     config: RetrainConfig = RetrainConfig(),  # noqa: B008  frozen dataclass: immutable, safe to share
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
-    """Serve `variant`, send rows of `traffic_file`, label the captured ones with the file's labels, retrain;
-    write and return the summary (loop.json)."""
+    """Serve `variant`, send rows of `traffic_file`, label the captured and the sampled ones with the file's
+    labels, retrain, follow the candidate through shadow; write and return the summary (loop.json)."""
     from bento import ServerProcess
     from export import read_manifest
 
@@ -50,27 +61,41 @@ def demo_loop(
         "api_token": "demo-loop",
         "reload_poll_s": 1.0,
         "min_confidence": min_confidence,
+        "sample_rate": sample_rate,
+        "shadow_share": 1.0,
+        "shadow_min_texts": shadow_min_texts,
     }
     with ServerProcess(settings, log_file=out_dir / "server.log", cwd=out_dir) as server:
         with httpx.Client(base_url=server.url, timeout=120) as client:
             version = client.get("/model").json()["model_version"]
             log(f"serving {version}; sending {len(rows)} texts of {traffic_file} as traffic")
             captured = _send(client, rows)
-            log(f"{captured} of {len(rows)} predictions were captured as low-confidence")
             store = FeedbackStore(store_url)
-            imported = _label(store, out_dir, labels, dict(rows), log)
-            result = retrain(variant, store, out_dir / "runs", config=config, log=log, progress=False)
-            after = _switched(client, version) if result.promoted else version
+            sampled = store.counts().get("status_sampled", 0)
+            log(f"{captured} of {len(rows)} predictions were captured as low-confidence, {sampled} sampled")
+            imported = _label(store, out_dir, labels, dict(rows), "captured", log)
+            live = _label(store, out_dir, sampled, dict(rows), "sampled", log) if sampled else None
+            result = retrain(variant, store, out_dir / "runs", config=config, shadow=shadow, log=log, progress=False)
+            run = _follow_shadow(client, store, result.shadow_run, rows, log) if result.shadow_run else None
+            serving = result.published == "serving" or (run is not None and run.state == "promoted")
+            after = _switched(client, version) if serving else version
     summary = {
         "served_before": version,
         "served_after": after,
         "traffic": len(rows),
         "captured": captured,
+        "sampled": sampled,
         "labelled": imported.created,
+        "live_labelled": 0 if live is None else live.created,
         "decision": "promoted" if result.promoted else "rejected",
+        "decided_by": result.decided_by,
         "reasons": list(result.reasons),
         "current_dev_accuracy": result.current_accuracy,
         "candidate_dev_accuracy": result.candidate_accuracy,
+        "live": None if result.live is None else result.live.as_dict(),
+        "live_skipped": result.live_skipped,
+        "published": result.published,
+        "shadow": None if run is None else _shadow_summary(run),
         "tag": result.tag,
         "record": str(result.run_dir / "record.json"),
     }
@@ -88,12 +113,14 @@ def _send(client: httpx.Client, rows: list[tuple[str, str]]) -> int:
 
 
 def _label(
-    store: FeedbackStore, out_dir: Path, labels: int, truth: dict[str, str], log: Callable[[str], None]
+    store: FeedbackStore, out_dir: Path, n: int, truth: dict[str, str], status: str, log: Callable[[str], None]
 ) -> ImportResult:
-    """Export captured predictions for labelling, answer with the data set's labels, import the answers."""
-    tasks = out_dir / "to-label.csv"
-    exported = export_tasks(store, tasks, n=labels, strategy_name="margin", fmt="csv")
-    answered = out_dir / "labelled.csv"
+    """Export `n` predictions of `status` for labelling (captured: chosen by margin; sampled: oldest first),
+    answer with the data set's labels, import the answers."""
+    tasks = out_dir / f"to-label-{status}.csv"
+    strategy = "margin" if status == "captured" else None
+    exported = export_tasks(store, tasks, n=n, strategy_name=strategy, fmt="csv", status=status)
+    answered = out_dir / f"labelled-{status}.csv"
     with (
         tasks.open(newline="", encoding="utf-8") as src,
         answered.open("w", newline="", encoding="utf-8") as dst,
@@ -107,11 +134,45 @@ def _label(
             else:
                 unmatched += 1  # the stored text was redacted, so it no longer matches the data set
     imported = import_labels(store, answered, annotator="dataset")
+    how = "margin strategy" if strategy else "the live sample, oldest first"
     log(
-        f"exported {len(exported)} for labelling (margin strategy), imported {imported.created} labels"
+        f"exported {len(exported)} {status} for labelling ({how}), imported {imported.created} labels"
         + (f"; {unmatched} redacted text(s) could not be matched to the data set" if unmatched else "")
     )
     return imported
+
+
+def _follow_shadow(
+    client: httpx.Client, store: FeedbackStore, run_id: int, rows: list[tuple[str, str]], log: Callable[[str], None]
+) -> ShadowRun:
+    """Send traffic (the same texts again, 16 a request) until the server decides shadow run `run_id`, or
+    SHADOW_WAIT_S pass; the run as the store has it then."""
+    log(f"shadow run {run_id}: sending traffic until the server promotes or rejects the candidate")
+    started = time.monotonic()
+    deadline = started + SHADOW_WAIT_S
+    start = 0
+    run = store.shadow_run(run_id)
+    while run is not None and run.state == "running" and time.monotonic() < deadline:
+        client.post("/classify", json={"texts": [t for t, _ in rows[start : start + 16]] or ["a film"]})
+        start = (start + 16) % max(len(rows), 1)
+        run = store.shadow_run(run_id)
+    assert run is not None  # retrain started it in this store
+    said = run.reason or f"undecided after {SHADOW_WAIT_S:.0f} s"
+    log(
+        f"shadow run {run_id}: {run.state} after {run.scored} texts scored in {time.monotonic() - started:.1f} s "
+        f"(agreement {run.agreement:.4f}): {said}"
+    )
+    return run
+
+
+def _shadow_summary(run: ShadowRun) -> dict[str, Any]:
+    return {
+        "run": run.id,
+        "state": run.state,
+        "reason": run.reason,
+        "scored": run.scored,
+        "agreement": run.agreement,
+    }
 
 
 def _switched(client: httpx.Client, version: str) -> str:

@@ -1,6 +1,10 @@
-"""Labelling hand-off: captured predictions out to annotators (Label Studio tasks or CSV), labels back in.
+"""Labelling hand-off: predictions out to annotators (Label Studio tasks or CSV), labels back in.
 
-Export picks with a query strategy among captured predictions, writes the file, and marks them queued.
+Export writes the file and marks what it wrote queued. It hands out either captured predictions (low
+confidence), picked with a query strategy, or sampled ones (the unbiased random sample of live traffic,
+`KNOWACQ_SAMPLE_RATE`): every one waiting, oldest first, with no strategy choosing (a choice would bias the
+live evaluation set they form once labelled) and without the model's answer as a pre-annotation (an
+annotator shown it tends to agree with it, which would flatter the model being judged).
 Import reads a Label Studio JSON export or a CSV (`prediction_id` or `text`, and `label`) and stores the
 labels beside those from `POST /feedback` (source "import").
 """
@@ -41,19 +45,66 @@ def _label_names(records: Sequence[PredictionRecord]) -> list[str]:
     return names
 
 
+EXPORT_STATUSES = ("captured", "sampled")
+"""What `export_tasks` hands to labelling: captured (low-confidence) or sampled (the live sample) predictions."""
+
+
 def export_tasks(
     store: FeedbackStore,
     out_file: str | Path,
     *,
     n: int,
-    strategy_name: str = "margin",
+    strategy_name: str | None = None,
     fmt: str = "label-studio",
     seed: int = 0,
     options: Selection = Selection(near_duplicate_cosine=None),  # noqa: B008  frozen dataclass: immutable
+    status: str = "captured",
 ) -> list[PredictionRecord]:
-    """Choose up to `n` captured predictions with `strategy_name`, write them, mark them queued."""
+    """Write up to `n` predictions waiting for labels and mark them queued: captured ones chosen with
+    `strategy_name` (default margin), or, with `status="sampled"`, the oldest sampled ones (no strategy)."""
     if fmt not in ("label-studio", "csv"):
         raise InvalidInputError(f"format must be 'label-studio' or 'csv', got {fmt!r}", field="format")
+    if status not in EXPORT_STATUSES:
+        raise InvalidInputError(f"status must be 'captured' or 'sampled', got {status!r}", field="status")
+    if status == "sampled":
+        records = _sampled(store, n, strategy_name)
+    else:
+        records = _chosen(store, n, strategy_name or "margin", seed, options)
+    out_file = Path(out_file)
+    out_file.parent.mkdir(parents=True, exist_ok=True)
+    hint = status != "sampled"  # the live sample goes out without the model's answer
+    if fmt == "label-studio":
+        out_file.write_text(json.dumps([_task(r, hint) for r in records], indent=2, ensure_ascii=False) + "\n")
+    else:
+        with out_file.open("w", newline="", encoding="utf-8") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["prediction_id", "text", "predicted", "score", "model_version", "label"])
+            for r in records:
+                shown = [r.label, f"{r.score:.6f}"] if hint else ["", ""]
+                writer.writerow([r.prediction_id, r.text, *shown, r.model_version, ""])
+    store.set_status([r.prediction_id for r in records], "queued")
+    return records
+
+
+def _sampled(store: FeedbackStore, n: int, strategy_name: str | None) -> list[PredictionRecord]:
+    """The `n` oldest sampled predictions waiting for labels: all of them are labelled in turn, none chosen."""
+    if strategy_name is not None:
+        raise InvalidInputError(
+            f"sampled predictions are exported oldest first, never chosen by a strategy (the {strategy_name} "
+            "strategy would bias the live evaluation set); drop --strategy or export --status captured",
+            field="strategy",
+        )
+    records = store.predictions_with_status(("sampled",), limit=n)
+    if not records:
+        raise DataError(
+            "no sampled predictions are waiting for labels; set KNOWACQ_SAMPLE_RATE (for example 0.01) on the "
+            "service and serve traffic first"
+        )
+    return records
+
+
+def _chosen(store: FeedbackStore, n: int, strategy_name: str, seed: int, options: Selection) -> list[PredictionRecord]:
+    """Up to `n` captured predictions picked by the query strategy `strategy_name`."""
     if strategy_name in EMBEDDING_STRATEGIES:
         raise InvalidInputError(
             f"the {strategy_name} strategy needs sentence embeddings, which the store does "
@@ -77,39 +128,28 @@ def export_tasks(
         text_hashes=[r.text_sha256 for r in pool],
         options=options,
     )
-    records = [pool[i] for i in picked]
-    out_file = Path(out_file)
-    out_file.parent.mkdir(parents=True, exist_ok=True)
-    if fmt == "label-studio":
-        tasks = [
+    return [pool[i] for i in picked]
+
+
+def _task(r: PredictionRecord, with_prediction: bool) -> dict[str, Any]:
+    """One Label Studio task; with the model's answer as a pre-annotation when `with_prediction`."""
+    task: dict[str, Any] = {"data": {"text": r.text, "prediction_id": r.prediction_id}}
+    if with_prediction:
+        task["predictions"] = [
             {
-                "data": {"text": r.text, "prediction_id": r.prediction_id},
-                "predictions": [
+                "model_version": r.model_version,
+                "score": r.score,
+                "result": [
                     {
-                        "model_version": r.model_version,
-                        "score": r.score,
-                        "result": [
-                            {
-                                "from_name": FROM_NAME,
-                                "to_name": TO_NAME,
-                                "type": "choices",
-                                "value": {"choices": [r.label]},
-                            }
-                        ],
+                        "from_name": FROM_NAME,
+                        "to_name": TO_NAME,
+                        "type": "choices",
+                        "value": {"choices": [r.label]},
                     }
                 ],
             }
-            for r in records
         ]
-        out_file.write_text(json.dumps(tasks, indent=2, ensure_ascii=False) + "\n")
-    else:
-        with out_file.open("w", newline="", encoding="utf-8") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(["prediction_id", "text", "predicted", "score", "model_version", "label"])
-            for r in records:
-                writer.writerow([r.prediction_id, r.text, r.label, f"{r.score:.6f}", r.model_version, ""])
-    store.set_status([r.prediction_id for r in records], "queued")
-    return records
+    return task
 
 
 @dataclass(frozen=True)
@@ -187,7 +227,9 @@ def import_labels(
     rows = _read_rows(Path(in_file))
     known = set(
         label_names
-        or _label_names(store.predictions_with_status(("served", "captured", "queued", "labelled", "used"), limit=1000))
+        or _label_names(
+            store.predictions_with_status(("served", "captured", "sampled", "queued", "labelled", "used"), limit=1000)
+        )
     )
     if not known:
         raise DataError("the store holds no predictions to take the label set from; pass --label-names")

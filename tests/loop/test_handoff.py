@@ -139,3 +139,81 @@ def test_feedback_cli(tmp_path: Path) -> None:
         app, ["feedback", "export", "--store", url, "--strategy", "oracle", "--out", str(tmp_path / "x")]
     )
     assert bad.exit_code == 2 and "known strategies" in bad.output
+
+
+def fill_sampled(store: FeedbackStore) -> None:
+    """Five sampled predictions, stored out of time order; the newest (s4) is the most uncertain of all, so a
+    strategy would pick it first."""
+    records = []
+    for i, seconds in enumerate([30, 10, 40, 20, 50]):
+        p = 0.9 - i * 0.1 if i < 4 else 0.5
+        records.append(
+            PredictionRecord(
+                prediction_id=f"s{i}",
+                model_version="cpu-int8-abc",
+                text=f"sampled review {i}",
+                text_sha256=f"hs{i}",
+                label="positive",
+                score=p,
+                margin=2 * p - 1,
+                probabilities={"negative": 1 - p, "positive": p},
+                captured=p < 0.75,
+                sampled=True,
+                created_at=T0 + timedelta(seconds=seconds),
+            )
+        )
+    store.record_predictions(records)
+
+
+def test_sampled_export_takes_the_oldest_sampled_with_no_strategy(store_url: str, tmp_path: Path) -> None:
+    store = FeedbackStore(store_url)
+    fill(store)
+    fill_sampled(store)
+    first = export_tasks(store, tmp_path / "live.json", n=3, status="sampled")
+    assert [r.prediction_id for r in first] == ["s1", "s3", "s0"]  # oldest first, not the most uncertain (s4)
+    tasks = json.loads((tmp_path / "live.json").read_text())
+    assert [t["data"]["prediction_id"] for t in tasks] == ["s1", "s3", "s0"]
+    assert all("predictions" not in t for t in tasks)  # no pre-annotation: the annotator is not shown the answer
+    assert {store.get_prediction(f"s{i}").status for i in (0, 1, 3)} == {"queued"}  # type: ignore[union-attr]
+    assert store.counts()["status_captured"] == 8  # the captured pool is untouched
+    rest = export_tasks(store, tmp_path / "live.csv", n=10, status="sampled", fmt="csv")
+    rows = list(csv.DictReader((tmp_path / "live.csv").open()))
+    assert [r.prediction_id for r in rest] == ["s2", "s4"]
+    assert [(r["prediction_id"], r["predicted"], r["score"]) for r in rows] == [("s2", "", ""), ("s4", "", "")]
+    with pytest.raises(DataError, match="no sampled predictions are waiting"):
+        export_tasks(store, tmp_path / "none.json", n=1, status="sampled")
+    # A captured export never hands out sampled predictions.
+    captured = export_tasks(store, tmp_path / "c.json", n=20)
+    assert all(r.prediction_id.startswith("p") for r in captured) and len(captured) == 8
+
+    labels = tmp_path / "labels.csv"
+    labels.write_text("prediction_id,label\ns1,negative\ns3,positive\np0,negative\n")
+    assert import_labels(store, labels).created == 3
+    live = {r.prediction_id: label for r, label in store.live_evaluation_set()}
+    assert live == {"s1": "negative", "s3": "positive"}
+    assert {r.prediction_id for r, _ in store.labelled()} == {"p0"}  # what a retrain trains on
+
+
+def test_sampled_export_refuses_a_strategy(tmp_path: Path) -> None:
+    store = FeedbackStore(f"sqlite:///{tmp_path / 'f.db'}")
+    fill_sampled(store)
+    with pytest.raises(InvalidInputError, match="never chosen by a strategy"):
+        export_tasks(store, tmp_path / "t.json", n=2, status="sampled", strategy_name="random")
+    with pytest.raises(InvalidInputError, match="status must be 'captured' or 'sampled'"):
+        export_tasks(store, tmp_path / "t.json", n=2, status="labelled")
+    assert store.counts()["status_sampled"] == 5  # nothing was marked
+
+
+def test_feedback_cli_sampled(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'f.db'}"
+    fill_sampled(FeedbackStore(url))
+    runner = CliRunner()
+    export = ["feedback", "export", "--store", url, "--out", str(tmp_path / "t.json"), "--status", "sampled"]
+    refused = runner.invoke(app, [*export, "--strategy", "margin"])
+    assert refused.exit_code == 2 and "never chosen by a strategy" in refused.output, refused.output
+    done = runner.invoke(app, [*export, "--n", "2"])
+    assert done.exit_code == 0, done.output
+    assert "exported 2 item(s) sampled, oldest first, to" in " ".join(done.output.split())
+    assert [t["data"]["prediction_id"] for t in json.loads((tmp_path / "t.json").read_text())] == ["s1", "s3"]
+    bad = runner.invoke(app, [*export[:-1], "queued"])
+    assert bad.exit_code == 2 and "status must be 'captured' or 'sampled'" in bad.output

@@ -102,9 +102,11 @@ def test_capture_label_retrain_promote_and_hot_swap(
             "1.0",
             "--lr",
             "1e-3",
+            "--no-shadow",
         )
         assert done.returncode == 0, done.stdout + done.stderr
         assert "PROMOTED" in done.stdout and "tag knowacq-classifier:" in done.stdout
+        assert "published as the serving model" in done.stdout
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and not any(v not in ("", first_version) for _, v in results[-8:]):
             time.sleep(0.2)
@@ -125,7 +127,8 @@ def test_capture_label_retrain_promote_and_hot_swap(
         # 4. The run record, the labels' status, the published tag.
         record = json.loads(next((tmp_path / "runs").glob("run-*/record.json")).read_text())
         assert record["decision"] == "promoted" and record["labels_used"]["count"] == 20
-        assert store.promoted_model() == record["tag"]
+        assert record["published"] == "serving" and record["decided_by"] == "dev"  # no live sample here
+        assert store.promoted_model() == record["tag"] and store.shadow_runs() == []
         assert store.counts().get("status_used") == 20
         info = httpx.get(f"{server.url}/model", timeout=30).json()
         assert info["model_version"] in new_versions
@@ -270,6 +273,8 @@ def test_a_candidate_taught_wrong_labels_is_rejected_through_the_cli(
 
 
 def test_demo_loop_command(fp32_variant: Path, binary_sets, tmp_path: Path) -> None:
+    """The demo turn with a live sample (40% of the traffic, all of it labelled: enough to judge on) and the
+    candidate through shadow on the running server."""
     env = {**service_env({}), "BENTOML_HOME": str(tmp_path / "bentoml")}
     done = subprocess.run(
         [
@@ -285,13 +290,17 @@ def test_demo_loop_command(fp32_variant: Path, binary_sets, tmp_path: Path) -> N
             "--out",
             str(tmp_path / "loop"),
             "--n-traffic",
-            "60",
+            "80",
             "--labels",
             "20",
             "--replay",
             "40",
             "--min-confidence",
             "1.0",
+            "--sample-rate",
+            "0.4",
+            "--min-live",
+            "10",
         ],
         env=env,
         capture_output=True,
@@ -301,9 +310,23 @@ def test_demo_loop_command(fp32_variant: Path, binary_sets, tmp_path: Path) -> N
     )
     assert done.returncode == 0, done.stdout + done.stderr
     summary = json.loads((tmp_path / "loop" / "loop.json").read_text())
-    assert summary["traffic"] == 60 and summary["labelled"] == 20
+    assert summary["traffic"] == 80 and summary["labelled"] == 20
+    assert summary["captured"] == 80  # min-confidence 1.0: every answer is low-confidence (sampled ones too)
+    assert summary["sampled"] >= 10 and summary["live_labelled"] == summary["sampled"]
+    assert summary["live"]["n"] == summary["live_labelled"] and summary["live_skipped"] is None
+    assert summary["decided_by"] in ("dev", "live", "dev+live")
+    said = " ".join(done.stdout.split())
+    assert f"loop: 80 texts served, {summary['captured']} captured, {summary['sampled']} sampled" in said
     assert summary["decision"] in ("promoted", "rejected")
-    assert "loop: 60 texts served" in done.stdout
+    if summary["decision"] == "promoted":  # the candidate went to shadow, and the server decided it
+        assert summary["published"] == "shadow"
+        shadow = summary["shadow"]
+        assert shadow["state"] in ("promoted", "rejected"), shadow
+        assert shadow["scored"] >= 200 and f"shadow run {shadow['run']}: {shadow['state']}" in said
+        switched = summary["served_after"] != summary["served_before"]
+        assert switched == (shadow["state"] == "promoted"), summary
+    else:
+        assert summary["published"] is None and summary["shadow"] is None
 
 
 def _retrain_cli(current: Path, store_url: str, out: Path, env: dict[str, str], *options: str):
