@@ -7,7 +7,7 @@ service module or a function that needs it runs.
 
 from __future__ import annotations
 
-from bento._bench_serve import bench_serve
+from bento._bench_serve import bench_contenders, bench_serve, parse_contender
 from bento._core import (
     ClassifierCore,
     Item,
@@ -35,10 +35,12 @@ __all__ = [
     "ServiceMetrics",
     "Settings",
     "State",
+    "bench_contenders",
     "bench_serve",
     "check_model",
     "free_port",
     "import_to_model_store",
+    "parse_contender",
     "parse_classify",
     "parse_feedback",
     "parse_reload",

@@ -21,7 +21,7 @@ import numpy as np
 
 from bento._launch import ServerProcess
 from bento._models import check_model
-from bento._settings import Settings
+from bento._settings import ENV_PREFIX, Settings
 from knowacq.base import SIDECAR, cpu_threads, load_tsv, machine_info, read_model_card
 from knowacq.errors import ConfigError
 
@@ -199,5 +199,162 @@ def _markdown(r: dict[str, Any]) -> str:
         lines.append(
             f"| {s['concurrency']} | {s['requests']} | {s['texts_per_s']:.1f} | {s['ratio_to_engine']:.2f} "
             f"| {s['p50_ms']:.1f} | {s['p95_ms']:.1f} | {s['p99_ms']:.1f} | {s['errors']} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def parse_contender(spec: str) -> tuple[str, dict[str, str]]:
+    """`NAME` or `NAME:KEY=VALUE,KEY=VALUE` (service settings, e.g. `sampled:sample_rate=0.01`)."""
+    name, _, rest = spec.partition(":")
+    if not name.strip():
+        raise ConfigError(f"a contender needs a name: NAME[:KEY=VALUE,...], got {spec!r}")
+    overrides: dict[str, str] = {}
+    for pair in filter(None, (p.strip() for p in rest.split(","))):
+        key, eq, value = pair.partition("=")
+        if not eq or not key.strip():
+            raise ConfigError(f"contender {name!r}: expected KEY=VALUE, got {pair!r}")
+        overrides[key.strip()] = value.strip()
+    return name.strip(), overrides
+
+
+def bench_contenders(
+    model: str | Path,
+    out_file: str | Path,
+    contenders: dict[str, dict[str, str]],
+    *,
+    data: str | Path | None = None,
+    concurrency: int = 32,
+    duration_s: float = 15.0,
+    warmup_s: float = 3.0,
+    rounds: int = 5,
+    max_texts: int = 872,
+    texts_per_request: int = 8,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Serve `model` once per contender (each its own server and store, started side by side) and drive
+    them in turn, `rounds` times, the order rotating each round: same texts, same client, interleaved.
+    Reports each contender's median texts/s with its spread, and its median ratio to the first contender
+    over the rounds (paired by round). A setting `shadow_model=PATH` puts PATH in shadow in that server's
+    store before it starts (with a `shadow_min_texts` so large that the run is never decided)."""
+    if len(contenders) < 2:
+        raise ConfigError("give at least two contenders (the first is the baseline)")
+    variant = check_model(str(model))
+    data_file = Path(data) if data else _default_texts(variant)
+    texts = list(load_tsv(data_file).texts)[:max_texts]
+    out_file = Path(out_file)
+    out_file.parent.mkdir(parents=True, exist_ok=True)
+    names = list(contenders)
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
+    with tempfile.TemporaryDirectory(prefix="knowacq-bench-contenders-") as tmp:
+        servers = _start_contenders(variant, contenders, Path(tmp), out_file)
+        try:
+            for r in range(rounds):
+                for name in names[r % len(names) :] + names[: r % len(names)]:
+                    row = asyncio.run(
+                        _drive(servers[name].url, texts, concurrency, duration_s, warmup_s, texts_per_request)
+                    )
+                    row["round"] = r
+                    runs[name].append(row)
+                    log(f"round {r + 1}/{rounds} {name}: {row['texts_per_s']:.1f} texts/s, errors {row['errors']}")
+        finally:
+            for server in servers.values():
+                server.stop()
+    result = _summarise_contenders(variant, data_file, texts, contenders, runs, concurrency, texts_per_request)
+    out_file.write_text(json.dumps(result, indent=2) + "\n")
+    out_file.with_suffix(".md").write_text(_contenders_markdown(result))
+    log(f"wrote {out_file} and {out_file.with_suffix('.md')}")
+    return result
+
+
+def _start_contenders(
+    variant: Path, contenders: dict[str, dict[str, str]], tmp: Path, out_file: Path
+) -> dict[str, ServerProcess]:
+    from knowacq.base import FeedbackStore
+
+    servers: dict[str, ServerProcess] = {}
+    try:
+        for name, overrides in contenders.items():
+            folder = tmp / name
+            folder.mkdir()
+            settings: dict[str, Any] = {k: v for k, v in overrides.items() if k != "shadow_model"}
+            settings.update(model=str(variant), store_url=f"sqlite:///{folder / 'store.db'}", api_token="bench")
+            if "shadow_model" in overrides:
+                store = FeedbackStore(settings["store_url"])
+                store.start_shadow(str(check_model(overrides["shadow_model"])))
+                store.close()
+                settings.setdefault("shadow_min_texts", 10**9)
+            Settings.from_env({ENV_PREFIX + k.upper(): str(v) for k, v in settings.items()})  # refuse bad ones now
+            log_file = out_file.with_name(f"{out_file.stem}.{name}.server.log")
+            log_file.unlink(missing_ok=True)
+            server = ServerProcess(settings, log_file=log_file, cwd=folder)
+            server.start()
+            servers[name] = server
+    except BaseException:
+        for server in servers.values():
+            server.stop()
+        raise
+    return servers
+
+
+def _summarise_contenders(
+    variant: Path,
+    data_file: Path,
+    texts: Sequence[str],
+    contenders: dict[str, dict[str, str]],
+    runs: dict[str, list[dict[str, Any]]],
+    concurrency: int,
+    texts_per_request: int,
+) -> dict[str, Any]:
+    from export import read_manifest
+
+    names = list(contenders)
+    base = {row["round"]: row["texts_per_s"] for row in runs[names[0]]}
+    summary = {}
+    for name in names:
+        rates = np.array([row["texts_per_s"] for row in runs[name]])
+        ratios = np.array([row["texts_per_s"] / base[row["round"]] for row in runs[name]])
+        summary[name] = {
+            "settings": contenders[name],
+            "texts_per_s_median": float(np.median(rates)),
+            "texts_per_s_min": float(rates.min()),
+            "texts_per_s_max": float(rates.max()),
+            "ratio_to_baseline_median": float(np.median(ratios)),
+            "ratio_to_baseline_min": float(ratios.min()),
+            "ratio_to_baseline_max": float(ratios.max()),
+            "p99_ms_median": float(np.median([row["p99_ms"] for row in runs[name]])),
+            "errors": int(sum(row["errors"] for row in runs[name])),
+        }
+    return {
+        "machine": machine_info(cpu_threads()),
+        "model": str(variant),
+        "variant": read_manifest(variant, verify_hash=False).variant,
+        "data": str(data_file),
+        "texts": len(texts),
+        "concurrency": concurrency,
+        "texts_per_request": texts_per_request,
+        "rounds": len(runs[names[0]]),
+        "baseline": names[0],
+        "summary": summary,
+        "runs": runs,
+    }
+
+
+def _contenders_markdown(r: dict[str, Any]) -> str:
+    lines = [
+        f"Variant `{r['variant']}` served by BentoML on loopback, one server per contender, driven in turn "
+        f"({r['rounds']} rounds, order rotating), concurrency {r['concurrency']}, {r['texts_per_request']} "
+        f"text(s) per request, {r['texts']} texts from `{r['data']}`; {r['machine']['cpu']}, "
+        f"{r['machine']['threads']} threads. Median over the rounds, [min, max]; the ratio is paired by round "
+        f"against `{r['baseline']}`.",
+        "",
+        "| contender | settings | texts/s | x baseline | p99 ms | errors |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    for name, s in r["summary"].items():
+        settings = ", ".join(f"{k}={v}" for k, v in s["settings"].items()) or "defaults"
+        lines.append(
+            f"| {name} | {settings} | {s['texts_per_s_median']:.1f} [{s['texts_per_s_min']:.1f}, "
+            f"{s['texts_per_s_max']:.1f}] | {s['ratio_to_baseline_median']:.3f} [{s['ratio_to_baseline_min']:.3f}, "
+            f"{s['ratio_to_baseline_max']:.3f}] | {s['p99_ms_median']:.1f} | {s['errors']} |"
         )
     return "\n".join(lines) + "\n"

@@ -26,10 +26,12 @@ from bentoml.exceptions import ServiceUnavailable
 
 from bento._core import ClassifierCore, Item
 from bento._http import RequestGuard, State
+from bento._labelstudio import LabelStudioBackend
 from bento._metrics import ServiceMetrics
 from bento._models import load_predictor
 from bento._refusals import QUEUE_FULL, answer, response
 from bento._settings import Settings
+from bento._shadow import ShadowScorer, candidate_problem, decide
 from bento._worker import Answers, api, batching_queue, configure_logging, drain_on_sigterm
 from knowacq.errors import ModelError, RequestError, StoreError
 
@@ -73,7 +75,9 @@ class Classifier:
         # The callback reads self.core when a batch starts: after a reload, the next batch uses the new model
         # while a batch already running finishes on the old one.
         self._infer = batching_queue(SETTINGS, lambda batches: self.core.classify_batches(batches))
-        self._reload_lock = threading.Lock()
+        # Held while the serving model or the shadow candidate changes (re-entrant: POST /admin/reload swaps
+        # and records the swap under it, so the watcher never sees one without the other).
+        self._reload_lock = threading.RLock()
         STATE.core = self.core
         log.info(
             "serving %s (%s) on the %s provider from %s; store %r",
@@ -83,12 +87,14 @@ class Classifier:
             folder,
             store,
         )
+        self._note_serving(spec)
         self._refresh_gauges()
         if SETTINGS.reload_poll_s > 0:
             threading.Thread(target=self._watch, name="knowacq-reload-watch", daemon=True).start()
 
     def swap(self, spec: str) -> dict[str, str]:
-        """Load `spec` (folder or tag) beside the running model, then switch to it; no request fails."""
+        """Load `spec` (folder or tag) beside the running model, then switch to it; no request fails. A candidate
+        in shadow stays in shadow beside the new model (`ClassifierCore.with_predictor` hands it on)."""
         with self._reload_lock:
             predictor, folder = load_predictor(spec, SETTINGS)  # a bad model raises here; the old one serves on
             old = self.core
@@ -98,6 +104,12 @@ class Classifier:
         log.info("switched from %s to %s (%s)", old.model_version, self.core.model_version, folder)
         return {"previous_version": old.model_version, "model_version": self.core.model_version}
 
+    def _note_serving(self, spec: str) -> None:
+        try:  # the first model served opens the model history, so that a later rollback can return to it
+            self.core.store.note_serving(spec, self.core.model_version)
+        except Exception as exc:  # the history misses its first entry; serving goes on
+            log.error("could not note the serving model in the feedback store: %s", type(exc).__name__)
+
     def _refresh_gauges(self) -> None:
         try:
             self.core.refresh_store_gauges()
@@ -105,18 +117,86 @@ class Classifier:
             log.error("could not read the feedback store's counts: %s", type(exc).__name__)
 
     def _watch(self) -> None:
-        """Follow the promoted model named in the store (set by POST /admin/reload or `knowacq retrain`),
-        and refresh the store's gauges (backlog, labels, retraining runs)."""
+        """Follow the promoted model named in the store (set by POST /admin/reload, `knowacq retrain`, a shadow
+        promotion or `knowacq rollback`) and the shadow run, and refresh the store's gauges."""
         while True:
             time.sleep(SETTINGS.reload_poll_s)
             self._refresh_gauges()
             try:
-                wanted = self.core.store.promoted_model()
-                if wanted and wanted != self._loaded_spec:
-                    self.swap(wanted)
+                with self._reload_lock:
+                    wanted = self.core.store.promoted_model()
+                    if wanted and wanted != self._loaded_spec:
+                        self.swap(wanted)
             except Exception as exc:  # keep watching; the current model keeps serving
                 log.error("reload of the promoted model failed: %s", exc)
                 time.sleep(SETTINGS.reload_poll_s)
+            try:
+                self._follow_shadow()
+            except Exception as exc:  # the shadow waits for the next look; serving goes on
+                log.error("following the shadow run failed: %s: %s", type(exc).__name__, exc)
+
+    def _follow_shadow(self) -> None:
+        """Load the candidate of a new shadow run beside the serving model, drop one whose run ended, and
+        decide a running one once it has the evidence (`bento._shadow.decide`; one replica's decision wins)."""
+        store = self.core.store
+        run = store.active_shadow()
+        scorer: ShadowScorer | None = self.core.shadow
+        if scorer is not None and (run is None or run.id != scorer.run_id):
+            self._set_shadow(None)
+            log.info("shadow run %d ended; dropped the candidate %s", scorer.run_id, scorer.model_version)
+            scorer = None
+        if run is None:
+            return
+        if scorer is None:
+            self._load_shadow(run.id, run.model)
+            return
+        decision = decide(store, run, SETTINGS)
+        if decision is None:
+            return
+        state, reason, evidence = decision
+        evidence = {**evidence, "shadow_version": scorer.model_version, "serving_version": self.core.model_version}
+        if store.finish_shadow(run.id, state, reason, evidence=evidence):
+            log.info("shadow run %d %s: %s", run.id, state, reason)
+        self._set_shadow(None)  # a promoted candidate is loaded again as the serving model by the watch above
+
+    def _load_shadow(self, run_id: int, spec: str) -> None:
+        """Load the candidate `spec` of shadow run `run_id` and start scoring with it; a candidate that cannot
+        be loaded, or that cannot replace the serving model, rejects the run with the reason."""
+        store = self.core.store
+        try:
+            predictor, folder = load_predictor(spec, SETTINGS)
+            problem = candidate_problem(predictor, self.core.labels)
+        except Exception as exc:  # ModelError, ProviderError, ...: a bad candidate, the serving model is fine
+            predictor, folder, problem = None, None, f"the candidate could not be loaded: {exc}"
+        if predictor is None or problem:
+            if store.finish_shadow(run_id, "rejected", problem):
+                log.error("shadow run %d rejected: %s", run_id, problem)
+            return
+        scorer = ShadowScorer(predictor, run_id, SETTINGS, store=store, metrics=self.core.metrics, spec=spec)
+        store.set_shadow_version(run_id, scorer.model_version)
+        self._set_shadow(scorer)
+        log.info(
+            "shadow run %d: %s (%s) scores %.0f%% of the batches beside %s",
+            run_id,
+            scorer.model_version,
+            folder,
+            100 * SETTINGS.shadow_share,
+            self.core.model_version,
+        )
+
+    def _set_shadow(self, scorer: ShadowScorer | None) -> None:
+        with self._reload_lock:  # a swap hands the shadow on to the new core: never while it changes
+            old: ShadowScorer | None = self.core.shadow
+            self.core.shadow = scorer
+        if old is not None and old is not scorer:
+            old.close()
+
+    def _reload(self, spec: str) -> dict[str, str]:
+        """Switch to `spec` and publish it in the store's model history (action reload), under one lock."""
+        with self._reload_lock:
+            switched = self.swap(spec)
+            self.core.store.promote(spec, action="reload", model_version=self.core.model_version)
+        return switched
 
     def __is_ready__(self) -> bool:
         return self.core.store.ping()
@@ -151,10 +231,8 @@ class Classifier:
         try:
             self.core.check_token(ctx.request.headers.get("authorization"))
             spec = model or SETTINGS.model
-            switched = await anyio.to_thread.run_sync(self.swap, spec)
-            await anyio.to_thread.run_sync(self.core.store.promote, spec)
-            return switched
-        except RequestError as exc:
+            return await anyio.to_thread.run_sync(self._reload, spec)
+        except (RequestError, StoreError) as exc:
             return response(*answer(exc), ctx)
         except ModelError as exc:
             refusal, _ = answer(exc)
@@ -164,3 +242,4 @@ class Classifier:
 
 # What @bentoml.service made of the class, a bentoml Service, is untyped (BentoML's SDK has no type information).
 cast(Any, Classifier).add_asgi_middleware(RequestGuard, state=STATE)
+cast(Any, Classifier).add_asgi_middleware(LabelStudioBackend, state=STATE)

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from knowacq.cli import _export, _loop, _serve, _train
+from knowacq.cli import _export, _loop, _models, _serve, _train
 from knowacq.cli._app import app, main
 
-for _stage in (_train, _export, _serve, _loop):  # this order is the order of `knowacq --help`
+for _stage in (_train, _export, _serve, _loop, _models):  # this order is the order of `knowacq --help`
     app.add_typer(_stage.commands)
 
 __all__ = ["app", "main"]

@@ -72,8 +72,19 @@ def bench_serve(
     concurrency: Annotated[str, typer.Option(help="Comma-separated client concurrencies.")] = "1,8,32",
     duration: Annotated[float, typer.Option(min=1, help="Seconds measured per concurrency.")] = 20.0,
     texts_per_request: Annotated[int, typer.Option(min=1, help="Texts in each request.")] = 1,
+    contender: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="NAME[:KEY=VALUE,...] (service settings; shadow_model=PATH puts PATH in shadow). Two or more: "
+            "one server each, driven in turn for --rounds rounds at the first --concurrency; the first is the "
+            "baseline. Replaces the engine comparison."
+        ),
+    ] = None,
+    rounds: Annotated[int, typer.Option(min=1, help="Rounds of the contender comparison.")] = 5,
 ) -> None:
-    """Drive the real server over loopback and compare with the in-process engine on the same texts."""
+    """Drive the real server over loopback and compare with the in-process engine on the same texts (or, with
+    --contender, servers with different settings against each other, interleaved)."""
+    from bento import bench_contenders, parse_contender
     from bento import bench_serve as run
 
     try:
@@ -82,6 +93,21 @@ def bench_serve(
         raise ConfigError(f"--concurrency must be comma-separated integers, got {concurrency!r}") from None
     if not levels or min(levels) < 1:
         raise ConfigError(f"--concurrency must be positive integers, got {concurrency!r}")
+    if contender:
+        parsed = dict(parse_contender(spec) for spec in contender)
+        bench_contenders(
+            model,
+            out_file,
+            parsed,
+            data=data,
+            concurrency=levels[0],
+            duration_s=duration,
+            rounds=rounds,
+            texts_per_request=texts_per_request,
+            log=lambda line: err.print(line),
+        )
+        out.print(out_file.with_suffix(".md").read_text())
+        return
     run(
         model,
         out_file,
