@@ -112,3 +112,10 @@ def test_help_lists_commands() -> None:
     result = runner.invoke(app, ["--help"])
     assert result.exit_code == 0
     assert "train" in result.output and "eval" in result.output
+
+
+def test_help_keeps_the_defaults_written_in_brackets() -> None:
+    # "[default: ...]" in a help text is text: Rich markup would swallow it and leave "store ."
+    result = runner.invoke(app, ["feedback", "export", "--help"], terminal_width=200)
+    assert result.exit_code == 0
+    assert "[default: ./knowacq-feedback.db]" in result.output
