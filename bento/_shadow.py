@@ -28,11 +28,14 @@ from bento._metrics import ServiceMetrics
 from bento._settings import Settings
 from knowacq.base import FeedbackStore, ShadowRun, paired_difference, softmax, wilson_interval
 
-__all__ = ["ShadowScorer", "candidate_problem", "decide", "model_version"]
+__all__ = ["MAX_FAILED_BATCHES", "ShadowScorer", "candidate_problem", "decide", "failing", "model_version"]
 
 log = logging.getLogger("knowacq.service")
 
 Job = tuple[list[str], list[str], list[str | None]]
+
+MAX_FAILED_BATCHES = 20
+"""A candidate that failed on this many batches in a worker and scored none there is rejected (`failing`)."""
 
 
 def model_version(predictor: Any) -> str:
@@ -99,6 +102,8 @@ class ShadowScorer:
         self.scored = 0
         self.agreed = 0
         """What this process scored (the store holds the sum over every worker and replica)."""
+        self.failures = 0
+        """Batches the candidate itself failed on in this process."""
         self._worker = threading.Thread(target=self._work, name=f"knowacq-shadow-{run_id}", daemon=True)
         self._worker.start()
         metrics.shadow_info.labels(version=self.model_version).set(1)
@@ -162,6 +167,7 @@ class ShadowScorer:
                 if job is not None and not self._closed.is_set():
                     self._score(*job)
             except Exception as exc:  # a failing candidate: counted, and the next batch is tried
+                self.failures += 1
                 self.metrics.shadow_skipped.labels(reason="error").inc()
                 log.error("the shadow candidate failed on a batch: %s: %s", type(exc).__name__, exc)
             finally:
@@ -216,6 +222,14 @@ class ShadowScorer:
             logits[idx] = engine.run(engine.feeds([encodings[i] for i in idx]))
         probs = softmax(logits, self.predictor.temperature)
         return [self.labels[int(i)] for i in probs.argmax(axis=1)]
+
+
+def failing(scorer: ShadowScorer, limit: int = MAX_FAILED_BATCHES) -> str:
+    """Why the run should be rejected at once ("" when it should not): its candidate failed on `limit`
+    batches here and scored none, so it would never reach `shadow_min_texts`."""
+    if scorer.failures >= limit and scorer.scored == 0:
+        return f"the candidate failed on all {scorer.failures} batches it was given and scored none"
+    return ""
 
 
 def decide(store: FeedbackStore, run: ShadowRun, settings: Settings) -> tuple[str, str, dict[str, Any]] | None:

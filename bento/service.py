@@ -31,7 +31,7 @@ from bento._metrics import ServiceMetrics
 from bento._models import load_predictor
 from bento._refusals import QUEUE_FULL, answer, response
 from bento._settings import Settings
-from bento._shadow import ShadowScorer, candidate_problem, decide
+from bento._shadow import ShadowScorer, candidate_problem, decide, failing
 from bento._worker import Answers, api, batching_queue, configure_logging, drain_on_sigterm
 from knowacq.errors import ModelError, RequestError, StoreError
 
@@ -150,7 +150,9 @@ class Classifier:
         if scorer is None:
             self._load_shadow(run.id, run.model)
             return
-        decision = decide(store, run, SETTINGS)
+        broken = failing(scorer)
+        failed: dict[str, Any] = {"shadow_failed_batches": scorer.failures}
+        decision = ("rejected", broken, failed) if broken else decide(store, run, SETTINGS)
         if decision is None:
             return
         state, reason, evidence = decision

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from bento._shadow import ShadowScorer, candidate_problem, decide
+from bento._shadow import ShadowScorer, candidate_problem, decide, failing
 from export import Predictor
 from knowacq.base import FeedbackStore
 from tests.serve.test_serve import make_core, metric
@@ -232,12 +232,16 @@ def test_a_failing_candidate_or_store_never_fails_a_request(fp32_variant: Path, 
     scorer.candidate_labels = broken  # type: ignore[method-assign]
     assert [a["label"] for a in serve(core, scorer, 2)] == expected * 2
     assert metric(registry, "knowacq_shadow_skipped_batches_total", {"reason": "error"}) == 2
+    # A candidate that fails on every batch would never reach shadow_min_texts: it is rejected.
+    assert failing(scorer, limit=3) == ""
+    serve(core, scorer, 1)
+    assert "failed on all 3 batches" in failing(scorer, limit=3)
     del scorer.candidate_labels  # the real one again, with a store that fails
     scorer.store = FeedbackStore(f"sqlite:///{tmp_path / 'missing' / 'x.db'}")
     scorer.store.engine.dispose()
     shutil.rmtree(tmp_path / "missing")
     assert [a["label"] for a in serve(core, scorer, 1)] == expected
-    assert metric(registry, "knowacq_shadow_skipped_batches_total", {"reason": "error"}) == 3
+    assert metric(registry, "knowacq_shadow_skipped_batches_total", {"reason": "error"}) == 4
     # Arguments the scorer cannot use are not the request's problem either.
     scorer.offer(None, None, None)  # type: ignore[arg-type]
     scorer.close(timeout=10)
