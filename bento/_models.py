@@ -52,8 +52,14 @@ def check_model(spec: str) -> Path:
     return path.resolve()
 
 
-def load_predictor(spec: str, settings: Settings) -> tuple[Predictor, Path]:
-    """The runtime predictor of `spec` (folder or tag) as the service's settings configure it, and its folder."""
+def load_predictor(spec: str, settings: Settings, *, shadow: bool = False) -> tuple[Predictor, Path]:
+    """The runtime predictor of `spec` (folder or tag) as the service's settings configure it, and its folder.
+
+    `shadow`: for a candidate scored beside the serving model: one intra-op thread that does not spin
+    between runs, so that it takes as little CPU from the serving model as it can. In-process on 2 cores, 10%
+    of 64-text batches scored in shadow: 0.83x and 0.81x of the throughput without a shadow in two runs with
+    ONNX Runtime's defaults, 0.98x and 0.85x so (docs/benchmarks/2026-12-02-shadow-session-options.*);
+    served, see docs/benchmarks/2026-12-02-serve-sample-shadow*.md."""
     from export import Predictor
 
     folder = resolve_model(spec, setting="KNOWACQ_MODEL")
@@ -61,7 +67,8 @@ def load_predictor(spec: str, settings: Settings) -> tuple[Predictor, Path]:
         folder,
         provider=settings.provider,
         allow_fallback=settings.allow_fallback,
-        threads=settings.threads or None,
+        threads=1 if shadow else (settings.threads or None),
+        spinning=not shadow,
         max_batch_size=settings.max_batch_size,
         bucket_tokens=settings.bucket_tokens,
         cuda_graphs=settings.cuda_graphs,

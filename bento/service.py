@@ -166,7 +166,7 @@ class Classifier:
         be loaded, or that cannot replace the serving model, rejects the run with the reason."""
         store = self.core.store
         try:
-            predictor, folder = load_predictor(spec, SETTINGS)
+            predictor, folder = load_predictor(spec, SETTINGS, shadow=True)
             problem = candidate_problem(predictor, self.core.labels)
         except Exception as exc:  # ModelError, ProviderError, ...: a bad candidate, the serving model is fine
             predictor, folder, problem = None, None, f"the candidate could not be loaded: {exc}"

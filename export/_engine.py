@@ -80,6 +80,10 @@ class RuntimeOptions:
     max_batch_size: int = 64
     bucket_tokens: int | None = None
     cuda_graphs: bool = False
+    spinning: bool = True
+    """ONNX Runtime's intra-op threads spin a while after each run, waiting for the next (its default:
+    lowest latency for one busy session). False for a session that shares the cores with a busier one (the
+    shadow candidate), so that its idle threads do not take CPU from the serving model."""
 
     def __post_init__(self) -> None:
         if self.provider not in _PROVIDERS:
@@ -108,6 +112,7 @@ class RuntimeKeywords(TypedDict, total=False):
     max_batch_size: int
     bucket_tokens: int | None
     cuda_graphs: bool
+    spinning: bool
 
 
 def plan_providers(requested: str, available: Sequence[str], *, allow_fallback: bool) -> list[str]:
@@ -207,6 +212,8 @@ class Engine:
         options = ort.SessionOptions()
         options.intra_op_num_threads = self.threads
         options.inter_op_num_threads = 1
+        if not self.options.spinning:
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         # CPU: keep Add + LayerNormalization unfused; the CPU SkipLayerNormalization kernel is ~5x slower
         # (see optimize_graph in export/_graph.py). Graphs that already hold the fused node keep it.

@@ -99,5 +99,5 @@ def bench(
         threads=threads,
         log=lambda line: err.print(line),
     )
-    out.print(out_file.with_suffix(".md").read_text())
+    out.print(out_file.with_suffix(".md").read_text(), markup=False)
     out.print(f"results: {out_file} (+ .md, .png)")

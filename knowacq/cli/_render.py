@@ -54,35 +54,110 @@ def print_gates(result: OptimizeResult, variant: str) -> None:
 
 
 def print_simulation(result: dict[str, Any]) -> None:
-    """A simulation's results.json: labels each strategy needed to reach random's final accuracy, on dev and on
-    the held-out rows, then the time per round."""
-    table = Table(
-        title=f"labels to reach random's final accuracy {result['random_final_accuracy']:.4f} "
-        f"({result['random_final_labels']} labels)"
-    )
+    """A simulation's results.json: per evaluation set (dev, then the held-out rows) each strategy's AULC and
+    its paired gain over random with the interval and a plain verdict, labels to stay at random's final with
+    its interval beside the first-touch figure; then the bandit's choices and regret, and the time per round."""
+    seeds = len(result["curves"]["random"]["per_seed"])
     held = result["heldout"]
-    for col in ("strategy", "final accuracy", "labels", "x random", "held-out final", "held-out labels", "x random"):
-        table.add_column(col, justify="right")
-    for name in result["curves"]:
-        row = [name]
-        for part in (result, held):
-            need = part["labels_to_reach_random_final"][name]
-            ratio = part["label_ratio_to_random"][name]
-            row += [
-                f"{part['curves'][name]['mean'][-1]:.4f}",
-                "-" if need is None else str(need),
-                "-" if ratio is None else f"{ratio:.2f}",
-            ]
-        table.add_row(*row)
-    out.print(table)
+    parts = [(f"dev ({result.get('dev_rows', '?')} rows)", result)]
     if held["rows"]:
+        parts.append((f"held-out ({held['rows']} training rows)", held))
+    for what, part in parts:
+        _print_evidence(what, part, seeds)
+    if result.get("seed_warning"):
+        out.print(result["seed_warning"])
+    split = result.get("split")
+    if held["rows"] and split:
         out.print(
-            f"held-out: {held['rows']} training rows set aside (the pool's distribution); random's final "
-            f"accuracy there {held['random_final_accuracy']:.4f}"
+            f"held-out rows: {split['heldout_rows']} training rows kept out of the pool, chosen by a seeded "
+            f"permutation (seed {split['permutation_seed']}), texts found nowhere else in the training file "
+            f"nor in dev; the same for every seed and strategy"
         )
+    if result.get("bandit_regret"):
+        _print_regret(result["bandit_regret"])
     fits = [t for curve in result["timing"]["fit_predict"].values() for seed in curve["per_seed"] for t in seed[1:]]
     if fits:
         out.print(
             f"{result['mode']} mode: {sum(fits) / len(fits):.1f} s per fit-and-predict after round 0, "
             f"{result['seconds']:.0f} s in all"
+        )
+
+
+def _print_evidence(what: str, part: dict[str, Any], seeds: int) -> None:
+    """One evaluation set's table, then one plain line per strategy with its verdict against random. "never
+    stays": the share of bootstrap resamples in which the strategy never stays at random's final."""
+    final = part["random_final_labels"]
+    table = Table(
+        title=f"{what}, {seeds} seed(s): random's final accuracy {part['random_final_accuracy']:.4f} at {final} labels"
+    )
+    for col in (
+        "strategy",
+        "final",
+        "AULC",
+        "AULC - random [95%]",
+        "verdict",
+        "stays at random's final from [95%]",
+        "never stays",
+        "first touch",
+    ):
+        table.add_column(col, justify="right")
+    for name in part["curves"]:
+        gain = part["aulc_gain_vs_random"].get(name)
+        stay = part["labels_to_stay_at_random_final"][name]
+        touch = part["labels_to_reach_random_final"][name]
+        table.add_row(
+            name,
+            f"{part['curves'][name]['mean'][-1]:.4f}",
+            f"{part['aulc'][name]['mean']:.4f}",
+            "-" if gain is None else _gain(gain),
+            "-" if gain is None else gain["verdict"],
+            _stay(stay),
+            f"{stay['never_in_resamples'] / stay['resamples']:.1%}",
+            "never" if touch is None else str(touch),
+        )
+    out.print(table)
+    for name, gain in part["aulc_gain_vs_random"].items():
+        out.print(f"{what}: {name} against random, AULC {_gain(gain)} over {gain['seeds']} seed(s): {gain['verdict']}")
+
+
+def _gain(gain: dict[str, Any]) -> str:
+    if gain["low"] is None:
+        return f"{gain['estimate']:+.4f} (no interval)"
+    return f"{gain['estimate']:+.4f} [{gain['low']:+.4f}, {gain['high']:+.4f}]"
+
+
+def _stay(stay: dict[str, Any]) -> str:
+    """'1000 (0.50x) [800, 1400]', 'never' for no budget (the mean curve, or a bound, never stays)."""
+    text = "never" if stay["labels"] is None else f"{stay['labels']} ({stay['ratio_to_random_final']:.2f}x)"
+    low = "never" if stay["low"] is None else str(stay["low"])
+    high = "never" if stay["high"] is None else str(stay["high"])
+    return f"{text} [{low}, {high}]"
+
+
+def _print_regret(regret: dict[str, Any]) -> None:
+    """The bandit's arm counts per round and its regret against the best single arm in hindsight."""
+    rounds = regret["choices"]["per_round"]
+    counts = "; ".join(
+        f"{t + 1}: " + ", ".join(f"{arm} {n}" for arm, n in chosen.items() if n) for t, chosen in enumerate(rounds)
+    )
+    seeds = len(regret["choices"]["per_seed"])
+    out.print(f"bandit, arms chosen per round over {seeds} seed(s): {counts}")
+    total = regret["total"]
+    interval = "" if total["low"] is None else f" [{total['low']:.4f}, {total['high']:.4f}]"
+    best = ", ".join(run["best_arm"] for run in regret["per_seed"])
+    avg = regret["against_best_on_average"]
+    avg_total = avg["total"]
+    avg_interval = "" if avg_total["low"] is None else f" [{avg_total['low']:.4f}, {avg_total['high']:.4f}]"
+    out.print(
+        f"bandit regret against the best single arm in hindsight (per seed: {best}): {total['estimate']:.4f}"
+        f"{interval} reward over {len(rounds)} rounds ({regret['total_per_round']:.4f} a round); against "
+        f"{avg['arm']}, best on average: {avg_total['estimate']:.4f}{avg_interval}. Reward: accuracy gain per "
+        f"1,000 labels on the reward rows, clipped into [0, 1]"
+    )
+    cumulative = ", ".join(f"{round(v, 4) + 0.0:.4f}" for v in regret["per_round"]["mean"])  # no "-0.0000"
+    out.print(f"bandit cumulative regret after each round (mean over seeds): {cumulative}")
+    for part, gain in regret.get("aulc_vs_best_arm", {}).items():
+        out.print(
+            f"bandit against {gain['arm']} (best single arm on {part} AULC, in hindsight): AULC {_gain(gain)} over "
+            f"{gain['seeds']} seed(s): {gain['verdict']}"
         )

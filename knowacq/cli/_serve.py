@@ -106,7 +106,7 @@ def bench_serve(
             texts_per_request=texts_per_request,
             log=lambda line: err.print(line),
         )
-        out.print(out_file.with_suffix(".md").read_text())
+        out.print(out_file.with_suffix(".md").read_text(), markup=False)
         return
     run(
         model,
@@ -117,7 +117,7 @@ def bench_serve(
         texts_per_request=texts_per_request,
         log=lambda line: err.print(line),
     )
-    out.print(out_file.with_suffix(".md").read_text())
+    out.print(out_file.with_suffix(".md").read_text(), markup=False)
     out.print(f"results: {out_file} (+ .md)")
 
 

@@ -1,5 +1,5 @@
 """Stage 4, the active-learning loop: query strategies, the bandit, the labelling hand-off, gated retraining,
-the simulation and the demo turn.
+the simulation and its statistics, and the demo turn.
 
 Sits above the service: imports `knowacq.base`, `knowacq.train`, `export` and `bento`, each through its face.
 """
@@ -9,6 +9,15 @@ from __future__ import annotations
 from knowacq.loop._bandit import Exp3, reward_from_gain
 from knowacq.loop._demo_loop import demo_loop
 from knowacq.loop._embeddings import embed
+from knowacq.loop._evidence import (
+    Estimate,
+    Stay,
+    aulc,
+    bandit_regret,
+    labels_to_stay,
+    labels_to_stay_interval,
+    paired_gain,
+)
 from knowacq.loop._handoff import (
     EMBEDDING_STRATEGIES,
     ImportResult,
@@ -37,6 +46,7 @@ __all__ = [
     "STRATEGIES",
     "BadgeSampling",
     "DensityWeightedSampling",
+    "Estimate",
     "Exp3",
     "ImportResult",
     "LiveEvidence",
@@ -44,14 +54,20 @@ __all__ = [
     "RetrainResult",
     "Selection",
     "SimulationConfig",
+    "Stay",
     "Strategy",
+    "aulc",
+    "bandit_regret",
     "demo_loop",
     "embed",
     "entropy",
     "export_tasks",
     "import_labels",
+    "labels_to_stay",
+    "labels_to_stay_interval",
     "least_confidence",
     "margin",
+    "paired_gain",
     "retrain",
     "retrain_queued",
     "reward_from_gain",

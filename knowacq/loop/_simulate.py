@@ -3,16 +3,20 @@
 Fast mode: a frozen encoder (mean-pooled sentence embeddings, computed once and cached) with a logistic-
 regression head retrained each round. Full mode: each round fine-tunes the encoder and a classification head
 from the base model on the labelled rows alone (`knowacq train`'s training loop, a fixed small-data recipe,
-no model selection on dev or held-out rows), then one forward pass over the unlabelled pool, dev and the
-held-out rows gives the probabilities and the embeddings (the fine-tuned model's mean-pooled last hidden
-state) for the strategies. Both modes share the round loop; a learner (`FastLearner`, `FullLearner` in
-`_learners`) fits and predicts. Labels of the pool stay hidden until a strategy queries them. The
-bandit (EXP3 over the other strategies) is rewarded by the accuracy gain per label on a held-out slice of
-the training file, never on dev, which only draws the learning curves. The same models are also scored on
-the held-out rows, which come from the pool's distribution (dev may not: SST-2 train is mostly phrases, its
-dev set whole sentences). Batches are chosen with the product's selection options (`Selection`: exact and
-near-duplicate suppression at cosine 0.98, in the frozen encoder's embeddings in both modes), as `knowacq`
-would choose them for annotators.
+no model selection on dev or held-out rows), then one forward pass over the unlabelled pool, dev, the
+held-out rows and the reward rows gives the probabilities and the embeddings (the fine-tuned model's
+mean-pooled last hidden state) for the strategies. Both modes share the round loop; a learner (`FastLearner`,
+`FullLearner` in `_learners`) fits and predicts. Labels of the pool stay hidden until a strategy queries them.
+
+The training file is split once, by a seeded permutation (`SPLIT_SEED`), into the held-out evaluation rows
+(5,000 by default; only rows whose text occurs nowhere else in the training file nor in dev), the bandit's
+reward rows (when the bandit runs; the same rule) and the pool. Seeds are paired: within a seed every
+strategy starts from the same seed labels and the same round-0 model, draws from the same pool and is scored
+on the same rows. The bandit (EXP3 over the other strategies) is rewarded by the accuracy gain per label on
+its reward rows, never on dev or the held-out rows, which only draw the learning curves. The held-out rows
+come from the pool's distribution (dev may not: SST-2 train is mostly phrases, its dev set whole sentences).
+Batches are chosen with the product's selection options (`Selection`: exact and near-duplicate suppression at
+cosine 0.98, in the frozen encoder's embeddings in both modes), as `knowacq` would choose them for annotators.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import hashlib
 import json
 import time
 import zlib
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -37,9 +42,12 @@ from knowacq.loop._sim_results import Trace, Traces, plot, results
 from knowacq.loop._strategies import STRATEGIES, Selection, Strategy, select, strategy
 from knowacq.train import TrainConfig
 
-__all__ = ["FULL_MODE_MAX_POOL", "FULL_MODE_TRAIN", "SimulationConfig", "simulate"]
+__all__ = ["FULL_MODE_MAX_POOL", "FULL_MODE_TRAIN", "SPLIT_SEED", "SimulationConfig", "simulate"]
 
 BANDIT = "bandit"
+SPLIT_SEED = 12345
+"""Seed of the permutation of the training rows that chooses the held-out rows, the reward rows and the pool
+(the same for every simulation seed and strategy)."""
 MODES = ("fast", "full")
 FULL_MODE_MAX_POOL = 20_000
 """Full mode scores every unlabelled pool row with a freshly fine-tuned model each round: on 2 CPU cores that
@@ -67,8 +75,11 @@ class SimulationConfig:
     batch: int = 200
     rounds: int = 9
     seeds: int = 3
-    heldout: int = 1000
-    """Training rows set aside (labelled) for the bandit's reward; not in the pool."""
+    heldout: int = 5000
+    """Training rows kept out of the pool to evaluate on beside dev (at least 1); see SPLIT_SEED."""
+    reward_rows: int = 1000
+    """Training rows the bandit's reward is measured on, kept out of the pool and the held-out rows; set aside
+    only when the bandit runs."""
     max_pool: int = 0
     """Use at most this many training rows as the pool (0: all)."""
     c: float = 1.0
@@ -97,8 +108,18 @@ class SimulationConfig:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.c < 0:
             raise ConfigError(f"c must be > 0, or 0 for cross-validation, got {self.c}")
-        if self.heldout < 0 or self.max_pool < 0:
-            raise ConfigError("heldout and max_pool must be >= 0")
+        if self.heldout < 1:
+            raise ConfigError(
+                f"heldout must be >= 1, got {self.heldout}: every strategy is scored on held-out training rows beside "
+                "dev (default 5000; a small data set can hold fewer)"
+            )
+        if self.max_pool < 0 or self.reward_rows < 0:
+            raise ConfigError("reward_rows and max_pool must be >= 0")
+        if BANDIT in self.strategies and self.reward_rows < 1:
+            raise ConfigError(
+                "the bandit needs reward rows (reward_rows >= 1): its reward is measured on them, never on dev or "
+                "the held-out rows"
+            )
         Selection(near_duplicate_cosine=self.near_duplicate_cosine)  # raises ConfigError when out of range
 
 
@@ -122,22 +143,26 @@ def simulate(
     train = load_tsv(train_file, label_names=label_names)
     dev = load_tsv(dev_file, label_names=train.label_names)
     model_dir = Path(base) if base else default_base_model()
-    pool, held = _split(train, config)
-    log(f"{config.mode} mode: pool {len(pool)} rows, held-out {len(held)}, dev {len(dev)}; encoder {model_dir}")
-    learner, near_space = _learner(config, model_dir, pool, dev, held, out_dir / "cache", progress, log)
+    split = _split(train, dev, config)
+    log(
+        f"{config.mode} mode: pool {len(split.pool)} rows, held-out {len(split.held)}, reward rows "
+        f"{len(split.reward)}, dev {len(dev)}; encoder {model_dir}"
+    )
+    learner, near_space = _learner(config, model_dir, split.pool, dev, split.scored, out_dir / "cache", progress, log)
     setup = _Setup(
         config,
         learner,
         np.asarray(dev.labels),
-        np.asarray(held.labels),
+        np.asarray(split.held.labels),
+        np.asarray(split.reward.labels),
         near_space,
-        [hashlib.sha256(t.encode()).hexdigest() for t in pool.texts],
+        [hashlib.sha256(t.encode()).hexdigest() for t in split.pool.texts],
         Selection(near_duplicate_cosine=config.near_duplicate_cosine),
     )
     traces = Traces(config.strategies)
     for seed in range(config.seeds):
-        initial = np.random.default_rng(seed).choice(len(pool), config.seed_labels, replace=False)
-        labelled = np.zeros(len(pool), dtype=bool)
+        initial = np.random.default_rng(seed).choice(len(split.pool), config.seed_labels, replace=False)
+        labelled = np.zeros(len(split.pool), dtype=bool)
         labelled[initial] = True
         tick = time.perf_counter()
         first = learner.fit_predict(labelled.copy(), seed)  # round 0: the same for every strategy of a seed
@@ -158,7 +183,7 @@ def simulate(
         "config": asdict(config),
     }
     labels_axis = [config.seed_labels + config.batch * r for r in range(config.rounds + 1)]
-    result = results(traces, labels_axis, len(held), head)
+    result = results(traces, labels_axis, head, {**split.info, "dev_rows": len(dev)}, config.batch)
     result["seconds"] = time.perf_counter() - started
     (out_dir / "results.json").write_text(json.dumps(result, indent=2) + "\n")
     plot(result, out_dir / "learning-curves.png")
@@ -166,23 +191,75 @@ def simulate(
     return result
 
 
-def _split(train: LabelledData, config: SimulationConfig) -> tuple[LabelledData, LabelledData]:
-    """(pool, held-out rows): a fixed shuffle of the training rows, checked against what the run needs."""
-    order = np.random.default_rng(12345).permutation(len(train))
-    heldout_idx = order[: config.heldout]
-    pool_idx = order[config.heldout :]
+@dataclass(frozen=True)
+class _Split:
+    """The training rows, divided: pool (labels hidden), held-out evaluation rows, the bandit's reward rows."""
+
+    pool: LabelledData
+    held: LabelledData
+    reward: LabelledData
+    scored: LabelledData
+    """The extra rows the learners score each round: the held-out rows, then the reward rows."""
+    info: dict[str, Any]
+    """How they were chosen, for results.json."""
+
+
+def _split(train: LabelledData, dev: LabelledData, config: SimulationConfig) -> _Split:
+    """A fixed permutation of the training rows (SPLIT_SEED): the first rows whose text occurs nowhere else in
+    the training file nor in dev are the held-out rows, the next such rows the reward rows (bandit only), and
+    every other row, in permutation order up to max_pool, the pool. Refused when the data cannot hold them."""
+    order = np.random.default_rng(SPLIT_SEED).permutation(len(train))
+    counts = Counter(train.texts)
+    in_dev = set(dev.texts)
+    eligible = np.array([counts[train.texts[i]] == 1 and train.texts[i] not in in_dev for i in order], dtype=bool)
+    reward_rows = config.reward_rows if BANDIT in config.strategies else 0
+    kept = order[eligible][: config.heldout + reward_rows]
+    if len(kept) < config.heldout + reward_rows:
+        raise ConfigError(
+            f"the training file has {len(train)} rows, {int(eligible.sum())} of them with a text found nowhere else "
+            f"in it nor in dev; {config.heldout} held-out rows + {reward_rows} reward rows do not fit: lower "
+            f"heldout (--heldout, default 5000) or reward_rows (--reward-rows)"
+        )
+    heldout_idx, reward_idx = kept[: config.heldout], kept[config.heldout :]
+    pool_idx = order[~np.isin(order, kept)]  # in permutation order
     if config.max_pool:
         pool_idx = pool_idx[: config.max_pool]
     needed = config.seed_labels + config.batch * config.rounds
     if needed > len(pool_idx):
-        raise ConfigError(f"the run needs {needed} pool labels but the pool has {len(pool_idx)} rows")
+        raise ConfigError(
+            f"the run needs {needed} pool labels (seed labels + batch x rounds) but the pool has {len(pool_idx)} "
+            f"rows: the training file's {len(train)} rows less {config.heldout} held-out and {reward_rows} reward "
+            f"rows{f', at most max_pool {config.max_pool}' if config.max_pool else ''}; lower heldout (--heldout) "
+            f"or the budget"
+        )
     if config.mode == "full" and len(pool_idx) > FULL_MODE_MAX_POOL:
         raise ConfigError(
             f"full mode scores the whole pool with a newly fine-tuned model every round; the pool "
             f"has {len(pool_idx)} rows, the limit is {FULL_MODE_MAX_POOL}: set max_pool "
             f"(--max-pool), e.g. 3000"
         )
-    return train.subset(pool_idx), train.subset(heldout_idx)
+    info = {
+        "method": f"numpy.random.default_rng({SPLIT_SEED}).permutation over the training file's rows; the first "
+        "rows whose text occurs exactly once in the training file and not in dev are the held-out rows, the next "
+        "such rows the bandit's reward rows (only when the bandit runs), every other row, in permutation order "
+        "(up to max_pool), the pool. The held-out and reward rows are therefore disjoint from the pool and from "
+        "dev by text, not only by row; the split is the same for every seed and strategy.",
+        "permutation_seed": SPLIT_SEED,
+        "training_rows": len(train),
+        "heldout_rows": len(heldout_idx),
+        "reward_rows": len(reward_idx),
+        "pool_rows": len(pool_idx),
+        "rows_never_held_out": int((~eligible).sum()),
+        "sha256": {
+            name: _digest(idx) for name, idx in (("heldout", heldout_idx), ("reward", reward_idx), ("pool", pool_idx))
+        },
+    }
+    return _Split(train.subset(pool_idx), train.subset(heldout_idx), train.subset(reward_idx), train.subset(kept), info)
+
+
+def _digest(rows: np.ndarray) -> str:
+    """A short digest of a set of row indices (order-free)."""
+    return hashlib.sha256(np.sort(np.asarray(rows, dtype=np.int64)).tobytes()).hexdigest()[:16]
 
 
 def _learner(
@@ -195,7 +272,8 @@ def _learner(
     progress: bool,
     log: Callable[[str], None],
 ) -> tuple[Learner, np.ndarray | None]:
-    """The mode's learner, and the pool's embeddings for the near-duplicate check (None: the check is off)."""
+    """The mode's learner, and the pool's embeddings for the near-duplicate check (None: the check is off).
+    `held`: the extra rows scored each round (held-out rows, then the reward rows)."""
     # The near-duplicate check compares texts in the frozen encoder's space in both modes: a fine-tuned
     # classifier's embeddings crowd each class together, and 0.98 there would mean "same class", not "same text".
     if config.mode == "full":
@@ -217,6 +295,8 @@ class _Setup:
     learner: Learner
     y_dev: np.ndarray
     y_held: np.ndarray
+    y_reward: np.ndarray
+    """Labels of the reward rows, scored after the held-out rows (`Predictions.held[len(y_held):]`)."""
     near_space: np.ndarray | None
     """Frozen-encoder embeddings of the pool, for the near-duplicate check (None: off)."""
     hashes: list[str]
@@ -235,8 +315,8 @@ def _run(
     config = setup.config
     rng = np.random.default_rng([seed, zlib.crc32(name.encode())])
     bandit = Exp3([s for s in config.strategies if s != BANDIT], gamma=config.gamma) if name == BANDIT else None
-    trace = Trace()
-    held_acc = None
+    trace = Trace(seed_rows=_digest(np.flatnonzero(labelled)))
+    n_held = len(setup.y_held)
     for r in range(config.rounds + 1):
         tick = time.perf_counter()
         if r == 0:
@@ -245,12 +325,13 @@ def _run(
             predicted = setup.learner.fit_predict(labelled.copy(), seed)
             fit_time = time.perf_counter() - tick
         trace.fit_seconds.append(round(fit_time, 3))
-        trace.dev.append(float(np.mean(predicted.dev.argmax(1) == setup.y_dev)))
-        new_held = float(np.mean(predicted.held.argmax(1) == setup.y_held)) if len(setup.y_held) else trace.dev[-1]
-        if bandit is not None and held_acc is not None:
-            bandit.update(reward_from_gain(new_held - held_acc, config.batch))
-        held_acc = new_held
-        trace.held.append(new_held)
+        trace.dev.append(_accuracy(predicted.dev, setup.y_dev))
+        if n_held:
+            trace.held.append(_accuracy(predicted.held[:n_held], setup.y_held))
+        if len(setup.y_reward):
+            trace.reward.append(_accuracy(predicted.held[n_held:], setup.y_reward))
+        if bandit is not None and r > 0:
+            bandit.update(reward_from_gain(trace.reward[-1] - trace.reward[-2], config.batch))
         if r == config.rounds:
             break
         tick = time.perf_counter()
@@ -260,6 +341,10 @@ def _run(
     if bandit is not None:
         trace.bandit = {"seed": seed, "report": bandit.report(), "choices": [h["arm"] for h in bandit.history]}
     return trace
+
+
+def _accuracy(probabilities: np.ndarray, labels: np.ndarray) -> float:
+    return float(np.mean(probabilities.argmax(1) == labels))
 
 
 def _query(

@@ -59,7 +59,7 @@ def _ci_run(tmp_path: Path, data: Path | None) -> tuple[subprocess.CompletedProc
     stubs = tmp_path / "stubs"
     stubs.mkdir(exist_ok=True)
     calls = tmp_path / "make-calls.txt"
-    for tool in ("make", "apt-get", "sudo", "promtool", "prometheus"):
+    for tool in ("make", "apt-get", "sudo", "promtool", "prometheus", "python3"):  # python3: the Label Studio install
         body = f'echo "$KNOWACQ_DATA_DIR $*" >> {calls}\n' if tool == "make" else ""
         (stubs / tool).write_text(f"#!/usr/bin/env bash\n{body}exit 0\n")
         (stubs / tool).chmod(0o755)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
@@ -15,7 +16,7 @@ from knowacq.train import TrainConfig
 
 
 def test_simulation_writes_curves_and_label_counts(tiny_base: Path, binary_sets, tmp_path: Path) -> None:
-    config = SimulationConfig(seed_labels=20, batch=20, rounds=3, seeds=2, heldout=40)
+    config = SimulationConfig(seed_labels=20, batch=20, rounds=3, seeds=2, heldout=40, reward_rows=40)
     result = simulate(
         binary_sets[0],
         binary_sets[1],
@@ -29,7 +30,8 @@ def test_simulation_writes_curves_and_label_counts(tiny_base: Path, binary_sets,
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved["labels"] == [20, 40, 60, 80] and saved["random_final_labels"] == 80
     assert set(saved["labels_to_reach_random_final"]) == set(config.strategies)
-    # Labels to reach: the first label count at which a strategy's mean dev curve reaches random's final accuracy.
+    # Labels to reach (first touch): the first label count at which a strategy's mean dev curve reaches random's
+    # final accuracy.
     target = saved["random_final_accuracy"]
     assert target == saved["curves"]["random"]["mean"][-1]
     expected = {
@@ -54,6 +56,13 @@ def test_simulation_writes_curves_and_label_counts(tiny_base: Path, binary_sets,
     )
     assert held["random_final_accuracy"] == held["curves"]["random"]["mean"][-1]
     assert set(held["labels_to_reach_random_final"]) == set(config.strategies)
+    for part in (saved, held):
+        _check_statistics(part, config.strategies, seeds=2)
+    _check_pairing(saved, config.strategies, seeds=2)
+    _check_regret(saved, config)
+    assert saved["split"]["heldout_rows"] == 40 and saved["split"]["reward_rows"] == 40
+    assert saved["split"]["pool_rows"] == 320 - 80 and saved["split"]["permutation_seed"] == 12345
+    assert saved["seeds"] == 2 and "too narrow" in saved["seed_warning"]
     assert (tmp_path / "learning-curves.png").stat().st_size > 1000
     assert result["curves"]["random"]["mean"] == saved["curves"]["random"]["mean"]
     # Cached embeddings make a second run reproduce the first exactly.
@@ -68,6 +77,111 @@ def test_simulation_writes_curves_and_label_counts(tiny_base: Path, binary_sets,
         log=lambda _: None,
     )
     assert again["curves"] == result["curves"]
+    assert again["aulc_gain_vs_random"] == result["aulc_gain_vs_random"]
+    assert again["bandit_regret"] == result["bandit_regret"]
+
+
+def _check_statistics(part: dict, strategies: tuple[str, ...], seeds: int) -> None:
+    """The statistics of one evaluation set agree with its curves."""
+    labels = [20, 40, 60, 80]
+    areas = {}
+    for name in strategies:
+        per_seed = part["curves"][name]["per_seed"]
+        area = [float(np.trapezoid(c, labels) / 60) for c in per_seed]
+        assert part["aulc"][name]["per_seed"] == pytest.approx(area)
+        assert part["aulc"][name]["mean"] == pytest.approx(np.mean(area))
+        areas[name] = area
+    gains = part["aulc_gain_vs_random"]
+    assert set(gains) == set(strategies) - {"random"}
+    for name, gain in gains.items():
+        assert gain["estimate"] == pytest.approx(np.mean(areas[name]) - np.mean(areas["random"]))
+        assert gain["seeds"] == seeds and gain["low"] <= gain["estimate"] <= gain["high"]
+        assert gain["verdict"] == ("better" if gain["low"] > 0 else "worse" if gain["high"] < 0 else "no difference")
+    target = part["random_final_accuracy"]
+    for name in strategies:
+        stay = part["labels_to_stay_at_random_final"][name]
+        mean = part["curves"][name]["mean"]
+        staying = [n for i, n in enumerate(labels) if all(a >= target - 1e-9 for a in mean[i:])]
+        assert stay["labels"] == (staying[0] if staying else None)
+        assert stay["ratio_to_random_final"] == (None if stay["labels"] is None else stay["labels"] / 80)
+        assert 0 <= stay["never_in_resamples"] <= stay["resamples"]
+        if stay["low"] is not None and stay["high"] is not None:
+            assert stay["low"] <= stay["high"]
+    assert part["labels_to_stay_at_random_final"]["random"]["labels"] <= 80  # random stays at its own final
+
+
+def _check_pairing(saved: dict, strategies: tuple[str, ...], seeds: int) -> None:
+    """Within a seed every strategy starts from the same seed labels and round-0 model; seeds differ."""
+    seed_labels = saved["pairing"]["seed_labels"]
+    assert set(seed_labels) == set(strategies)
+    assert all(v == seed_labels["random"] for v in seed_labels.values())
+    assert len(seed_labels["random"]) == seeds and len(set(seed_labels["random"])) == seeds
+    for part in (saved, saved["heldout"]):
+        for k in range(seeds):
+            assert len({part["curves"][s]["per_seed"][k][0] for s in strategies}) == 1
+
+
+def _check_regret(saved: dict, config: SimulationConfig) -> None:
+    """The bandit's regret is measured in the reward EXP3 was given, against the fixed arms' own runs."""
+    from knowacq.loop import reward_from_gain
+
+    regret = saved["bandit_regret"]
+    arms = [s for s in config.strategies if s != "bandit"]
+    assert set(regret["arm_rewards"]) == set(arms)
+    accuracy = regret["reward_rows_accuracy"]
+    for k in range(config.seeds):
+        for name, rewards in [("bandit", regret["bandit_rewards"]), *regret["arm_rewards"].items()]:
+            acc = accuracy[name][k]
+            assert rewards[k] == [reward_from_gain(b - a, config.batch) for a, b in zip(acc, acc[1:])]
+        # EXP3's own record: its mean reward per arm equals the rewards recomputed from the accuracies.
+        choices = regret["choices"]["per_seed"][k]
+        assert choices == saved["bandit"][k]["choices"] and len(choices) == config.rounds
+        for arm, report in saved["bandit"][k]["report"].items():
+            got = [r for c, r in zip(choices, regret["bandit_rewards"][k]) if c == arm]
+            assert report["mean_reward"] == (pytest.approx(np.mean(got)) if got else None)
+        run = regret["per_seed"][k]
+        totals = {a: sum(regret["arm_rewards"][a][k]) for a in arms}
+        assert totals[run["best_arm"]] == pytest.approx(max(totals.values()))
+        assert run["regret"][-1] == pytest.approx(max(totals.values()) - sum(regret["bandit_rewards"][k]))
+    assert regret["total"]["estimate"] == pytest.approx(np.mean([r["regret"][-1] for r in regret["per_seed"]]))
+    per_round = regret["choices"]["per_round"]
+    assert len(per_round) == config.rounds and all(sum(c.values()) == config.seeds for c in per_round)
+    for part in ("dev", "heldout"):
+        area = (saved if part == "dev" else saved["heldout"])["aulc"]
+        against = regret["aulc_vs_best_arm"][part]
+        assert area[against["arm"]]["mean"] == max(area[a]["mean"] for a in arms)
+        assert against["estimate"] == pytest.approx(area["bandit"]["mean"] - area[against["arm"]]["mean"])
+
+
+def test_the_split_keeps_held_out_and_reward_rows_apart_by_text() -> None:
+    from knowacq.base import LabelledData
+    from knowacq.loop._simulate import _split
+
+    texts = [f"text {i}" for i in range(300)]
+    texts[10:20] = ["repeated"] * 10  # a text seen twice or more is never held out
+    texts[20:30] = [f"dev {i}" for i in range(10)]  # nor one that is also in dev
+    train = LabelledData(tuple(texts), np.arange(300) % 2, ("a", "b"))
+    dev = LabelledData(tuple(f"dev {i}" for i in range(20)), np.zeros(20, dtype=int), ("a", "b"))
+    config = SimulationConfig(seed_labels=10, batch=10, rounds=2, heldout=100, reward_rows=50)
+    split = _split(train, dev, config)
+    held, reward, pool = set(split.held.texts), set(split.reward.texts), split.pool.texts
+    assert len(split.held) == len(held) == 100 and len(split.reward) == len(reward) == 50
+    assert len(pool) == 150 and not (held | reward) & (set(pool) | set(dev.texts)) and not held & reward
+    assert "repeated" in pool and sum(t.startswith("dev") for t in pool) == 10
+    assert split.scored.texts == split.held.texts + split.reward.texts
+    assert split.info["rows_never_held_out"] == 20 and split.info["heldout_rows"] == 100
+    # Fixed by SPLIT_SEED: the same split again, whatever the simulation seeds; the pool keeps the permutation order.
+    again = _split(train, dev, config)
+    assert again.held.texts == split.held.texts and again.pool.texts == split.pool.texts
+    assert again.info["sha256"] == split.info["sha256"]
+    # Without the bandit no reward rows are set aside, and the held-out rows stay the same.
+    plain = _split(
+        train, dev, SimulationConfig(strategies=("random",), seed_labels=10, batch=10, rounds=2, heldout=100)
+    )
+    assert plain.held.texts == split.held.texts and len(plain.reward) == 0 and len(plain.pool) == 200
+    assert split.pool.texts == tuple(t for t in plain.pool.texts if t not in reward)
+    with pytest.raises(ConfigError, match="280 of them with a text found nowhere else"):
+        _split(train, dev, SimulationConfig(seed_labels=10, batch=10, rounds=2, heldout=250, reward_rows=50))
 
 
 def test_simulation_refuses_bad_configs(tiny_base: Path, binary_sets, tmp_path: Path) -> None:
@@ -77,17 +191,32 @@ def test_simulation_refuses_bad_configs(tiny_base: Path, binary_sets, tmp_path: 
         SimulationConfig(strategies=("random", "oracle"))
     with pytest.raises(ConfigError, match="near_duplicate_cosine"):
         SimulationConfig(near_duplicate_cosine=1.5)
-    with pytest.raises(ConfigError, match="needs 1100 pool labels but the pool has 320 rows"):
+    with pytest.raises(ConfigError, match="the bandit needs reward rows"):
+        SimulationConfig(reward_rows=0)
+    with pytest.raises(ConfigError, match="heldout must be >= 1, got 0"):
+        SimulationConfig(heldout=0)
+    assert SimulationConfig().heldout == 5000 and SimulationConfig(strategies=("random",), reward_rows=0)
+
+    def run(config: SimulationConfig) -> None:
         simulate(
             binary_sets[0],
             binary_sets[1],
             tmp_path,
             base=tiny_base,
-            config=SimulationConfig(heldout=0, batch=100),
+            config=config,
             label_names=("negative", "positive"),
             progress=False,
             log=lambda _: None,
         )
+
+    # The default 5,000 held-out rows do not fit in a 320-row file: refused before any embedding is computed.
+    with pytest.raises(ConfigError, match=r"5000 held-out rows \+ 1000 reward rows do not fit: lower heldout"):
+        run(SimulationConfig())
+    with pytest.raises(ConfigError, match="needs 1100 pool labels .* but the pool has 319 rows"):
+        run(SimulationConfig(strategies=("random", "margin"), heldout=1, batch=100))
+    with pytest.raises(ConfigError, match="needs 1100 pool labels .* but the pool has 220 rows"):
+        run(SimulationConfig(heldout=50, reward_rows=50, batch=100))
+    assert not (tmp_path / "cache").exists()
 
 
 def _al_simulate(binary_sets, out: Path, *options: str):
@@ -101,9 +230,20 @@ def test_al_simulate_cli(tiny_base: Path, binary_sets, tmp_path: Path) -> None:
     tiny = ["--heldout", "40", "--base", str(tiny_base), "--label-names", "negative,positive", "--no-progress"]
     result = _al_simulate(binary_sets, tmp_path, *small, "--rounds", "2", "--near-duplicate-cosine", "0", *tiny)
     assert result.exit_code == 0, result.output
-    assert "labels to reach random's final accuracy" in result.output
+    text = " ".join(result.output.split())
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved["config"]["near_duplicate_cosine"] is None and saved["heldout"]["rows"] == 40
+    # One seed: no interval, so the plain verdict is "no difference" on dev and on the held-out rows.
+    for what in ("dev (96 rows)", "held-out (40 training rows)"):
+        gain = (saved if what.startswith("dev") else saved["heldout"])["aulc_gain_vs_random"]["margin"]
+        assert gain["low"] is None and gain["verdict"] == "no difference"
+        assert f"{what}: margin against random, AULC {gain['estimate']:+.4f} (no interval) over 1 seed(s): " in text
+        assert (
+            f"{what}: margin against random, AULC {gain['estimate']:+.4f} (no interval) over 1 seed(s): no "
+            "difference" in text
+        )
+    assert "one seed: no intervals" in text and "permutation (seed 12345)" in text
+    assert "bandit" not in saved["curves"] and saved["bandit_regret"] is None and saved["split"]["reward_rows"] == 0
     bad = _al_simulate(binary_sets, tmp_path, "--strategies", "margin")
     assert bad.exit_code == 2 and "needs 'random'" in bad.output
     slow = _al_simulate(binary_sets, tmp_path, "--mode", "slow")
@@ -112,6 +252,13 @@ def test_al_simulate_cli(tiny_base: Path, binary_sets, tmp_path: Path) -> None:
     assert full.exit_code == 0, full.output
     assert "full mode:" in full.output and "s per fit-and-predict after round 0" in full.output
     assert json.loads((tmp_path / "full" / "results.json").read_text())["mode"] == "full"
+    with_bandit = ["--strategies", "random,margin,bandit", "--seed-labels", "20", "--batch", "20", "--seeds", "2"]
+    bandit = _al_simulate(binary_sets, tmp_path / "bandit", *with_bandit, "--rounds", "2", "--reward-rows", "40", *tiny)
+    assert bandit.exit_code == 0, bandit.output
+    text = " ".join(bandit.output.split())
+    assert "bandit regret against the best single arm in hindsight" in text and "2 seeds: a bootstrap" in text
+    regret = json.loads((tmp_path / "bandit" / "results.json").read_text())["bandit_regret"]
+    assert f"{regret['total']['estimate']:.4f} [{regret['total']['low']:.4f}, {regret['total']['high']:.4f}]" in text
 
 
 TINY_FINE_TUNE = TrainConfig(
@@ -173,14 +320,14 @@ def test_full_mode_needs_a_bounded_pool(tiny_base: Path, binary_sets, tmp_path: 
     import knowacq.loop._simulate as sim
 
     monkeypatch.setattr(sim, "FULL_MODE_MAX_POOL", 100)
-    with pytest.raises(ConfigError, match="the pool has 280 rows, the limit is 100: set max_pool"):
+    with pytest.raises(ConfigError, match="the pool has 240 rows, the limit is 100: set max_pool"):
         simulate(
             binary_sets[0],
             binary_sets[1],
             tmp_path,
             base=tiny_base,
             label_names=("negative", "positive"),
-            config=SimulationConfig(heldout=40, seed_labels=20, batch=20, rounds=1, mode="full"),
+            config=SimulationConfig(heldout=40, reward_rows=40, seed_labels=20, batch=20, rounds=1, mode="full"),
             progress=False,
             log=lambda _: None,
         )
