@@ -196,7 +196,7 @@ al_app = typer.Typer(help="Active learning: simulations of the query strategies.
 commands.add_typer(al_app, name="al")
 
 
-# long: typer options (18 of them); the body is short
+# long: typer options (19 of them); the body is short
 @al_app.command("simulate")
 @friendly
 def al_simulate(
@@ -244,6 +244,13 @@ def al_simulate(
             "--max-pool)."
         ),
     ] = "fast",
+    full_start: Annotated[
+        str,
+        typer.Option(
+            help="Full mode: base: each round fine-tunes from the base model; continue: from the previous "
+            "round's weights of the same strategy and seed (round 1 from round 0's), on all labelled rows."
+        ),
+    ] = "base",
     c: Annotated[
         float,
         typer.Option(
@@ -283,6 +290,7 @@ def al_simulate(
         c=c,
         near_duplicate_cosine=near_duplicate_cosine or None,
         mode=cast(Literal["fast", "full"], mode),  # SimulationConfig refuses any other
+        full_start=cast(Literal["base", "continue"], full_start),
     )
     result = simulate(
         data,

@@ -25,13 +25,17 @@ class Predictions:
     dev: np.ndarray
     held: np.ndarray
     embeddings: np.ndarray
+    state: Any = None
+    """The round's fine-tuned weights (a state dict), kept only in full mode with full_start "continue": the
+    next round of the same strategy and seed starts from them. None otherwise."""
 
 
 class Learner(Protocol):
     description: str
 
-    def fit_predict(self, labelled: np.ndarray, seed: int) -> Predictions:
-        """Train on the pool rows where `labelled` is True (from scratch) and predict."""
+    def fit_predict(self, labelled: np.ndarray, seed: int, start: Any = None) -> Predictions:
+        """Train on the pool rows where `labelled` is True and predict: from scratch, or, for a learner that
+        continues, from `start` (the previous round's `Predictions.state`; None: from scratch)."""
         ...
 
 
@@ -76,7 +80,8 @@ class FastLearner:
         self.x_pool, self.y_pool, self.x_dev, self.x_held = x_pool, y_pool, x_dev, x_held
         self.num_labels, self.c = num_labels, c
 
-    def fit_predict(self, labelled: np.ndarray, seed: int) -> Predictions:
+    def fit_predict(self, labelled: np.ndarray, seed: int, start: Any = None) -> Predictions:
+        """Refit the head from scratch on the labelled rows (`start` is ignored: the fit is convex)."""
         lab = np.flatnonzero(labelled)
         p_dev, p_pool, p_held = fit_predict(
             self.x_pool[lab], self.y_pool[lab], self.num_labels, self.c, self.x_dev, self.x_pool, self.x_held
@@ -85,25 +90,42 @@ class FastLearner:
 
 
 class FullLearner:
-    """Fine-tunes the base encoder and a new classification head on the labelled rows each round (the
-    training loop of `knowacq train`), then one forward pass per text gives probabilities and embeddings."""
+    """Fine-tunes the encoder and a classification head on the labelled rows each round (the training loop of
+    `knowacq train`), then one forward pass per text gives probabilities and embeddings.
 
-    description = (
-        "full (encoder + classification head fine-tuned from the base model each round on the "
-        "labelled rows; embeddings: the fine-tuned model's mean-pooled last hidden state)"
-    )
+    start "base": every round starts from the base encoder and a new head. start "continue": a round starts
+    from the weights `fit_predict` is given (the previous round's of the same strategy and seed; round 1 from
+    round 0's, which started from the base) and trains on all the rows labelled so far, with the same recipe
+    (epochs, learning rate, warm-up and schedule restart each round)."""
 
     def __init__(
-        self, base: Path, pool: LabelledData, dev: LabelledData, held: LabelledData, config: TrainConfig
+        self,
+        base: Path,
+        pool: LabelledData,
+        dev: LabelledData,
+        held: LabelledData,
+        config: TrainConfig,
+        start: str = "base",
     ) -> None:
         require_torch("Full-mode simulation")
-        self.base, self.pool, self.dev, self.held, self.config = base, pool, dev, held, config
+        self.base, self.pool, self.dev, self.held, self.config, self.start = base, pool, dev, held, config, start
+        origin = (
+            "from the base model each round"
+            if start == "base"
+            else "from the previous round's weights of the same strategy and seed (round 0 from the base model)"
+        )
+        self.description = (
+            f"full (encoder + classification head fine-tuned {origin} on all the labelled rows; "
+            "embeddings: the fine-tuned model's mean-pooled last hidden state)"
+        )
 
-    def fit_predict(self, labelled: np.ndarray, seed: int) -> Predictions:
+    def fit_predict(self, labelled: np.ndarray, seed: int, start: Any = None) -> Predictions:
         from knowacq.train import fit, load_base_classifier
 
         config = replace(self.config, seed=self.config.seed + seed)
         model, tokenizer = load_base_classifier(self.base, self.pool.label_names, seed=config.seed)
+        if start is not None:
+            model.load_state_dict(start)
         train = self.pool.subset(np.flatnonzero(labelled))
         # The loop keeps its best evaluation: evaluating on the training rows themselves lets no dev or
         # held-out row choose the model.
@@ -118,7 +140,10 @@ class FullLearner:
         p_pool[unlabelled] = probs[:n_pool]
         x_pool = np.zeros((len(self.pool), vectors.shape[1]), dtype=np.float32)
         x_pool[unlabelled] = vectors[:n_pool]
-        return Predictions(p_pool, probs[n_pool : n_pool + n_dev], probs[n_pool + n_dev :], x_pool)
+        state = None
+        if self.start == "continue":
+            state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        return Predictions(p_pool, probs[n_pool : n_pool + n_dev], probs[n_pool + n_dev :], x_pool, state)
 
 
 def _probabilities_and_embeddings(

@@ -3,10 +3,12 @@
 Fast mode: a frozen encoder (mean-pooled sentence embeddings, computed once and cached) with a logistic-
 regression head retrained each round. Full mode: each round fine-tunes the encoder and a classification head
 from the base model on the labelled rows alone (`knowacq train`'s training loop, a fixed small-data recipe,
-no model selection on dev or held-out rows), then one forward pass over the unlabelled pool, dev, the
-held-out rows and the reward rows gives the probabilities and the embeddings (the fine-tuned model's
-mean-pooled last hidden state) for the strategies. Both modes share the round loop; a learner (`FastLearner`,
-`FullLearner` in `_learners`) fits and predicts. Labels of the pool stay hidden until a strategy queries them.
+no model selection on dev or held-out rows; with full_start "continue" each round instead continues from the
+previous round's fine-tuned weights of the same strategy and seed, on all the rows labelled so far), then one
+forward pass over the unlabelled pool, dev, the held-out rows and the reward rows gives the probabilities
+and the embeddings (the fine-tuned model's mean-pooled last hidden state) for the strategies. Both modes
+share the round loop; a learner (`FastLearner`, `FullLearner` in `_learners`) fits and predicts. Labels of
+the pool stay hidden until a strategy queries them.
 
 The training file is split once, by a seeded permutation (`SPLIT_SEED`), into the held-out evaluation rows
 (5,000 by default; only rows whose text occurs nowhere else in the training file nor in dev), the bandit's
@@ -49,6 +51,7 @@ SPLIT_SEED = 12345
 """Seed of the permutation of the training rows that chooses the held-out rows, the reward rows and the pool
 (the same for every simulation seed and strategy)."""
 MODES = ("fast", "full")
+FULL_STARTS = ("base", "continue")
 FULL_MODE_MAX_POOL = 20_000
 """Full mode scores every unlabelled pool row with a freshly fine-tuned model each round: on 2 CPU cores that
 is minutes per 10k rows per round, so a larger pool (or max_pool=0 on a large file) is refused."""
@@ -94,10 +97,17 @@ class SimulationConfig:
     pool of at most FULL_MODE_MAX_POOL rows: set max_pool)."""
     train: TrainConfig = FULL_MODE_TRAIN
     """Full mode only: how each round fine-tunes (with seed `train.seed + simulation seed`)."""
+    full_start: Literal["base", "continue"] = "base"
+    """Full mode only. base: each round fine-tunes the base encoder and a new head on all the labelled rows.
+    continue: round 0 starts from the base; each later round starts from the previous round's fine-tuned
+    weights of the same strategy and seed and trains on all the rows labelled so far, with the same recipe
+    (`train`: epochs, learning rate, warm-up; the schedule restarts each round)."""
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise ConfigError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+        if self.full_start not in FULL_STARTS:
+            raise ConfigError(f"full_start must be one of {', '.join(FULL_STARTS)}, got {self.full_start!r}")
         unknown = [s for s in self.strategies if s != BANDIT and s not in STRATEGIES]
         if unknown or not self.strategies:
             raise ConfigError(f"unknown strategies {unknown}; known: {', '.join([*STRATEGIES, BANDIT])}")
@@ -277,7 +287,7 @@ def _learner(
     # The near-duplicate check compares texts in the frozen encoder's space in both modes: a fine-tuned
     # classifier's embeddings crowd each class together, and 0.98 there would mean "same class", not "same text".
     if config.mode == "full":
-        learner = FullLearner(model_dir, pool, dev, held, config.train)
+        learner = FullLearner(model_dir, pool, dev, held, config.train, config.full_start)
         if config.near_duplicate_cosine is None:
             return learner, None
         return learner, cached_embeddings(list(pool.texts), model_dir, cache, progress, log)
@@ -322,7 +332,7 @@ def _run(
         if r == 0:
             predicted, fit_time = first
         else:
-            predicted = setup.learner.fit_predict(labelled.copy(), seed)
+            predicted = setup.learner.fit_predict(labelled.copy(), seed, predicted.state)  # state: None unless continue
             fit_time = time.perf_counter() - tick
         trace.fit_seconds.append(round(fit_time, 3))
         trace.dev.append(_accuracy(predicted.dev, setup.y_dev))

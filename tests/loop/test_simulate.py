@@ -333,3 +333,52 @@ def test_full_mode_needs_a_bounded_pool(tiny_base: Path, binary_sets, tmp_path: 
         )
     with pytest.raises(ConfigError, match="mode must be one of fast, full"):
         SimulationConfig(mode="slow")  # type: ignore[arg-type]
+
+
+def test_full_mode_can_continue_from_the_previous_round(tiny_base: Path, binary_sets, tmp_path: Path) -> None:
+    from knowacq.base import load_tsv
+    from knowacq.loop._learners import FullLearner
+
+    common = dict(strategies=("random", "margin"), seed_labels=20, batch=20, rounds=2, seeds=1, heldout=40)
+    saved = {}
+    for start in ("base", "continue"):
+        config = SimulationConfig(**common, mode="full", train=TINY_FINE_TUNE, full_start=start)  # type: ignore[arg-type]
+        simulate(
+            binary_sets[0],
+            binary_sets[1],
+            tmp_path / start,
+            config=config,
+            base=tiny_base,
+            label_names=("negative", "positive"),
+            progress=False,
+            log=lambda _: None,
+        )
+        saved[start] = json.loads((tmp_path / start / "results.json").read_text())
+        assert saved[start]["config"]["full_start"] == start
+        for name in common["strategies"]:  # type: ignore[union-attr]
+            seconds = saved[start]["timing"]["fit_predict"][name]["per_seed"][0]
+            assert len(seconds) == 3 and all(t > 0 for t in seconds)
+    assert (
+        "previous round's weights" in saved["continue"]["model"]
+        and "from the base model each round" in saved["base"]["model"]
+    )
+    # Round 0 starts from the base in both: the same model, the same first accuracy.
+    assert (
+        saved["base"]["curves"]["random"]["per_seed"][0][0] == saved["continue"]["curves"]["random"]["per_seed"][0][0]
+    )
+    with pytest.raises(ConfigError, match="full_start must be one of base, continue"):
+        SimulationConfig(full_start="previous")  # type: ignore[arg-type]
+    # The learner itself: "base" ignores nothing and keeps no weights; "continue" keeps them and starts from them,
+    # so the same fit from the same seed gives other probabilities than a fit from the base.
+    data = load_tsv(binary_sets[0], label_names=("negative", "positive"))
+    dev = load_tsv(binary_sets[1], label_names=data.label_names)
+    labelled = np.zeros(len(data), dtype=bool)
+    labelled[:30] = True
+    fresh = FullLearner(tiny_base, data, dev, dev.subset([0]), TINY_FINE_TUNE, "base")
+    again = FullLearner(tiny_base, data, dev, dev.subset([0]), TINY_FINE_TUNE, "continue")
+    first, repeat = fresh.fit_predict(labelled, 0), fresh.fit_predict(labelled, 0)
+    assert first.state is None and np.allclose(first.dev, repeat.dev)  # a fit from the base is reproducible
+    kept = again.fit_predict(labelled, 0)
+    assert kept.state is not None and np.allclose(kept.dev, first.dev)
+    continued = again.fit_predict(labelled, 0, kept.state)
+    assert not np.allclose(continued.dev, first.dev)
