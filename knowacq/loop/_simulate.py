@@ -170,20 +170,27 @@ def simulate(
         Selection(near_duplicate_cosine=config.near_duplicate_cosine),
     )
     traces = Traces(config.strategies)
+    saved = _Checkpoints(out_dir / "runs", _run_key(config, train_file, dev_file, model_dir, split))
     for seed in range(config.seeds):
         initial = np.random.default_rng(seed).choice(len(split.pool), config.seed_labels, replace=False)
         labelled = np.zeros(len(split.pool), dtype=bool)
         labelled[initial] = True
-        tick = time.perf_counter()
-        first = learner.fit_predict(labelled.copy(), seed)  # round 0: the same for every strategy of a seed
-        first_seconds = time.perf_counter() - tick
+        first: tuple[Predictions, float] | None = None
         for name in config.strategies:
-            trace = _run(setup, name, seed, labelled.copy(), (first, first_seconds))
+            trace = saved.load(seed, name)
+            if trace is not None:
+                log(f"seed {seed} {name:>16}: kept from {saved.path(seed, name)}")
+            else:
+                if first is None:  # round 0: the same for every strategy of a seed
+                    tick = time.perf_counter()
+                    first = (learner.fit_predict(labelled.copy(), seed), time.perf_counter() - tick)
+                trace = _run(setup, name, seed, labelled.copy(), first)
+                saved.save(seed, name, trace)
+                log(
+                    f"seed {seed} {name:>16}: dev accuracy {trace.dev[0]:.4f} -> {trace.dev[-1]:.4f} "
+                    f"({sum(trace.fit_seconds) + sum(trace.select_seconds):.0f} s)"
+                )
             traces.add(name, trace)
-            log(
-                f"seed {seed} {name:>16}: dev accuracy {trace.dev[0]:.4f} -> {trace.dev[-1]:.4f} "
-                f"({sum(trace.fit_seconds) + sum(trace.select_seconds):.0f} s)"
-            )
     head = {
         "train": str(train_file),
         "dev": str(dev_file),
@@ -195,10 +202,69 @@ def simulate(
     labels_axis = [config.seed_labels + config.batch * r for r in range(config.rounds + 1)]
     result = results(traces, labels_axis, head, {**split.info, "dev_rows": len(dev)}, config.batch)
     result["seconds"] = time.perf_counter() - started
+    result["run_seconds"] = {
+        "this_invocation": result["seconds"],
+        "all_runs": sum(
+            sum(f) + sum(q)
+            for fs, qs in zip(traces.fit_seconds.values(), traces.select_seconds.values())
+            for f, q in zip(fs, qs)
+        ),
+        "kept_from_earlier_invocations": saved.kept,
+        "note": "all_runs: fit, score and select seconds of every (seed, strategy) run, wherever it ran; round 0 "
+        "is counted once per strategy",
+    }
     (out_dir / "results.json").write_text(json.dumps(result, indent=2) + "\n")
     plot(result, out_dir / "learning-curves.png")
     log(f"wrote {out_dir / 'results.json'} and {out_dir / 'learning-curves.png'} in {result['seconds']:.0f} s")
     return result
+
+
+def _run_key(
+    config: SimulationConfig, train_file: str | Path, dev_file: str | Path, model_dir: Path, split: _Split
+) -> str:
+    """What makes a saved (seed, strategy) run reusable: everything in the config but the number of seeds, the
+    data files' contents, the encoder folder and the split."""
+    parts = {
+        "config": {k: v for k, v in asdict(config).items() if k != "seeds"},
+        "train": hashlib.sha256(Path(train_file).read_bytes()).hexdigest(),
+        "dev": hashlib.sha256(Path(dev_file).read_bytes()).hexdigest(),
+        "encoder": str(model_dir.resolve()),
+        "split": split.info["sha256"],
+    }
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+class _Checkpoints:
+    """Each finished (seed, strategy) run as runs/seed<N>-<strategy>.json under the output folder, so that an
+    interrupted simulation, or one run again with more seeds, reuses what is done. A saved run from another
+    config, data or encoder is refused (the traces would not be paired)."""
+
+    def __init__(self, folder: Path, key: str) -> None:
+        self.folder, self.key, self.kept = folder, key, 0
+
+    def path(self, seed: int, name: str) -> Path:
+        return self.folder / f"seed{seed}-{name}.json"
+
+    def load(self, seed: int, name: str) -> Trace | None:
+        path = self.path(seed, name)
+        if not path.is_file():
+            return None
+        saved = json.loads(path.read_text())
+        if saved.get("key") != self.key:
+            raise ConfigError(
+                f"{path} holds a run of another configuration, data set or encoder (key {saved.get('key')}, this "
+                f"run {self.key}): its traces would not be paired with this run's. Use another --out folder, or "
+                f"delete {self.folder} to start again"
+            )
+        self.kept += 1
+        return Trace(**saved["trace"])
+
+    def save(self, seed: int, name: str, trace: Trace) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        path = self.path(seed, name)
+        partial = path.with_suffix(".json.partial")
+        partial.write_text(json.dumps({"key": self.key, "seed": seed, "strategy": name, "trace": asdict(trace)}) + "\n")
+        partial.replace(path)  # atomic: a run is saved whole or not at all
 
 
 @dataclass(frozen=True)

@@ -382,3 +382,39 @@ def test_full_mode_can_continue_from_the_previous_round(tiny_base: Path, binary_
     assert kept.state is not None and np.allclose(kept.dev, first.dev)
     continued = again.fit_predict(labelled, 0, kept.state)
     assert not np.allclose(continued.dev, first.dev)
+
+
+def test_an_interrupted_simulation_resumes_and_more_seeds_reuse_the_done_ones(
+    tiny_base: Path, binary_sets, tmp_path: Path
+) -> None:
+    lines: list[str] = []
+
+    def run(config: SimulationConfig) -> dict:
+        return simulate(
+            binary_sets[0],
+            binary_sets[1],
+            tmp_path,
+            config=config,
+            base=tiny_base,
+            label_names=("negative", "positive"),
+            progress=False,
+            log=lines.append,
+        )
+
+    one = SimulationConfig(strategies=("random", "margin"), seed_labels=20, batch=20, rounds=2, seeds=1, heldout=40)
+    first = run(one)
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["seed0-margin.json", "seed0-random.json"]
+    # Seed 0's margin run is lost (an interruption); a run with 2 seeds keeps seed 0's random run, redoes the rest.
+    (tmp_path / "runs" / "seed0-margin.json").unlink()
+    lines.clear()
+    two = run(SimulationConfig(**{**one.__dict__, "seeds": 2}))
+    assert [line for line in lines if "kept from" in line] == [
+        f"seed 0           random: kept from {tmp_path / 'runs' / 'seed0-random.json'}"
+    ]
+    assert two["run_seconds"]["kept_from_earlier_invocations"] == 1
+    for name in ("random", "margin"):
+        assert two["curves"][name]["per_seed"][0] == first["curves"][name]["per_seed"][0]
+        assert len(two["curves"][name]["per_seed"]) == 2
+    # Another configuration in the same folder: its traces would not be paired with the saved ones.
+    with pytest.raises(ConfigError, match="holds a run of another configuration"):
+        run(SimulationConfig(**{**one.__dict__, "batch": 10}))

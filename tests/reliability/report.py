@@ -50,7 +50,7 @@ def render(folder: Path) -> str:
         rows.append(
             (
                 "load: maximum (32 users, no wait)",
-                f"{_fmt(m.get('rps'))} req/s, 4 texts each",
+                f"{_fmt(m.get('rps'))} req/s, {r.get('texts_per_request', 4)} texts each",
                 f"p50/p95/p99 {m.get('p50_ms')}/{m.get('p95_ms')}/{m.get('p99_ms')} ms",
                 r["outcome"],
             )

@@ -1,4 +1,4 @@
-"""Load on loopback with locust (headless): the measured maximum, then about 80% of it with zero errors and
+"""Load on loopback with locust (headless), 16 texts of up to 48 words per request: the measured maximum, then about 80% of it with zero errors and
 latency percentiles, then 2x the maximum (only 429/503 refusals, nothing else), and readiness plus normal
 latency back within 5 s once the overload stops."""
 
@@ -19,6 +19,11 @@ from bento import ServerProcess
 from tests.reliability._rel import TOKEN, scale
 
 LOCUSTFILE = Path(__file__).with_name("locustfile.py")
+# Requests heavy enough that the server's maximum sits well below what locust can offer on the same 2 cores
+# (near 700-1,000 requests/s). With 4 short texts the server reached 460-680/s and the overload offered only
+# 1.29-1.53x of it (CI failed at 1.29x on 2026-12-02); with 16 texts of up to 48 words the maximum was 176/s
+# and the overload, paced to 2x, offered 1.99x.
+TEXTS, WORDS = 16, 48
 pytestmark = pytest.mark.timeout(1200)
 
 
@@ -29,7 +34,12 @@ def locust(
     import os
 
     prefix = out / name
-    env = {**os.environ, "KNOWACQ_LOAD_RATE": str(rate_per_user)}
+    env = {
+        **os.environ,
+        "KNOWACQ_LOAD_RATE": str(rate_per_user),
+        "KNOWACQ_LOAD_TEXTS": str(TEXTS),
+        "KNOWACQ_LOAD_WORDS": str(WORDS),
+    }
     started = time.monotonic()
     done = subprocess.run(
         [
@@ -128,8 +138,7 @@ def test_load_overload_and_recovery(fp32_variant: Path, tmp_path: Path, figures:
         # 64 paced users, not 32: a user waits for its answer, so with fewer each falls behind its pace
         steady = locust(server.url, tmp_path, "steady", users=64, seconds=scale(15, 60), rate_per_user=target / 64)
         users = scale(200, 400)
-        # Paced to 2x; what is really offered is measured. On 2 shared cores locust tops out near 1,000
-        # requests/s (two locust processes offered no more), i.e. about 1.6-1.7x a maximum of 560-610/s.
+        # Paced to 2x; what is really offered is measured (locust shares the 2 cores with the server).
         over = locust(
             server.url, tmp_path, "overload", users=users, seconds=scale(10, 30), rate_per_user=2 * peak["rps"] / users
         )
@@ -140,6 +149,8 @@ def test_load_overload_and_recovery(fp32_variant: Path, tmp_path: Path, figures:
     other = {k: v for k, v in over["failures"].items() if k not in refused}
     figures.update(
         {
+            "texts_per_request": TEXTS,
+            "max_words": WORDS,
             "max": peak,
             "steady": steady,
             "overload": over,
@@ -155,8 +166,7 @@ def test_load_overload_and_recovery(fp32_variant: Path, tmp_path: Path, figures:
     assert not steady["failures"], steady["failures"]
     assert steady["rps"] >= 0.7 * peak["rps"], "the steady run did not reach about 80% of the maximum"
     assert not other, f"overload gave errors other than 429/503: {other}"
-    # 1.3x, not 2x: locust and the server share 2 cores, and locust tops out near 1,000/s. On 2026-12-02 (AMD
-    # EPYC) the maximum was 660-680/s and the overload offered 1.42x and 1.51x of it: still well past the maximum.
-    assert over["rps"] >= 1.3 * peak["rps"], "the overload run offered less than 1.3x the maximum"
+    # 1.6x, not 2x: locust shares the cores with the server, so its pacing can fall somewhat short.
+    assert over["rps"] >= 1.6 * peak["rps"], "the overload run offered less than 1.6x the maximum"
     assert recovered is not None and recovered <= 5.0, f"not back to normal within 5 s ({recovered})"
     assert "Traceback" not in log
