@@ -1,6 +1,6 @@
-"""Load on loopback with locust (headless), 16 texts of up to 48 words per request: the measured maximum, then about 80% of it with zero errors and
-latency percentiles, then 2x the maximum (only 429/503 refusals, nothing else), and readiness plus normal
-latency back within 5 s once the overload stops."""
+"""Load on loopback with locust (headless), 16 texts of up to 48 words per request: the measured maximum,
+then about 80% of it with zero errors and latency percentiles, then 2x the maximum (only 429/503 refusals,
+nothing else), and readiness plus normal latency back within 5 s once the overload stops."""
 
 from __future__ import annotations
 
