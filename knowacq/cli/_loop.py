@@ -1,4 +1,4 @@
-"""Stage 4's commands: `knowacq feedback export|import`, `knowacq retrain`, `knowacq al simulate|demo-loop`."""
+"""Stage 4's commands: `knowacq feedback export|import`, `knowacq retrain`, `knowacq al simulate|replay|demo-loop`."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated, Literal, cast
 import typer
 
 from knowacq.cli._app import StoreOption, err, friendly, out, split_names
-from knowacq.cli._render import print_simulation
+from knowacq.cli._render import print_replay, print_simulation
 
 if TYPE_CHECKING:
     from knowacq.loop import RetrainResult
@@ -303,6 +303,60 @@ def al_simulate(
         log=lambda line: err.print(line),
     )
     print_simulation(result)
+
+
+# long: typer options (13 of them); the body is short
+@al_app.command("replay")
+@friendly
+def al_replay(
+    data: Annotated[
+        Path,
+        typer.Option(exists=True, dir_okay=False, help="Training TSV: seed sets, the days' traffic, held-out rows."),
+    ],
+    dev: Annotated[Path, typer.Option(exists=True, dir_okay=False, help="Dev TSV: the retrain gate's evidence.")],
+    out_dir: Annotated[Path, typer.Option("--out", file_okay=False, help="Folder for replay.json, the PNG, runs.")],
+    days: Annotated[int, typer.Option(min=1, help="Days: each serves traffic, spends labels, retrains.")] = 5,
+    traffic: Annotated[int, typer.Option(min=1, help="Texts served per day.")] = 2000,
+    budget: Annotated[int, typer.Option(min=1, help="Labels spent per day in each arm.")] = 100,
+    seed_labels: Annotated[int, typer.Option(min=1, help="Training rows the first model is fine-tuned on.")] = 200,
+    seeds: Annotated[int, typer.Option(min=1, help="Paired seeds (first model and traffic per seed).")] = 3,
+    heldout: Annotated[
+        int, typer.Option(min=1, help="Training rows, never served nor trained on, the served model is scored on.")
+    ] = 2000,
+    preset: Annotated[str, typer.Option(help="Export preset of the first model and of every retrain.")] = "cpu-fp32",
+    epochs: Annotated[int, typer.Option(min=1, help="Epochs of each daily retrain.")] = 3,
+    min_confidence: Annotated[float, typer.Option(min=0.0, max=1.0, help="The service's capture threshold.")] = 0.75,
+    base: Annotated[
+        Path | None, typer.Option(file_okay=False, help="Encoder folder [default: all-MiniLM-L6-v2].")
+    ] = None,
+    label_names: Annotated[str | None, typer.Option(help="Class names for ids 0,1,..., comma-separated.")] = None,
+) -> None:
+    """The live loop replayed through the real service: each day it serves traffic, a label budget goes to
+    what it captured (one arm) or to a random sample of the day (the other), `knowacq retrain` runs with its
+    gate and a promoted model serves the next day; the served model's held-out accuracy per day and arm."""
+    from knowacq.loop import ReplayConfig, RetrainConfig, replay
+
+    config = ReplayConfig(
+        days=days,
+        traffic=traffic,
+        budget=budget,
+        seed_labels=seed_labels,
+        seeds=seeds,
+        heldout=heldout,
+        preset=preset,
+        min_confidence=min_confidence,
+        retrain=RetrainConfig(epochs=epochs),
+    )
+    result = replay(
+        data,
+        dev,
+        out_dir,
+        config=config,
+        base=base,
+        label_names=split_names(label_names) if label_names else None,
+        log=lambda line: err.print(line),
+    )
+    print_replay(result)
 
 
 # long: typer options (12 of them); the body is short

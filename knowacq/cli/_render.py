@@ -12,7 +12,7 @@ if TYPE_CHECKING:
     from export import OptimizeResult
     from knowacq.train import EvalReport
 
-__all__ = ["print_gates", "print_report", "print_simulation"]
+__all__ = ["print_gates", "print_replay", "print_report", "print_simulation"]
 
 
 def print_report(report: EvalReport, title: str) -> None:
@@ -81,6 +81,33 @@ def print_simulation(result: dict[str, Any]) -> None:
             f"{result['mode']} mode: {sum(fits) / len(fits):.1f} s per fit-and-predict after round 0, "
             f"{result['seconds']:.0f} s in all"
         )
+
+
+def print_replay(result: dict[str, Any]) -> None:
+    """A replay's replay.json: per day each arm's held-out accuracy (mean over seeds with its interval), the
+    labels spent so far, the paired difference captured - random; then each arm's retrains."""
+    seeds = len(result["per_day"][0]["captured"]["per_seed"])
+    table = Table(title=f"live-loop replay, {seeds} seed(s): held-out accuracy of the served model")
+    for col in ("day", "captured [95%]", "labels", "random [95%]", "labels", "captured - random [95%]", "verdict"):
+        table.add_column(col, justify="right")
+    for row in result["per_day"]:
+        cells = [str(row["day"])]
+        for arm in ("captured", "random"):
+            cells += [_gain(row[arm]["heldout_accuracy"]).lstrip("+"), str(round(_mean(row["labels_so_far"][arm])))]
+        diff = row["captured_minus_random"]
+        table.add_row(*cells, _gain(diff), diff["verdict"])
+    out.print(table)
+    for arm, r in result["retrains"].items():
+        out.print(
+            f"{arm}: {r['runs']} retrains, {r['promoted']} promoted, {r['rejected']} rejected "
+            f"({r['rejected_by_export_gates']} by the candidate's export gates; "
+            f"{r['source_beat_current_but_export_gates_failed']} of those had a retrained source better on dev)"
+        )
+    out.print(f"{result['seconds']['all_runs']:.0f} s of runs in all, {result['seconds']['this_invocation']:.0f} s now")
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values) if values else 0.0
 
 
 def _print_evidence(what: str, part: dict[str, Any], seeds: int) -> None:

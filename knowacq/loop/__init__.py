@@ -1,5 +1,5 @@
 """Stage 4, the active-learning loop: query strategies, the bandit, the labelling hand-off, gated retraining,
-the simulation and its statistics, and the demo turn.
+the simulation and its statistics, the replay of the live loop against random labelling, and the demo turn.
 
 Sits above the service: imports `knowacq.base`, `knowacq.train`, `export` and `bento`, each through its face.
 """
@@ -24,6 +24,7 @@ from knowacq.loop._handoff import (
     export_tasks,
     import_labels,
 )
+from knowacq.loop._replay import ReplayConfig, replay
 from knowacq.loop._retrain import LiveEvidence, RetrainConfig, RetrainResult, retrain, retrain_queued
 from knowacq.loop._simulate import FULL_MODE_MAX_POOL, FULL_MODE_TRAIN, SimulationConfig, simulate
 from knowacq.loop._strategies import (
@@ -50,6 +51,7 @@ __all__ = [
     "Exp3",
     "ImportResult",
     "LiveEvidence",
+    "ReplayConfig",
     "RetrainConfig",
     "RetrainResult",
     "Selection",
@@ -68,6 +70,7 @@ __all__ = [
     "least_confidence",
     "margin",
     "paired_gain",
+    "replay",
     "retrain",
     "retrain_queued",
     "reward_from_gain",

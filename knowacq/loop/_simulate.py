@@ -169,28 +169,8 @@ def simulate(
         [hashlib.sha256(t.encode()).hexdigest() for t in split.pool.texts],
         Selection(near_duplicate_cosine=config.near_duplicate_cosine),
     )
-    traces = Traces(config.strategies)
     saved = _Checkpoints(out_dir / "runs", _run_key(config, train_file, dev_file, model_dir, split))
-    for seed in range(config.seeds):
-        initial = np.random.default_rng(seed).choice(len(split.pool), config.seed_labels, replace=False)
-        labelled = np.zeros(len(split.pool), dtype=bool)
-        labelled[initial] = True
-        first: tuple[Predictions, float] | None = None
-        for name in config.strategies:
-            trace = saved.load(seed, name)
-            if trace is not None:
-                log(f"seed {seed} {name:>16}: kept from {saved.path(seed, name)}")
-            else:
-                if first is None:  # round 0: the same for every strategy of a seed
-                    tick = time.perf_counter()
-                    first = (learner.fit_predict(labelled.copy(), seed), time.perf_counter() - tick)
-                trace = _run(setup, name, seed, labelled.copy(), first)
-                saved.save(seed, name, trace)
-                log(
-                    f"seed {seed} {name:>16}: dev accuracy {trace.dev[0]:.4f} -> {trace.dev[-1]:.4f} "
-                    f"({sum(trace.fit_seconds) + sum(trace.select_seconds):.0f} s)"
-                )
-            traces.add(name, trace)
+    traces = _all_runs(setup, len(split.pool), saved, log)
     head = {
         "train": str(train_file),
         "dev": str(dev_file),
@@ -378,6 +358,33 @@ class _Setup:
     hashes: list[str]
     """SHA-256 of each pool text, for the exact-duplicate check."""
     selection: Selection
+
+
+def _all_runs(setup: _Setup, pool_rows: int, saved: _Checkpoints, log: Callable[[str], None]) -> Traces:
+    """Every (seed, strategy) run, seed after seed: a saved one is reused, the others run and are saved."""
+    config, learner = setup.config, setup.learner
+    traces = Traces(config.strategies)
+    for seed in range(config.seeds):
+        initial = np.random.default_rng(seed).choice(pool_rows, config.seed_labels, replace=False)
+        labelled = np.zeros(pool_rows, dtype=bool)
+        labelled[initial] = True
+        first: tuple[Predictions, float] | None = None
+        for name in config.strategies:
+            trace = saved.load(seed, name)
+            if trace is not None:
+                log(f"seed {seed} {name:>16}: kept from {saved.path(seed, name)}")
+            else:
+                if first is None:  # round 0: the same for every strategy of a seed
+                    tick = time.perf_counter()
+                    first = (learner.fit_predict(labelled.copy(), seed), time.perf_counter() - tick)
+                trace = _run(setup, name, seed, labelled.copy(), first)
+                saved.save(seed, name, trace)
+                log(
+                    f"seed {seed} {name:>16}: dev accuracy {trace.dev[0]:.4f} -> {trace.dev[-1]:.4f} "
+                    f"({sum(trace.fit_seconds) + sum(trace.select_seconds):.0f} s)"
+                )
+            traces.add(name, trace)
+    return traces
 
 
 def _run(
