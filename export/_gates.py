@@ -96,15 +96,18 @@ def agreement_gate(labels: np.ndarray, reference: np.ndarray, min_agreement: flo
     )
 
 
-def accuracy_drop_gate(source_accuracy: float, accuracy: float, max_drop: float) -> GateResult:
-    """The variant's dev accuracy at most `max_drop` below the source model's."""
+def accuracy_drop_gate(
+    source_accuracy: float, accuracy: float, max_drop: float, *, against: str = "source"
+) -> GateResult:
+    """The variant's dev accuracy at most `max_drop` below the source model's (`against` names the model
+    compared with, in the detail: "source", or "pruned fp32" when a kept pruned structure is exported)."""
     drop = source_accuracy - accuracy
     return GateResult(
         "dev accuracy drop",
         drop,
         max_drop,
         drop <= max_drop + 1e-12,
-        f"source {source_accuracy:.4f}, variant {accuracy:.4f}",
+        f"{against} {source_accuracy:.4f}, variant {accuracy:.4f}",
     )
 
 

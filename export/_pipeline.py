@@ -109,6 +109,8 @@ def optimize(
     dev: LabelledData | None = None,
     train: LabelledData | None = None,
     overwrite: bool = False,
+    start_pruned: str | Path | None = None,
+    keep_pruned: bool = True,
     progress: bool = True,
     log: Callable[[str], None] | None = None,
 ) -> OptimizeResult:
@@ -123,14 +125,23 @@ def optimize(
     raise ShapeMismatchError (a ParityError) at once. The manifest also carries the reference profile the
     service measures drift against (`export._profile`): the variant's own class mix, calibrated-confidence and
     token-length histograms on dev.
+
+    A pruning recipe also writes the pruned, recovered PyTorch model (the one exported) into `out_dir/pruned/`
+    (`keep_pruned=False`: not), recorded as `metrics["pruned_model"]`; the service never loads it. Pass such a
+    folder as `start_pruned` to keep its structure: it is recovered by distillation from `model_dir`'s model
+    from its own weights instead of a fresh prune (nothing is scored or sliced), and the dev-accuracy-drop
+    gate then compares the variant with that pruned fp32 model (what quantisation cost), not with the
+    unpruned source, whose accuracy the manifest still records (`source_accuracy`).
     """
     require_torch("Optimisation")
+    if start_pruned is not None and config.prune is None:
+        raise ConfigError(f"start_pruned only applies to a pruning recipe; {config.name} does not prune")
     say = log or stderr_line
     started = time.perf_counter()
     out_dir = Path(out_dir)
     _check_out_dir(out_dir, overwrite)
     source = _load_source(model_dir, config, dev, train, say)
-    candidate = _prune_step(source, say, progress)
+    candidate = _prune_step(source, say, progress, None if start_pruned is None else Path(start_pruned))
     with tempfile.TemporaryDirectory(prefix="knowacq-optimize-") as tmp:
         graph = _build_graph(source, candidate, Path(tmp), say)
         engine, logits = _run_variant(source, graph)
@@ -138,8 +149,9 @@ def optimize(
         for gate in gates:
             say(f"gate {gate}")
         reference = _reference(source, candidate, engine, logits, say)
-        manifest = _manifest(source, candidate, graph, gates, metrics, reference)
-        _write_variant(manifest, graph, out_dir)
+        pruned = _save_pruned(source, candidate, Path(tmp) / "pruned") if keep_pruned else None
+        manifest = _manifest(source, candidate, graph, gates, metrics, reference, pruned)
+        _write_variant(manifest, graph, out_dir, pruned)
     seconds = time.perf_counter() - started
     say(
         f"variant {config.name} written to {out_dir} in {seconds:.0f} s: dev accuracy {metrics['accuracy']:.4f} "
@@ -198,18 +210,22 @@ def _load_source(
     return _Source(card, config, dev, train, tokenizer, model, logits, accuracy, params)
 
 
-def _prune_step(source: _Source, say: Callable[[str], None], progress: bool) -> _Candidate:
-    """Prune and recover, when the recipe prunes: the pruned model's dev logits and refitted temperature."""
-    from export._prune import count_parameters
+def _prune_step(source: _Source, say: Callable[[str], None], progress: bool, start: Path | None) -> _Candidate:
+    """Prune and recover, when the recipe prunes (keeping the structure of the pruned model in `start`, when
+    given): the pruned model's dev logits and refitted temperature."""
+    from export._prune import count_parameters, load_pruned
 
     config, dev, max_length = source.config, source.dev, source.card.max_length
     model, logits, temperature = source.model, source.logits, source.card.temperature
     metrics: dict[str, Any] = {"source_accuracy": source.accuracy, "params_before": source.params}
     if config.prune is not None:
         assert source.train is not None
+        student = None if start is None else load_pruned(start, attn_implementation="eager")
         model, prune_metrics = prune_and_recover(
-            source.model, source.tokenizer, source.train, config, max_length, say, progress
+            source.model, source.tokenizer, source.train, config, max_length, say, progress, start=student
         )
+        if start is not None:
+            prune_metrics["pruning"]["kept_from"] = str(start.resolve())
         metrics.update(prune_metrics)
         logits = predict_logits(model, source.tokenizer, dev.texts, max_length=max_length)
         # Pruning changes calibration: refit the temperature (it does not change any label).
@@ -305,7 +321,14 @@ def _judge(
     gates = list(graph.gates)
     if config.quantize or config.fp16:
         gates.append(agreement_gate(labels, reference, config.gates.min_agreement))
-    gates.append(accuracy_drop_gate(source.accuracy, accuracy, config.gates.max_accuracy_drop))
+    if candidate.metrics.get("pruning", {}).get("structure") == "kept":
+        # A kept structure was gated against its unpruned source when it was first pruned; what this export
+        # adds is quantisation, judged against the pruned fp32 model (the retrain compares it with the model
+        # it would replace).
+        baseline, against = float(candidate.metrics["pruned_accuracy"]), "pruned fp32"
+    else:
+        baseline, against = source.accuracy, "source"
+    gates.append(accuracy_drop_gate(baseline, accuracy, config.gates.max_accuracy_drop, against=against))
     return gates, metrics
 
 
@@ -331,6 +354,16 @@ def _reference(
     return profile
 
 
+def _save_pruned(source: _Source, candidate: _Candidate, folder: Path) -> Path | None:
+    """The pruned PyTorch model that was exported (weights, config with its per-layer shape, tokenizer), saved
+    to `folder` for a later retrain to keep its structure; None when the recipe does not prune."""
+    if source.config.prune is None:
+        return None
+    candidate.model.save_pretrained(folder)
+    source.tokenizer.save_pretrained(folder)
+    return folder
+
+
 def _manifest(
     source: _Source,
     candidate: _Candidate,
@@ -338,9 +371,13 @@ def _manifest(
     gates: list[GateResult],
     metrics: dict[str, Any],
     reference: dict[str, Any],
+    pruned: Path | None,
 ) -> Manifest:
     """The manifest: what the variant is, how it was made, how it scored."""
     card, config = source.card, source.config
+    kept = {}
+    if pruned is not None and all(g.passed for g in gates):  # a failing variant's folder holds no pruned/
+        kept = {"pruned_model": {"path": pruned.name, "sha256": folder_sha256(pruned)}}
     return Manifest(
         variant=config.name,
         model_file="model.onnx",
@@ -358,6 +395,7 @@ def _manifest(
             **candidate.metrics,
             **graph.metrics,
             **metrics,
+            **kept,
             "size_mb": round(graph.file.stat().st_size / 2**20, 3),
         },
         tokenizer_files=[f for f in TOKENIZER_FILES if (graph.plain / f).is_file()],
@@ -366,9 +404,10 @@ def _manifest(
     )
 
 
-def _write_variant(manifest: Manifest, graph: _Graph, out_dir: Path) -> None:
-    """A passing variant replaces `out_dir` (model, tokenizer, config, manifest); a failing one writes only its
-    manifest, as the report, and only where no folder is already there; then the gates' error is raised."""
+def _write_variant(manifest: Manifest, graph: _Graph, out_dir: Path, pruned: Path | None) -> None:
+    """A passing variant replaces `out_dir` (model, tokenizer, config, manifest, and `pruned/` when given); a
+    failing one writes only its manifest, as the report, and only where no folder is already there; then the
+    gates' error is raised."""
     if not manifest.passed and not (out_dir.is_dir() and any(out_dir.iterdir())):
         out_dir.mkdir(parents=True, exist_ok=True)
         manifest.write(out_dir)
@@ -379,4 +418,6 @@ def _write_variant(manifest: Manifest, graph: _Graph, out_dir: Path) -> None:
     shutil.copy(graph.file, out_dir / "model.onnx")
     for name in manifest.tokenizer_files + ["config.json"]:
         shutil.copy(graph.plain / name, out_dir / name)
+    if pruned is not None:
+        shutil.copytree(pruned, out_dir / pruned.name)
     manifest.write(out_dir)

@@ -1,4 +1,5 @@
-"""Pruning with recovery: heads and neurons removed, then a short distillation from the unpruned model."""
+"""Pruning with recovery: heads and neurons removed (or an already pruned model's structure kept), then a
+short distillation from the unpruned model."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import numpy as np
 
 from export._presets import OptimizeConfig, RecoveryConfig
 from knowacq.base import LabelledData
-from knowacq.errors import DataError
+from knowacq.errors import DataError, ModelError
 from knowacq.train import TrainConfig
 
 __all__ = ["distillation_loss", "prune_and_recover"]
@@ -25,10 +26,16 @@ def prune_and_recover(
     max_length: int,
     say: Callable[[str], None],
     progress: bool,
+    *,
+    start: Any = None,
 ) -> tuple[Any, dict[str, Any]]:
     """A pruned copy of `source` (as `config.prune` says), recovered by distillation when `config.recovery`
-    is set; `source` itself is left as it is. Returns the student (eval mode) and its metrics for the manifest."""
-    from export._prune import prune
+    is set; `source` itself is left as it is. Returns the student (eval mode) and its metrics for the manifest.
+
+    `start`, an already pruned model of the same label map (a variant's `pruned/`, made from an earlier
+    version of `source`), is the student instead: nothing is scored or sliced, its per-layer shape is kept,
+    and it is trained on from its own weights (the same distillation from `source`)."""
+    from export._prune import layer_shape, prune
 
     assert config.prune is not None
     rng = np.random.default_rng(0)
@@ -39,21 +46,58 @@ def prune_and_recover(
     if n_held < 1:
         raise DataError(f"{train.source}: too few training rows ({len(train)}) to prune and recover")
     held_out, pool = train.subset(order[:n_held]), train.subset(order[n_held:])
-    student = copy.deepcopy(source)
-    prune_config = dataclasses.replace(config.prune, max_length=max_length)
-    result = prune(student, tokenizer, pool, prune_config, rng=rng)
+    if start is None:
+        student = copy.deepcopy(source)
+        prune_config = dataclasses.replace(config.prune, max_length=max_length)
+        pruning = {"structure": "fresh", **prune(student, tokenizer, pool, prune_config, rng=rng).to_dict()}
+    else:
+        student, pruning = start, _kept(source, start)
+    heads, neurons = layer_shape(student)
+    pruning.update(heads_per_layer=heads, intermediate_per_layer=neurons)
     say(
-        f"pruned: heads {result.heads_before} -> {result.heads_after}, FFN neurons "
-        f"{result.neurons_before} -> {result.neurons_after}, parameters {result.params_before:,} -> "
-        f"{result.params_after:,}"
+        f"pruned ({pruning['structure']} structure): heads {pruning['heads_before']} -> {pruning['heads_after']}, "
+        f"FFN neurons {pruning['neurons_before']} -> {pruning['neurons_after']}, parameters "
+        f"{pruning['params_before']:,} -> {pruning['params_after']:,}"
     )
-    metrics: dict[str, Any] = {"pruning": result.to_dict()}
+    metrics: dict[str, Any] = {"pruning": pruning}
     if config.recovery is not None:
         metrics["recovery"] = _recover(
             source, student, tokenizer, pool, held_out, config.recovery, max_length, rng, say, progress
         )
     student.eval()
     return student, metrics
+
+
+def _kept(source: Any, start: Any) -> dict[str, Any]:
+    """The pruning summary of a kept structure: `start`'s shape against `source`'s, refused when they are not
+    the same encoder (layer count, hidden width, label map) or it is wider than the source anywhere."""
+    from export._prune import count_parameters, layer_shape
+
+    (heads_before, neurons_before), (heads, neurons) = layer_shape(source), layer_shape(start)
+    ours, theirs = start.config, source.config
+    if (
+        len(heads) != len(heads_before)
+        or ours.hidden_size != theirs.hidden_size
+        or ours.num_labels != theirs.num_labels
+        or dict(ours.id2label) != dict(theirs.id2label)
+        or any(h > hb for h, hb in zip(heads, heads_before))
+        or any(n > nb for n, nb in zip(neurons, neurons_before))
+    ):
+        raise ModelError(
+            f"the pruned model to keep (heads {heads}, intermediate {neurons}, hidden {ours.hidden_size}, "
+            f"labels {dict(ours.id2label)}) is not a pruned form of the source (heads {heads_before}, "
+            f"intermediate {neurons_before}, hidden {theirs.hidden_size}, labels {dict(theirs.id2label)}); "
+            "prune afresh instead"
+        )
+    return {
+        "structure": "kept",
+        "params_before": count_parameters(source),
+        "params_after": count_parameters(start),
+        "heads_before": sum(heads_before),
+        "heads_after": sum(heads),
+        "neurons_before": sum(neurons_before),
+        "neurons_after": sum(neurons),
+    }
 
 
 def _recover(

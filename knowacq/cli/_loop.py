@@ -86,7 +86,7 @@ def feedback_import(
         err.print(f"  ... and {len(result.skipped) - 20} more")
 
 
-# long: typer options (17 of them); the body is short
+# long: typer options (18 of them); the body is short
 @commands.command()
 @friendly
 def retrain(
@@ -128,6 +128,13 @@ def retrain(
         bool,
         typer.Option("--queued", help="Run only if a retrain request is queued (Label Studio's START_TRAINING)."),
     ] = False,
+    reoptimise: Annotated[
+        str,
+        typer.Option(
+            help="Pruning presets: keep-structure (the current variant's pruned model trains on, no new prune), "
+            "fresh-prune, or auto (keep-structure when the variant keeps its pruned model)."
+        ),
+    ] = "auto",
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
 ) -> None:
     """Retrain on the new human labels; publish only if the candidate passes its gates and is not worse."""
@@ -136,7 +143,9 @@ def retrain(
     from knowacq.loop import retrain as run
 
     feedback = FeedbackStore(store)
-    config = RetrainConfig(replay=replay, epochs=epochs, learning_rate=lr, tolerance=tolerance, min_live=min_live)
+    config = RetrainConfig(
+        replay=replay, epochs=epochs, learning_rate=lr, tolerance=tolerance, min_live=min_live, reoptimise=reoptimise
+    )
 
     def once() -> RetrainResult:
         return run(
@@ -173,6 +182,8 @@ def _print_retrain(result: RetrainResult) -> None:
         f"{result.labels_used} new label(s); record {result.run_dir / 'record.json'}"
         + (f"; tag {result.tag}" if result.tag else "")
     )
+    if result.reoptimise != "none":
+        out.print(f"  candidate made by {result.reoptimise} (record.json's reoptimise says why)")
     for reason in result.reasons:
         out.print(f"  {reason}")
     live = result.live
@@ -305,7 +316,7 @@ def al_simulate(
     print_simulation(result)
 
 
-# long: typer options (13 of them); the body is short
+# long: typer options (14 of them); the body is short
 @al_app.command("replay")
 @friendly
 def al_replay(
@@ -325,6 +336,9 @@ def al_replay(
     ] = 2000,
     preset: Annotated[str, typer.Option(help="Export preset of the first model and of every retrain.")] = "cpu-fp32",
     epochs: Annotated[int, typer.Option(min=1, help="Epochs of each daily retrain.")] = 3,
+    reoptimise: Annotated[
+        str, typer.Option(help="Pruning presets: auto, keep-structure or fresh-prune (see knowacq retrain).")
+    ] = "auto",
     min_confidence: Annotated[float, typer.Option(min=0.0, max=1.0, help="The service's capture threshold.")] = 0.75,
     base: Annotated[
         Path | None, typer.Option(file_okay=False, help="Encoder folder [default: all-MiniLM-L6-v2].")
@@ -345,7 +359,7 @@ def al_replay(
         heldout=heldout,
         preset=preset,
         min_confidence=min_confidence,
-        retrain=RetrainConfig(epochs=epochs),
+        retrain=RetrainConfig(epochs=epochs, reoptimise=reoptimise),
     )
     result = replay(
         data,

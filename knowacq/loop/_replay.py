@@ -89,6 +89,8 @@ class Day:
     labels: int = 0
     decision: str | None = None
     reasons: list[str] = field(default_factory=list)
+    reoptimise: str | None = None
+    """How the candidate was made from the retrained source (`RetrainResult.reoptimise`)."""
     gate_failed: bool = False
     """The candidate failed its own export gates (no candidate variant to compare)."""
     current_dev: float | None = None
@@ -304,7 +306,7 @@ def _arm(
     folder.mkdir(parents=True, exist_ok=True)
     store_url = f"sqlite:///{(folder / 'feedback.db').resolve()}"
     (folder / "feedback.db").unlink(missing_ok=True)  # an unfinished earlier run of this arm starts again
-    settings = {
+    settings: dict[str, str | int | float | bool | None] = {
         "model": str(first.resolve()),
         "store_url": store_url,
         "api_token": TOKEN,
@@ -373,6 +375,7 @@ def _retrain_day(
     day.seconds["retrain"] = round(time.perf_counter() - tick, 1)
     day.decision = "promoted" if result.promoted else "rejected"
     day.reasons = list(result.reasons)
+    day.reoptimise = result.reoptimise
     day.gate_failed = result.candidate_accuracy is None
     day.current_dev, day.candidate_dev = result.current_accuracy, result.candidate_accuracy
     day.source_dev = _source_dev(result.run_dir / "model")

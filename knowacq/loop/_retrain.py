@@ -9,6 +9,17 @@ each model's Wilson interval. The candidate passes when its gates passed and its
 current one's by more than `tolerance` on dev, nor, with live evidence, on the live set (point estimates;
 the intervals are reported). The record says which evidence decided.
 
+A pruning preset's candidate is re-optimised one of two ways (`RetrainConfig.reoptimise`; record.json says
+which, and why). keep-structure (the default whenever the current variant keeps its pruned PyTorch model in
+`pruned/`): that model, the one the current variant was exported from, trains on from its own weights,
+learning the new labels and the retrained source's answers (the preset's recovery distillation, at the
+retrain's step size and epochs), and is quantised without a new prune; its export gate then judges what
+quantisation cost (against the pruned fp32 model), and the comparison above judges the pruned model against
+the one it would replace. fresh-prune (variants made before `pruned/` was kept, or when asked): the retrained
+source is scored, pruned and recovered from scratch as `knowacq optimize` does, gated against that unpruned
+source; re-scored heads and a short recovery on the run's few thousand rows can lose points the retraining
+gained, and the candidate is then rejected by its own gate.
+
 A passing candidate is registered in the BentoML model store under a new tag and, by default, put in shadow
 (`FeedbackStore.start_shadow`): the running services score it beside the serving model on live traffic and
 promote or reject it. With `shadow=False` it is published at once (`FeedbackStore.promote`), and every
@@ -43,10 +54,13 @@ from knowacq.base import (
 from knowacq.errors import ConfigError, DataError, GateError
 
 if TYPE_CHECKING:
-    from export import Manifest
+    from export import Manifest, OptimizeConfig
     from knowacq.train import TrainConfig
 
 __all__ = ["LiveEvidence", "RetrainConfig", "RetrainResult", "retrain", "retrain_queued"]
+
+REOPTIMISE = ("auto", "keep-structure", "fresh-prune")
+"""The values of `RetrainConfig.reoptimise`."""
 
 
 @dataclass(frozen=True)
@@ -65,10 +79,17 @@ class RetrainConfig:
     dev decides alone). It says little with few: at accuracy 0.9 the Wilson 95% interval is [0.79, 0.96] on 50
     labels, [0.83, 0.94] on 100, [0.85, 0.93] on 200."""
     seed: int = 0
+    reoptimise: str = "auto"
+    """How a pruning preset's candidate is made (presets that do not prune ignore it): keep-structure (the
+    current variant's pruned model trains on and is quantised, no new prune), fresh-prune (prune the retrained
+    source afresh), or auto (keep-structure when the current variant keeps its pruned model in `pruned/`,
+    else fresh-prune). See the module docstring."""
 
     def __post_init__(self) -> None:
         if self.replay < 0 or self.epochs < 1 or self.min_labels < 1 or self.min_live < 1:
             raise ConfigError("replay must be >= 0, epochs, min_labels and min_live >= 1")
+        if self.reoptimise not in REOPTIMISE:
+            raise ConfigError(f"reoptimise must be one of {', '.join(REOPTIMISE)}, got {self.reoptimise!r}")
         if not 0.0 < self.learning_rate < 1.0:
             raise ConfigError(f"learning_rate must be in (0, 1), got {self.learning_rate}")
         if not 0.0 <= self.tolerance <= 1.0:
@@ -139,6 +160,9 @@ class RetrainResult(_Verdict):
     """shadow (a shadow run started), serving (promoted at once) or None (not published)."""
     shadow_run: int | None
     labels_used: int
+    reoptimise: str
+    """How the candidate was made from the retrained source: keep-structure, fresh-prune, or none (the
+    preset does not prune); record.json says why."""
 
 
 def retrain(
@@ -156,15 +180,22 @@ def retrain(
     log: Callable[[str], None] = print,
 ) -> RetrainResult:
     """One gated retraining run from the variant folder `current`; see the module docstring. A passing
-    candidate is published (`publish`) in shadow first (`shadow`), or at once as the serving model."""
+    candidate is published (`publish`) in shadow first (`shadow`), or at once as the serving model.
+
+    With a pruning preset the candidate keeps the current variant's pruned structure when the variant keeps
+    its pruned model (`config.reoptimise` "auto", the default; "keep-structure" raises ConfigError, before
+    anything is trained, when it does not), else is pruned afresh; record.json's `reoptimise` says which and
+    why, with the candidate's per-layer shape and its source's, pruned model's and variant's dev accuracy."""
     from export import read_manifest
 
     started = time.perf_counter()
     current = Path(current)
     manifest = read_manifest(current)
+    plan = _plan(current, manifest, config)
     batch = _gather(manifest, store, Path(out_dir), config, dev_file, train_file, log)
+    log(f"{batch.run_id}: candidate by {plan.path}: {plan.why}")
     train_config = _train(batch, config, progress, log)
-    verdict = _judge(current, manifest, batch, config, progress, log)
+    verdict = _judge(current, manifest, batch, config, plan, progress, log)
     evidence = {"run_id": batch.run_id, "decided_by": verdict.decided_by, **_evidence(batch, verdict)}
     tag, published, shadow_run = _publish(verdict, store, register_as, publish, shadow, evidence)
     store.set_status([r.prediction_id for r, _ in batch.usable], "used", run=batch.run_id)
@@ -177,8 +208,10 @@ def retrain(
         published=published,
         shadow_run=shadow_run,
         labels_used=len(batch.usable),
+        reoptimise=plan.path,
     )
     record = _record(current, manifest, batch, result, train_config, config, started)
+    record["reoptimise"] = _reoptimised(plan, config, batch.run_dir / "variant")
     (batch.run_dir / "record.json").write_text(json.dumps(record, indent=2) + "\n")
     log(f"{batch.run_id}: {_summary(result)}")
     return result
@@ -306,6 +339,76 @@ def _new_run_dir(out_dir: Path) -> Path:
     return run_dir
 
 
+@dataclass(frozen=True)
+class _Plan:
+    """How the candidate variant is made from the retrained source."""
+
+    path: str
+    """keep-structure, fresh-prune or none (the preset does not prune)."""
+    why: str
+    recipe: OptimizeConfig
+    """The preset optimize runs (keep-structure: its recovery at the retrain's step size and epochs)."""
+    start: Path | None
+    """keep-structure: the current variant's pruned PyTorch model, the candidate's starting point."""
+
+
+def _plan(current: Path, manifest: Manifest, config: RetrainConfig) -> _Plan:
+    """Choose how to re-optimise (see `RetrainConfig.reoptimise`); ConfigError when keep-structure is asked
+    for and the current variant keeps no pruned model."""
+    from export import preset
+
+    recipe = preset(manifest.variant)
+    if recipe.prune is None:
+        return _Plan("none", f"the {manifest.variant} preset does not prune", recipe, None)
+    if config.reoptimise == "fresh-prune":
+        return _Plan("fresh-prune", "asked for (reoptimise='fresh-prune')", recipe, None)
+    kept = (manifest.metrics.get("pruned_model") or {}).get("path")
+    start = current / kept if kept else None
+    if start is not None and (start / "config.json").is_file():
+        if recipe.recovery is not None:
+            # The pruned model continues training like the source did: the retrain's smaller steps, not the
+            # first recovery's, and its epochs.
+            recovery = dataclasses.replace(recipe.recovery, learning_rate=config.learning_rate, epochs=config.epochs)
+            recipe = dataclasses.replace(recipe, recovery=recovery)
+        why = f"the current variant keeps its pruned model ({start.name}/): its structure is kept, no new prune"
+        return _Plan("keep-structure", why, recipe, start)
+    missing = f"the current variant {current} keeps no pruned PyTorch model ({kept or 'pruned'}/)"
+    if config.reoptimise == "keep-structure":
+        raise ConfigError(
+            f"reoptimise='keep-structure' but {missing}; re-export it with 'knowacq optimize' (which keeps it), "
+            "or use reoptimise 'auto' or 'fresh-prune'"
+        )
+    return _Plan("fresh-prune", f"{missing}: the retrained source is pruned afresh", recipe, None)
+
+
+def _reoptimised(plan: _Plan, config: RetrainConfig, variant: Path) -> dict[str, Any]:
+    """record.json's `reoptimise`: the path and why, and from the candidate's manifest (written, as a report,
+    even when its gates failed) its per-layer shape and the dev accuracy of its source, pruned model and
+    variant."""
+    from export import MANIFEST_FILE
+
+    out: dict[str, Any] = {
+        "requested": config.reoptimise,
+        "path": plan.path,
+        "why": plan.why,
+        "start": None if plan.start is None else str(plan.start.resolve()),
+    }
+    try:
+        metrics = json.loads((variant / MANIFEST_FILE).read_text()).get("metrics", {})
+    except (OSError, ValueError):
+        return out  # no export got as far as its manifest
+    pruning = metrics.get("pruning") or {}
+    out.update(
+        structure=pruning.get("structure"),
+        heads_per_layer=pruning.get("heads_per_layer"),
+        intermediate_per_layer=pruning.get("intermediate_per_layer"),
+        source_accuracy=metrics.get("source_accuracy"),
+        pruned_accuracy=metrics.get("pruned_accuracy"),
+        variant_accuracy=metrics.get("accuracy"),
+    )
+    return out
+
+
 def _train(batch: _Batch, config: RetrainConfig, progress: bool, log: Callable[[str], None]) -> TrainConfig:
     """Continue fine-tuning the source on the batch with its recorded recipe (shorter, smaller steps)."""
     from knowacq.train import TrainConfig, fine_tune
@@ -330,22 +433,24 @@ def _judge(
     manifest: Manifest,
     batch: _Batch,
     config: RetrainConfig,
+    plan: _Plan,
     progress: bool,
     log: Callable[[str], None],
 ) -> _Verdict:
-    """Export the candidate with the current variant's preset (its gates apply); compare both on dev, and on
-    the live evaluation set when it holds `min_live` labels."""
-    from export import evaluate_variant, optimize, preset
+    """Export the candidate with the current variant's preset as `plan` says (its gates apply); compare both
+    on dev, and on the live evaluation set when it holds `min_live` labels."""
+    from export import evaluate_variant, optimize
 
     current_accuracy = evaluate_variant(current, batch.dev_path).accuracy
     candidate_dir = batch.run_dir / "variant"
     try:
         result = optimize(
             batch.run_dir / "model",
-            preset(manifest.variant),
+            plan.recipe,
             candidate_dir,
             dev=batch.dev,
             train=batch.train,
+            start_pruned=plan.start,
             progress=progress,
             log=log,
         )

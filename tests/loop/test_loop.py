@@ -205,6 +205,8 @@ def test_a_worse_candidate_is_rejected_and_not_published(
     assert "below the current" in result.reasons[0]
     assert (result.run_dir / "variant" / "model.onnx").is_file()  # kept for inspection
     assert json.loads((result.run_dir / "record.json").read_text())["decision"] == "rejected"
+    assert result.reoptimise == "none"  # cpu-fp32 does not prune
+    assert json.loads((result.run_dir / "record.json").read_text())["reoptimise"]["path"] == "none"
     assert store.promoted_model() is None
 
 
