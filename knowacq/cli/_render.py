@@ -93,7 +93,7 @@ def print_replay(result: dict[str, Any]) -> None:
     for row in result["per_day"]:
         cells = [str(row["day"])]
         for arm in ("captured", "random"):
-            cells += [_gain(row[arm]["heldout_accuracy"]).lstrip("+"), str(round(_mean(row["labels_so_far"][arm])))]
+            cells += [_accuracy(row[arm]["heldout_accuracy"]), str(round(_mean(row["labels_so_far"][arm])))]
         diff = row["captured_minus_random"]
         table.add_row(*cells, _gain(diff), diff["verdict"])
     out.print(table)
@@ -103,7 +103,16 @@ def print_replay(result: dict[str, Any]) -> None:
             f"({r['rejected_by_export_gates']} by the candidate's export gates; "
             f"{r['source_beat_current_but_export_gates_failed']} of those had a retrained source better on dev)"
         )
+    if result.get("seed_warning"):
+        out.print(result["seed_warning"])
     out.print(f"{result['seconds']['all_runs']:.0f} s of runs in all, {result['seconds']['this_invocation']:.0f} s now")
+
+
+def _accuracy(value: dict[str, Any]) -> str:
+    """'0.8328 [0.8245, 0.8370]', or the estimate alone when there is no interval."""
+    if value["low"] is None:
+        return f"{value['estimate']:.4f}"
+    return f"{value['estimate']:.4f} [{value['low']:.4f}, {value['high']:.4f}]"
 
 
 def _mean(values: list[float]) -> float:

@@ -37,6 +37,7 @@ from knowacq.errors import ConfigError, DataError, GateError
 from knowacq.loop._evidence import _mean_interval, paired_gain
 from knowacq.loop._handoff import export_tasks, import_labels
 from knowacq.loop._retrain import RetrainConfig, RetrainResult, retrain
+from knowacq.loop._sim_results import seed_warning
 from knowacq.loop._simulate import FULL_MODE_TRAIN, SPLIT_SEED
 from knowacq.train import TrainConfig
 
@@ -475,6 +476,7 @@ def _results(
         "what": "replay of the live loop (serve -> capture -> label -> retrain with its gate -> promote) against "
         "random labelling of the same traffic; see knowacq/loop/_replay.py",
         "config": asdict(config),
+        "seed_warning": seed_warning(config.seeds),
         "labels": list(names),
         "split": split,
         "per_day": per_day,

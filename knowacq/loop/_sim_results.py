@@ -21,7 +21,7 @@ from knowacq.loop._evidence import (
     paired_gain,
 )
 
-__all__ = ["STATISTICS", "Trace", "Traces", "evaluation", "plot", "regret_of_bandit", "results"]
+__all__ = ["STATISTICS", "Trace", "Traces", "evaluation", "plot", "regret_of_bandit", "results", "seed_warning"]
 
 PerSeed = dict[str, list[list[float]]]
 """Strategy name -> one list per seed, one value per round."""
@@ -181,7 +181,7 @@ def results(
         "pairing": {"seed_labels": traces.seed_rows},
         "labels": labels_axis,
         "seeds": seeds,
-        "seed_warning": _seed_warning(seeds),
+        "seed_warning": seed_warning(seeds),
         "dev_rows": split["dev_rows"],
         **dev,
         "heldout": heldout,
@@ -198,7 +198,7 @@ def results(
     }
 
 
-def _seed_warning(seeds: int) -> str | None:
+def seed_warning(seeds: int) -> str | None:
     """What the report says beside intervals resting on too few seeds (None: enough)."""
     if seeds < 2:
         return "one seed: no intervals, so every difference is reported as no difference; run 5 seeds or more"

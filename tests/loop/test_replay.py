@@ -50,6 +50,7 @@ def test_replay_serves_labels_retrains_and_pairs_the_arms(tiny_base: Path, binar
     saved = json.loads((tmp_path / "replay.json").read_text())
     assert saved["per_day"] == result["per_day"] and (tmp_path / "replay.png").stat().st_size > 0
     assert [row["day"] for row in saved["per_day"]] == [0, 1, 2]
+    assert saved["seed_warning"].startswith("one seed: no intervals")
     captured_run, random_run = saved["runs"]["captured"][0], saved["runs"]["random"][0]
     # Paired: both arms start from the same first model, scored on the same held-out rows.
     assert captured_run[0]["served"] == random_run[0]["served"]
