@@ -23,7 +23,6 @@ import csv
 import hashlib
 import json
 import time
-from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -38,7 +37,7 @@ from knowacq.loop._evidence import _mean_interval, paired_gain
 from knowacq.loop._handoff import export_tasks, import_labels
 from knowacq.loop._retrain import RetrainConfig, RetrainResult, retrain
 from knowacq.loop._sim_results import seed_warning
-from knowacq.loop._simulate import FULL_MODE_TRAIN, SPLIT_SEED
+from knowacq.loop._simulate import FULL_MODE_TRAIN, SPLIT_SEED, split_order
 from knowacq.train import TrainConfig
 
 __all__ = ["ARMS", "ReplayConfig", "replay"]
@@ -174,10 +173,8 @@ def _split(train: LabelledData, dev: LabelledData, config: ReplayConfig) -> tupl
     """The held-out rows (the simulation's rule: the first rows of the SPLIT_SEED permutation whose text occurs
     once in the training file and never in dev) and the stream: every other row whose text is not in dev nor
     among the held-out texts, in permutation order."""
-    order = np.random.default_rng(SPLIT_SEED).permutation(len(train))
-    counts = Counter(train.texts)
+    order, eligible = split_order(train, dev)
     in_dev = set(dev.texts)
-    eligible = np.array([counts[train.texts[i]] == 1 and train.texts[i] not in in_dev for i in order], dtype=bool)
     held_idx = order[eligible][: config.heldout]
     if len(held_idx) < config.heldout:
         raise ConfigError(

@@ -44,7 +44,7 @@ from knowacq.loop._sim_results import Trace, Traces, plot, results
 from knowacq.loop._strategies import STRATEGIES, Selection, Strategy, select, strategy
 from knowacq.train import TrainConfig
 
-__all__ = ["FULL_MODE_MAX_POOL", "FULL_MODE_TRAIN", "SPLIT_SEED", "SimulationConfig", "simulate"]
+__all__ = ["FULL_MODE_MAX_POOL", "FULL_MODE_TRAIN", "SPLIT_SEED", "SimulationConfig", "simulate", "split_order"]
 
 BANDIT = "bandit"
 SPLIT_SEED = 12345
@@ -260,14 +260,21 @@ class _Split:
     """How they were chosen, for results.json."""
 
 
-def _split(train: LabelledData, dev: LabelledData, config: SimulationConfig) -> _Split:
-    """A fixed permutation of the training rows (SPLIT_SEED): the first rows whose text occurs nowhere else in
-    the training file nor in dev are the held-out rows, the next such rows the reward rows (bandit only), and
-    every other row, in permutation order up to max_pool, the pool. Refused when the data cannot hold them."""
+def split_order(train: LabelledData, dev: LabelledData) -> tuple[np.ndarray, np.ndarray]:
+    """The SPLIT_SEED permutation of the training rows, and, in that order, which of them may be held out: those
+    whose text occurs exactly once in the training file and never in dev."""
     order = np.random.default_rng(SPLIT_SEED).permutation(len(train))
     counts = Counter(train.texts)
     in_dev = set(dev.texts)
     eligible = np.array([counts[train.texts[i]] == 1 and train.texts[i] not in in_dev for i in order], dtype=bool)
+    return order, eligible
+
+
+def _split(train: LabelledData, dev: LabelledData, config: SimulationConfig) -> _Split:
+    """A fixed permutation of the training rows (SPLIT_SEED): the first rows whose text occurs nowhere else in
+    the training file nor in dev are the held-out rows, the next such rows the reward rows (bandit only), and
+    every other row, in permutation order up to max_pool, the pool. Refused when the data cannot hold them."""
+    order, eligible = split_order(train, dev)
     reward_rows = config.reward_rows if BANDIT in config.strategies else 0
     kept = order[eligible][: config.heldout + reward_rows]
     if len(kept) < config.heldout + reward_rows:
