@@ -20,14 +20,26 @@ export TOKENIZERS_PARALLELISM := false
 DEMO_PRESETS ?= cpu-int8-pruned cpu-int8 cpu-fp32
 BENCH_PRESETS ?= cpu-fp32 cpu-int8 cpu-int8-pruned
 
-.PHONY: demo serve serve-bench test lint bench bench-gpu reliability install clean
+.PHONY: demo serve serve-bench test lint bench bench-gpu reliability install lock clean
 
 install: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+# Every version comes from constraints.txt (the lock; `make lock` renews it), so that the tests, the demo and the
+# bento run the same code; `pip check` then proves the set consistent.
+$(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[$(EXTRAS)]'
+	$(BIN)/pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[$(EXTRAS)]'
+	$(BIN)/pip check
 	touch $@
+
+# Resolve pyproject.toml afresh (the newest versions it allows) in a scratch environment, write constraints.txt
+# from it and set the bentofiles' pins to match. Review the diff, then `make install` and the tests.
+lock:
+	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv
+	.lock-venv/bin/pip install --quiet --disable-pip-version-check -e '.[cpu,dev,postgres]'
+	$(PYTHON) deploy/lock.py freeze .lock-venv/bin/python
+	$(PYTHON) deploy/lock.py sync
+	rm -rf .lock-venv
 
 demo: $(VENV)/.installed
 	$(BIN)/knowacq train --preset demo \
