@@ -9,12 +9,12 @@ batching queue refused) are counted by reason. Request texts never reach the log
 
 from __future__ import annotations
 
-import json
 import logging
 import time
-from collections.abc import Awaitable, Callable, MutableMapping, Sequence
+from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
+from bento._asgi import Receive, Scope, Send, TooLarge, header, parse_json, read_body, refuse, require_json, send_json
 from bento._core import ClassifierCore, parse_classify, parse_feedback, parse_reload
 from bento._refusals import (
     INTERNAL,
@@ -22,26 +22,19 @@ from bento._refusals import (
     LOADING_MODEL_INFO,
     QUEUE_FULL,
     TOO_MANY_IN_FLIGHT,
-    Refusal,
     answer,
 )
 from knowacq.errors import (
     AuthError,
-    BadRequestError,
     InvalidInputError,
-    PayloadTooLargeError,
     RequestError,
-    UnsupportedMediaError,
 )
 
 __all__ = ["RequestGuard", "State"]
 
 log = logging.getLogger("knowacq.service")
 
-Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
 
 JSON_ENDPOINTS = {"/classify": "classify", "/feedback": "feedback", "/admin/reload": "reload"}
 PROTECTED = {"feedback", "reload"}
@@ -64,27 +57,6 @@ class State:
         return 0.0 if self.in_flight else time.monotonic() - self.last_request
 
 
-async def _respond(send: Send, status: int, body: dict[str, Any], headers: Sequence[tuple[bytes, bytes]] = ()) -> None:
-    payload = json.dumps(body).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(payload)).encode()),
-                *headers,
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": payload})
-
-
-async def _refuse(send: Send, refusal: Refusal, body: dict[str, str]) -> None:
-    headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in refusal.headers().items()]
-    await _respond(send, refusal.status, body, headers)
-
-
 class RequestGuard:
     """ASGI middleware in front of the BentoML app (added with `add_asgi_middleware`)."""
 
@@ -102,9 +74,9 @@ class RequestGuard:
             return
         if path == "/model" and scope.get("method") == "GET":
             if self.state.core is None:
-                await _refuse(send, LOADING_MODEL_INFO, LOADING_MODEL_INFO.body())
+                await refuse(send, LOADING_MODEL_INFO, LOADING_MODEL_INFO.body())
             else:
-                await _respond(send, 200, self.state.core.model_info())
+                await send_json(send, 200, self.state.core.model_info())
             return
         endpoint = JSON_ENDPOINTS.get(path)
         if endpoint is None or scope.get("method") != "POST":
@@ -112,7 +84,7 @@ class RequestGuard:
             return
         core = self.state.core
         if core is None:
-            await _refuse(send, LOADING, LOADING.body())
+            await refuse(send, LOADING, LOADING.body())
             return
         start = time.perf_counter()
         state = self.state
@@ -121,7 +93,7 @@ class RequestGuard:
         if state.in_flight >= limit:  # over the limit: 429 at once
             core.metrics.fail(TOO_MANY_IN_FLIGHT.reason)
             error = f"too many requests in flight (limit {limit}); retry later"
-            await _refuse(send, TOO_MANY_IN_FLIGHT, TOO_MANY_IN_FLIGHT.body(error))
+            await refuse(send, TOO_MANY_IN_FLIGHT, TOO_MANY_IN_FLIGHT.body(error))
             return
         state.in_flight += 1
         try:
@@ -147,7 +119,7 @@ class RequestGuard:
             core.metrics.fail(refusal.reason)
             if endpoint == "feedback" and isinstance(exc, AuthError):
                 core.metrics.feedback.labels(outcome="unauthorized").inc()
-            await _refuse(send, refusal, refused)
+            await refuse(send, refusal, refused, close=isinstance(exc, TooLarge) and not exc.drained)
             core.metrics.request_seconds.labels(endpoint=endpoint).observe(time.perf_counter() - start)
             return
         # Replay the body we read to the app, so that BentoML parses exactly what we checked.
@@ -174,38 +146,11 @@ class RequestGuard:
     async def _read_json(self, scope: Scope, receive: Receive, core: ClassifierCore, endpoint: str) -> bytes:
         """The raw body after every check; raises the RequestError that refuses it."""
         settings = core.settings
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
         if endpoint in PROTECTED:
-            core.check_token(headers.get("authorization"))
-        media = headers.get("content-type", "").split(";")[0].strip().lower()
-        if media != "application/json":
-            raise UnsupportedMediaError(
-                f"content type {media or '(none)'!r} is not accepted; send application/json", field="content-type"
-            )
-        limit = settings.max_body_bytes
-        declared = headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > limit:
-            raise PayloadTooLargeError(f"the body is {declared} bytes; the limit is {limit}")
-        chunks: list[bytes] = []
-        size = 0
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                raise BadRequestError("the client disconnected before sending the whole body")
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > limit:
-                raise PayloadTooLargeError(f"the body is over the limit of {limit} bytes")
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                break
-        raw = b"".join(chunks)
-        try:
-            parsed = json.loads(raw.decode("utf-8"))
-        except UnicodeDecodeError:
-            raise BadRequestError("the body is not valid UTF-8") from None
-        except (json.JSONDecodeError, RecursionError) as exc:
-            raise BadRequestError(f"the body is not valid JSON: {getattr(exc, 'msg', 'too deeply nested')}") from None
+            core.check_token(header(scope, b"authorization"))
+        require_json(scope)
+        raw = await read_body(scope, receive, limit=settings.max_body_bytes, discard=settings.max_discard_bytes)
+        parsed = parse_json(raw)
         if endpoint == "classify":
             texts = parse_classify(parsed, settings.max_texts)
             _check_encodable(texts)
@@ -218,15 +163,15 @@ class RequestGuard:
     async def _readyz(self, send: Send) -> None:
         core = self.state.core
         if core is None:
-            await _respond(send, 503, {"status": "loading"})
+            await send_json(send, 503, {"status": "loading"})
             return
         if self.state.draining:  # shutting down: load balancers should stop sending, requests still work
-            await _respond(send, 503, {"status": "draining"})
+            await send_json(send, 503, {"status": "draining"})
             return
         import anyio
 
         status, body = await anyio.to_thread.run_sync(core.readiness)
-        await _respond(send, status, body)
+        await send_json(send, status, body)
 
 
 def _check_encodable(texts: list[str]) -> None:

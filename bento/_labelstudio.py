@@ -30,30 +30,27 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 import logging
 import time
 import traceback
 import xml.etree.ElementTree as ElementTree
-from collections.abc import Awaitable, Callable, MutableMapping, Sequence
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from bento._asgi import Receive, Scope, Send, TooLarge, header, parse_json, read_body, refuse, require_json, send_json
 from bento._core import ClassifierCore
 from bento._http import State
-from bento._refusals import INTERNAL, LOADING, TOO_MANY_IN_FLIGHT, Refusal, answer
+from bento._refusals import INTERNAL, LOADING, TOO_MANY_IN_FLIGHT, answer
 from knowacq.base import PredictionRecord, redact_for_storage
 from knowacq.errors import (
     AuthError,
-    BadRequestError,
     InvalidInputError,
     KnowacqError,
-    PayloadTooLargeError,
     RequestError,
     StoreError,
     UnknownLabelError,
     UnknownPredictionError,
-    UnsupportedMediaError,
 )
 
 __all__ = ["PREFIX", "LabelConfig", "LabelStudioBackend", "parse_label_config"]
@@ -61,10 +58,6 @@ __all__ = ["PREFIX", "LabelConfig", "LabelStudioBackend", "parse_label_config"]
 log = logging.getLogger("knowacq.service")
 
 T = TypeVar("T")
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
 
 PREFIX = "/labelstudio"
 SOURCE = "label-studio"
@@ -121,18 +114,6 @@ def parse_label_config(config: Any, field: str = "label_config") -> LabelConfig:
 # HTTP -------------------------------------------------------------------------------------------------
 
 
-async def _send_json(send: Send, status: int, body: Any, headers: Sequence[tuple[bytes, bytes]] = ()) -> None:
-    payload = json.dumps(body).encode()
-    start = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode()), *headers]
-    await send({"type": "http.response.start", "status": status, "headers": start})
-    await send({"type": "http.response.body", "body": payload})
-
-
-async def _refuse(send: Send, refusal: Refusal, body: dict[str, str]) -> None:
-    headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in refusal.headers().items()]
-    await _send_json(send, refusal.status, body, headers)
-
-
 def _authorize(core: ClassifierCore, authorization: str | None) -> None:
     """AuthError unless `authorization` carries the service's token: `Bearer <token>`, or HTTP basic auth
     whose password is the token (Label Studio's ML-backend connection sends basic auth)."""
@@ -153,39 +134,6 @@ def _authorize(core: ClassifierCore, authorization: str | None) -> None:
         core.check_token(f"Bearer {password}")
     except AuthError:
         raise AuthError("wrong basic-auth password: it must be the service's API token (KNOWACQ_API_TOKEN)") from None
-
-
-async def _read_json(scope: Scope, receive: Receive, limit: int) -> Any:
-    """The request's JSON body after the content-type and size checks; raises the RequestError refusing it."""
-    headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
-    media = headers.get("content-type", "").split(";")[0].strip().lower()
-    if media != "application/json":
-        raise UnsupportedMediaError(
-            f"content type {media or '(none)'!r} is not accepted; send application/json", field="content-type"
-        )
-    declared = headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise PayloadTooLargeError(f"the body is {declared} bytes; the limit is {limit} (KNOWACQ_MAX_BODY_BYTES)")
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise BadRequestError("the client disconnected before sending the whole body")
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLargeError(f"the body is over the limit of {limit} bytes (KNOWACQ_MAX_BODY_BYTES)")
-        chunks.append(chunk)
-        if not message.get("more_body", False):
-            break
-    try:
-        return json.loads(b"".join(chunks).decode("utf-8"))
-    except UnicodeDecodeError:
-        raise BadRequestError("the body is not valid UTF-8", field="body") from None
-    except (json.JSONDecodeError, RecursionError) as exc:
-        why = getattr(exc, "msg", "too deeply nested")
-        raise BadRequestError(f"the body is not valid JSON: {why}", field="body") from None
 
 
 class LabelStudioBackend:
@@ -218,7 +166,7 @@ class LabelStudioBackend:
             return
         core = self.state.core
         if core is None:
-            await _refuse(send, LOADING, LOADING.body())
+            await refuse(send, LOADING, LOADING.body())
             return
         state = self.state
         state.last_request = time.monotonic()
@@ -226,7 +174,7 @@ class LabelStudioBackend:
         if state.in_flight >= limit:  # over the limit: 429 at once, as the guard answers
             core.metrics.fail(TOO_MANY_IN_FLIGHT.reason)
             error = f"too many requests in flight (limit {limit}); retry later"
-            await _refuse(send, TOO_MANY_IN_FLIGHT, TOO_MANY_IN_FLIGHT.body(error))
+            await refuse(send, TOO_MANY_IN_FLIGHT, TOO_MANY_IN_FLIGHT.body(error))
             return
         state.in_flight += 1
         start = time.perf_counter()
@@ -241,17 +189,17 @@ class LabelStudioBackend:
     async def _health(self, scope: Scope, send: Send) -> None:
         core = self.state.core
         if core is None:
-            await _refuse(send, LOADING, LOADING.body())
+            await refuse(send, LOADING, LOADING.body())
             return
         try:
-            _authorize(core, _header(scope, "authorization"))
+            _authorize(core, header(scope, b"authorization"))
         except AuthError as exc:
             refusal, body = answer(exc)
             core.metrics.fail(refusal.reason)
-            await _refuse(send, refusal, body)
+            await refuse(send, refusal, body)
             return
         body = {"status": "UP", "model_class": "knowacq", "model_version": core.model_version}
-        await _send_json(send, 200, body)
+        await send_json(send, 200, body)
 
     async def _handle(
         self,
@@ -265,8 +213,11 @@ class LabelStudioBackend:
         import anyio
 
         try:
-            _authorize(core, _header(scope, "authorization"))
-            body = await _read_json(scope, receive, core.settings.max_body_bytes)
+            _authorize(core, header(scope, b"authorization"))
+            require_json(scope)
+            settings = core.settings
+            raw = await read_body(scope, receive, limit=settings.max_body_bytes, discard=settings.max_discard_bytes)
+            body = parse_json(raw, field="body")
             # The model and the store block: off the event loop, as the service's own endpoints run them.
             status, answered = await anyio.to_thread.run_sync(handler, core, body)
         except KnowacqError as exc:  # a refusal (RequestError) or the store down (StoreError)
@@ -276,24 +227,16 @@ class LabelStudioBackend:
                 log.warning("Label Studio's project was refused: %s", exc)
             if route == "/webhook" and isinstance(exc, AuthError):
                 core.metrics.feedback.labels(outcome="unauthorized").inc()
-            await _refuse(send, refusal, refused)
+            await refuse(send, refusal, refused, close=isinstance(exc, TooLarge) and not exc.drained)
             return
         except Exception as exc:  # never a traceback in the answer; in the log the type and where, never its text
             where = traceback.extract_tb(exc.__traceback__)[-1] if exc.__traceback__ else None
             place = f"{where.filename}:{where.lineno}" if where else "?"
             log.error("Label Studio %s failed: %s at %s", route, type(exc).__name__, place)
             core.metrics.fail(INTERNAL.reason)
-            await _refuse(send, INTERNAL, INTERNAL.body("internal error"))
+            await refuse(send, INTERNAL, INTERNAL.body("internal error"))
             return
-        await _send_json(send, status, answered)
-
-
-def _header(scope: Scope, name: str) -> str | None:
-    wanted = name.encode("latin-1")
-    for key, value in scope.get("headers", []):
-        if key.lower() == wanted:
-            return str(value.decode("latin-1"))
-    return None
+        await send_json(send, status, answered)
 
 
 # routes -----------------------------------------------------------------------------------------------

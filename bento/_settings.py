@@ -66,6 +66,10 @@ class Settings:
     """KNOWACQ_MAX_TEXTS: texts per request; more is refused with 413."""
     max_body_bytes: int = 1_000_000
     """KNOWACQ_MAX_BODY_BYTES: request bodies over this are refused with 413."""
+    max_discard_bytes: int = 16 << 20
+    """KNOWACQ_MAX_DISCARD_BYTES: an oversize body of up to this many bytes is read and dropped before the 413
+    is sent, so that a client still sending it gets the answer instead of a connection reset; a larger one is
+    answered at once and its connection closed. The worker never holds more than KNOWACQ_MAX_BODY_BYTES."""
     max_stored_chars: int = 10_000
     """KNOWACQ_MAX_STORED_CHARS: longer texts are cut before they are stored (the model sees its window)."""
     max_batch_size: int = 64
@@ -129,6 +133,7 @@ class Settings:
         limits = {
             "max_texts": (1, 10_000),
             "max_body_bytes": (1_024, 1 << 30),
+            "max_discard_bytes": (0, 1 << 34),
             "max_stored_chars": (16, 10**7),
             "max_batch_size": (1, 100_000),
             "bucket_tokens": (1, 4_096),
