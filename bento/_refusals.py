@@ -40,6 +40,7 @@ __all__ = [
     "LOADING_MODEL_INFO",
     "MODEL_REFUSED",
     "QUEUE_FULL",
+    "QueueFull",
     "REFUSALS",
     "STORE_DOWN",
     "TOO_MANY_IN_FLIGHT",
@@ -92,6 +93,12 @@ TOO_MANY_IN_FLIGHT = Refusal(429, "overloaded", retry_after=True)
 """More POST requests in flight in this worker than KNOWACQ_MAX_CONCURRENCY (answered by `bento._http`)."""
 QUEUE_FULL = Refusal(503, "overloaded", "overloaded: the batching queue is full; retry later", retry_after=True)
 """The batching queue would keep a request waiting longer than KNOWACQ_MAX_LATENCY_MS."""
+
+
+class QueueFull(Exception):
+    """Raised by the batching queue (`bento._worker.batching_queue`) for a request it refuses: QUEUE_FULL."""
+
+
 STORE_DOWN = Refusal(503, "store_error", "the feedback store is unavailable; retry later")
 """The feedback store cannot be written (feedback; classification answers anyway, `recorded: false`)."""
 INTERNAL = Refusal(500, "internal")

@@ -101,6 +101,10 @@ class Settings:
     queued in the socket but not yet read are then cut). A second SIGTERM also shuts down at once."""
     drain_quiet_s: float = 0.5
     """KNOWACQ_DRAIN_QUIET_S: how long a draining worker must see no request before it shuts down."""
+    access_log: bool = False
+    """KNOWACQ_ACCESS_LOG: BentoML's access log, one line per request. Off by default: the service's own
+    metrics count and time every request by endpoint and status, and at thousands of requests a second a log
+    line per request is a cost of its own (measured in docs/benchmarks; see the README's settings table)."""
     workers: int = 1
     """KNOWACQ_WORKERS: BentoML worker processes. ONNX Runtime already uses every allowed core in one."""
     threads: int = 0

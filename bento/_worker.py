@@ -16,7 +16,7 @@ from typing import Any
 
 from bento._core import Item
 from bento._http import State
-from bento._refusals import QUEUE_FULL
+from bento._refusals import QUEUE_FULL, QueueFull
 from bento._settings import Settings
 
 __all__ = ["Answers", "api", "batching_queue", "configure_logging", "drain_on_sigterm"]
@@ -83,13 +83,12 @@ def batching_queue(
 ) -> Callable[[list[Item]], Awaitable[Answers]]:
     """One request's items in, its answers out, through BentoML's adaptive batching dispatcher
     (`CorkDispatcher`, the one behind `@bentoml.api(batchable=True)`): `run` gets several requests' items
-    at once. A request that would wait longer than `max_latency_ms` raises BentoML's `ServiceUnavailable`
-    (the refusal `QUEUE_FULL`) instead of waiting."""
+    at once. A request that would wait longer than `max_latency_ms` raises `QueueFull` (the refusal
+    `QUEUE_FULL`) instead of waiting."""
     from bentoml._internal.marshal.dispatcher import CorkDispatcher
-    from bentoml.exceptions import ServiceUnavailable
 
     def refuse() -> Any:
-        raise ServiceUnavailable(QUEUE_FULL.error)
+        raise QueueFull(QUEUE_FULL.error)
 
     dispatcher: Any = CorkDispatcher(
         max_latency_in_ms=settings.max_latency_ms,

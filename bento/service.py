@@ -4,12 +4,13 @@ Settings come from the environment (`bento._settings.Settings`), read once when 
 GET /model and GET /readyz are answered by `bento._http.RequestGuard`, which also checks every request
 before BentoML sees it. Run it with `knowacq serve --model DIR_OR_TAG` or `bentoml serve bento.service:Classifier`.
 
-Adaptive batching: POST /classify puts each text, stamped with its arrival time, into BentoML's adaptive
-batching dispatcher (`CorkDispatcher`, the one behind `@bentoml.api(batchable=True)`). It is used directly
-so that every text keeps its own arrival time (the queue-time metric) and a refused request gets its own
-error; the dispatcher still chooses when to release a batch from the latencies it measures, and refuses
-(503) a request that would wait longer than `max_latency_ms` (`bento._worker.batching_queue`). Every refusal
-is answered as the table in `bento._refusals` says.
+Adaptive batching: POST /classify (answered by the guard through `STATE.infer`; the endpoint below is the
+same path for a caller that reaches it without the guard) puts each text, stamped with its arrival time,
+into BentoML's adaptive batching dispatcher (`CorkDispatcher`, the one behind `@bentoml.api(batchable=True)`).
+It is used directly so that every text keeps its own arrival time (the queue-time metric) and a refused
+request gets its own error; the dispatcher still chooses when to release a batch from the latencies it
+measures, and refuses (503) a request that would wait longer than `max_latency_ms`
+(`bento._worker.batching_queue`). Every refusal is answered as the table in `bento._refusals` says.
 """
 
 from __future__ import annotations
@@ -22,14 +23,13 @@ from typing import TYPE_CHECKING, Any, cast
 
 import anyio
 import bentoml
-from bentoml.exceptions import ServiceUnavailable
 
 from bento._core import ClassifierCore, Item
 from bento._http import RequestGuard, State
 from bento._labelstudio import LabelStudioBackend
 from bento._metrics import ServiceMetrics
 from bento._models import load_predictor
-from bento._refusals import QUEUE_FULL, answer, response
+from bento._refusals import QUEUE_FULL, QueueFull, answer, response
 from bento._settings import Settings
 from bento._shadow import ShadowScorer, candidate_problem, decide, failing
 from bento._worker import Answers, api, batching_queue, configure_logging, drain_on_sigterm
@@ -60,6 +60,7 @@ drain_on_sigterm(STATE, SETTINGS)
     workers=SETTINGS.workers,
     # max_concurrency is enforced by RequestGuard (429, counted in knowacq_failures_total), not by BentoML.
     traffic={"timeout": SETTINGS.timeout_s},
+    logging={"access": {"enabled": SETTINGS.access_log}},
 )
 class Classifier:
     """Text classification over ONNX Runtime, low-confidence capture, human feedback and hot reload."""
@@ -79,6 +80,7 @@ class Classifier:
         # and records the swap under it, so the watcher never sees one without the other).
         self._reload_lock = threading.RLock()
         STATE.core = self.core
+        STATE.infer = self._infer  # POST /classify is answered by bento._http.RequestGuard through this queue
         log.info(
             "serving %s (%s) on the %s provider from %s; store %r",
             self.core.model_version,
@@ -209,7 +211,7 @@ class Classifier:
         now = time.perf_counter()
         try:
             return await self._infer([Item(text, now) for text in texts])
-        except ServiceUnavailable as exc:  # the dispatcher's bound on queueing time: refuse, do not wait
+        except QueueFull as exc:  # the dispatcher's bound on queueing time: refuse, do not wait
             return response(QUEUE_FULL, QUEUE_FULL.body(str(exc)))
 
     @api(route="/feedback")

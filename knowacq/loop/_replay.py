@@ -246,12 +246,12 @@ def _first_model(
     rows: LabelledData, dev: LabelledData, folder: Path, config: ReplayConfig, seed: int, base: Any, log: Callable
 ) -> Path:
     """Fine-tune on the seed set and export with the preset: the variant both arms of the seed start from."""
-    from export import optimize, preset
+    from export import optimize, preset, read_manifest
     from knowacq.train import fine_tune
 
     variant = folder / "variant"
-    if (variant / "manifest.json").is_file():
-        return variant  # made by an earlier invocation, whose arms did not all finish
+    if (variant / "manifest.json").is_file() and read_manifest(variant, require_passed=False).passed:
+        return variant  # made by an earlier invocation, whose arms did not all finish (or made by hand)
     folder.mkdir(parents=True, exist_ok=True)
     seed_file = folder / "seed.tsv"  # the first model's training data: retrain replays rows of it
     write_tsv(seed_file, rows.texts, [rows.label_names[i] for i in rows.labels])

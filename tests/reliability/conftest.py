@@ -83,6 +83,7 @@ def fuzz_server(fp32_variant: Path, tmp_path_factory: pytest.TempPathFactory) ->
         "threads": 1,
         "record": "all",
         "reload_poll_s": 0,
+        "access_log": True,  # on here, so that the log-capture checks see every request's line
     }
     with ServerProcess(settings, log_file=folder / "server.log", cwd=folder) as server:
         server.log_path = folder / "server.log"  # type: ignore[attr-defined]

@@ -451,3 +451,48 @@ def test_cpu_fallback_is_reported_as_degraded(fp32_variant: Path, tmp_path: Path
     info = core.model_info()
     assert info["fallback"] is True and info["requested_provider"] == "cuda" and info["provider"] == "cpu"
     assert metric(registry, "knowacq_provider_fallback") == 1
+
+
+def test_the_guard_answers_classify_through_the_queue_without_the_app(fp32_variant: Path, tmp_path: Path) -> None:
+    """With the worker's batching queue in the state, POST /classify is parsed once and answered by the guard:
+    BentoML's endpoint (here an app that fails the test) is never reached; a queue refusal is a 503 with
+    Retry-After, a failure inside is a 500 without its text."""
+    from bento._refusals import QueueFull
+
+    core, registry = make_core(fp32_variant, tmp_path)
+    seen: list[list[str]] = []
+
+    async def infer(items: list[Any]) -> list[dict[str, Any]]:
+        texts = [item.text for item in items]
+        seen.append(texts)
+        if texts == ["refuse me"]:
+            raise QueueFull("overloaded: the batching queue is full; retry later")
+        if texts == ["break me"]:
+            raise RuntimeError("secret internals")
+        return core.classify_items(items)
+
+    async def no_app(scope: dict, receive: Any, send: Any) -> None:
+        raise AssertionError(f"the app was reached for {scope['path']}")
+
+    state = State()
+    state.core, state.infer = core, infer
+    transport = httpx.ASGITransport(app=RequestGuard(no_app, state=state))
+
+    async def run() -> list[httpx.Response]:
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            return [
+                await client.post("/classify", json={"texts": ["a fine film", "dull"]}),
+                await client.post("/classify", json={"texts": ["refuse me"]}),
+                await client.post("/classify", json={"texts": ["break me"]}),
+            ]
+
+    ok, refused, broken = asyncio.run(run())
+    assert ok.status_code == 200 and [a["label"] in ("negative", "positive") for a in ok.json()] == [True, True]
+    assert ok.json()[0]["model_version"] == core.model_version
+    assert refused.status_code == 503 and refused.headers["retry-after"] == "1"
+    assert refused.json()["reason"] == "overloaded"
+    assert broken.status_code == 500 and "secret" not in broken.text
+    assert seen == [["a fine film", "dull"], ["refuse me"], ["break me"]]
+    assert metric(registry, "knowacq_failures_total", {"reason": "overloaded"}) == 1
+    assert metric(registry, "knowacq_failures_total", {"reason": "internal"}) == 1
+    assert metric(registry, "knowacq_request_duration_seconds_count", {"endpoint": "classify"}) == 3

@@ -142,6 +142,8 @@ def test_server_log_holds_no_request_text_or_token(server: ServerProcess) -> Non
     assert "serving cpu-fp32-" in log
     assert TOKEN not in log and "alice@example.com" not in log and "private note" not in log
     assert "Traceback" not in log
+    # BentoML's access log is off by default (KNOWACQ_ACCESS_LOG): no line per request, here or in a bento
+    assert "path=/classify" not in log and "path=/feedback" not in log
 
 
 def test_bentoml_build_packages_a_bento_that_serves(fp32_variant: Path, tmp_path: Path) -> None:
