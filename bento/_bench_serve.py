@@ -1,16 +1,18 @@
-"""`knowacq bench-serve`: the real server over loopback against the in-process engine, in one run.
+"""`knowacq bench-serve`: the real server over loopback against the in-process engine and a peer, in one run.
 
-Starts `bentoml serve` on a free port with a throw-away feedback store, drives POST /classify with
-`texts_per_request` texts per request (default 1) at each concurrency (an asyncio client: aiohttp, which
-BentoML already installs), and
-times the same variant in-process on the same texts (length-sorted batches of the server's batch size)
-before and after the served runs; the engine figure is the better of the two. Writes JSON and Markdown.
+`bench_serve` starts `bentoml serve` on a free port with a throw-away feedback store, and beside it the peer
+(`bento._bench_peer`: Optimum's int8 model in a transformers pipeline behind one batchable BentoML endpoint);
+drives POST /classify with 1 and 8 texts per request at each concurrency (an asyncio client: aiohttp), round
+after round with the order rotating, and times the same variant in-process on the same texts, batched as the
+service batches them. `bench_contenders` drives servers of other settings against each other the same way.
+Both write JSON and Markdown: medians over the rounds with their spread, never the best run.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -100,17 +102,31 @@ async def _drive(
     }
 
 
-def _engine_rate(model: Path, texts: Sequence[str], batch: int, threads: int | None, rounds: int) -> float:
-    from export import Predictor
+def _chunks(texts: Sequence[str], size: int) -> list[list[str]]:
+    """The texts in arrival order, `size` at a time: the batches a server forms when it is kept full."""
+    return [list(texts[i : i + size]) for i in range(0, len(texts), size)]
 
-    predictor = Predictor(model, threads=threads, max_batch_size=batch)
-    predictor.predict(list(texts[:batch]))  # warm-up
-    best = 0.0
-    for _ in range(rounds):
-        start = time.perf_counter()
-        predictor.predict(list(texts))
-        best = max(best, len(texts) / (time.perf_counter() - start))
-    return best
+
+def _engine_round(predictor: Any, texts: Sequence[str], batch: int) -> dict[str, float]:
+    """The in-process engine on `texts`, batched as the service batches: arrival order, `batch` texts at a time,
+    each batch tokenised and grouped by token bucket (`Engine.tokenize` + `Engine.infer`, what
+    `ClassifierCore` runs per batch). Texts/s, and with `batch` 1 the p50 latency of one text."""
+    engine = predictor.engine
+    engine.infer(engine.tokenize(list(texts[:batch])))  # warm-up
+    times = []
+    start = time.perf_counter()
+    for chunk in _chunks(texts, batch):
+        tick = time.perf_counter()
+        engine.infer(engine.tokenize(chunk))
+        times.append(time.perf_counter() - tick)
+    elapsed = time.perf_counter() - start
+    return {"texts_per_s": len(texts) / elapsed, "batch_p50_ms": float(np.median(times) * 1000)}
+
+
+def _cell(values: Sequence[float]) -> dict[str, float]:
+    """Median of the rounds with its spread."""
+    arr = np.asarray(values, dtype=float)
+    return {"median": float(np.median(arr)), "min": float(arr.min()), "max": float(arr.max())}
 
 
 def bench_serve(
@@ -118,65 +134,75 @@ def bench_serve(
     out_file: str | Path,
     *,
     data: str | Path | None = None,
-    concurrencies: Sequence[int] = (1, 8, 32),
-    duration_s: float = 20.0,
+    concurrencies: Sequence[int] = (1, 32),
+    shapes: Sequence[int] = (1, 8),
+    rounds: int = 5,
+    duration_s: float = 15.0,
     warmup_s: float = 3.0,
     max_texts: int = 872,
-    texts_per_request: int = 1,
     settings: dict[str, Any] | None = None,
+    peer: bool = True,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
-    """Serve `model`, load it at each concurrency, compare with the in-process engine; write JSON + Markdown."""
+    """knowacq's server against the in-process engine and against the peer (`bento._bench_peer`), in one run.
+
+    Both servers start side by side on loopback; each round drives every (server, texts per request,
+    concurrency) in turn, the order rotating, and times the engine on the same texts batched as the service
+    batches them (`min(max_batch_size, concurrency x texts per request)` in arrival order, token buckets).
+    Reports medians over the rounds with their spread, each served figure's ratio to the engine and
+    knowacq's to the peer paired by round, and the settings the knowacq server reports (GET /model)."""
+    from bento._models import load_predictor
+    from export import read_manifest
+
     variant = check_model(str(model))  # an absolute path: the server runs in a temporary directory
     data_file = Path(data) if data else _default_texts(variant)
     texts = list(load_tsv(data_file).texts)[:max_texts]
     if not texts:
         raise ConfigError(f"{data_file} has no texts")
+    if rounds < 1 or not concurrencies or not shapes or min(*concurrencies, *shapes) < 1:
+        raise ConfigError("rounds, concurrencies and texts per request must be positive")
     overrides = dict(settings or {})
     config = Settings(model=str(variant), **{k: v for k, v in overrides.items() if k != "model"})
-    threads = config.threads or None
+    manifest = read_manifest(variant, verify_hash=False)
     out_file = Path(out_file)
     out_file.parent.mkdir(parents=True, exist_ok=True)
+    predictor, _ = load_predictor(str(variant), config)  # the runtime options the service gives it
+    servers = ["knowacq", "peer"] if peer else ["knowacq"]
+    cells = [(name, shape, c) for name in servers for shape in shapes for c in concurrencies]
+    runs: dict[str, list[dict[str, Any]]] = {_key(*cell): [] for cell in cells}
+    engine_runs: dict[str, list[dict[str, float]]] = {}
+    with tempfile.TemporaryDirectory(prefix="knowacq-bench-serve-") as tmp_dir:
+        started = _start_servers(variant, manifest, overrides, Path(tmp_dir), out_file, peer, log)
+        try:
+            import httpx
 
-    log(f"engine in-process: {len(texts)} texts from {data_file}, batches of {config.max_batch_size}")
-    engine_before = _engine_rate(variant, texts, config.max_batch_size, threads, rounds=3)
-    served: list[dict[str, Any]] = []
-    with tempfile.TemporaryDirectory(prefix="knowacq-bench-serve-") as tmp:
-        env = {
-            **overrides,
-            "model": str(variant),
-            "store_url": f"sqlite:///{Path(tmp) / 'store.db'}",
-            "api_token": overrides.get("api_token", "bench"),
-        }
-        log_file = out_file.with_suffix(".server.log")
-        log_file.unlink(missing_ok=True)
-        with ServerProcess(env, log_file=log_file, cwd=Path(tmp)) as server:
-            for c in concurrencies:
-                log(f"served: concurrency {c} for {duration_s:.0f} s ...")
-                row = asyncio.run(_drive(server.url, texts, c, duration_s, warmup_s, texts_per_request))
-                log(
-                    f"  {row['texts_per_s']:.1f} texts/s, p50 {row['p50_ms']:.1f} ms, p99 {row['p99_ms']:.1f} ms, "
-                    f"errors {row['errors']}"
-                )
-                served.append(row)
-    engine_after = _engine_rate(variant, texts, config.max_batch_size, threads, rounds=3)
-    engine = max(engine_before, engine_after)
-    for row in served:
-        row["ratio_to_engine"] = row["texts_per_s"] / engine
-    from export import read_manifest
-
+            reported = httpx.get(f"{started['knowacq'].url}/model", timeout=30).json()["settings"]
+            for r in range(rounds):
+                for name, shape, c in cells[r % len(cells) :] + cells[: r % len(cells)]:
+                    row = asyncio.run(_drive(started[name].url, texts, c, duration_s, warmup_s, shape))
+                    row["round"] = r
+                    runs[_key(name, shape, c)].append(row)
+                    log(
+                        f"round {r + 1}/{rounds} {name} {shape}/request c={c}: {row['texts_per_s']:.1f} texts/s, "
+                        f"p50 {row['p50_ms']:.1f} ms, p99 {row['p99_ms']:.1f} ms, errors {row['errors']}"
+                    )
+                for batch in sorted({min(config.max_batch_size, c * shape) for _, shape, c in cells}):
+                    engine_runs.setdefault(str(batch), []).append(_engine_round(predictor, texts, batch))
+        finally:
+            for server in started.values():
+                server.stop()
     result = {
-        "machine": machine_info(threads or cpu_threads()),
+        "machine": machine_info(config.threads or cpu_threads()),
         "model": str(variant),
-        "variant": read_manifest(variant, verify_hash=False).variant,
+        "variant": manifest.variant,
         "data": str(data_file),
         "texts": len(texts),
-        "texts_per_request": texts_per_request,
-        "engine_texts_per_s": engine,
-        "engine_runs_texts_per_s": [engine_before, engine_after],
-        "settings": config.public(),
-        "served": served,
-        "server_log": str(log_file),
+        "rounds": rounds,
+        "duration_s": duration_s,
+        "settings_reported_by_server": reported,
+        "environment": {k: v for k, v in os.environ.items() if k.startswith(ENV_PREFIX)},
+        "peer": PEER if peer else None,
+        **_summaries(cells, runs, engine_runs, config.max_batch_size),
     }
     out_file.write_text(json.dumps(result, indent=2) + "\n")
     out_file.with_suffix(".md").write_text(_markdown(result))
@@ -184,22 +210,145 @@ def bench_serve(
     return result
 
 
+PEER = (
+    "Optimum ORTModelForSequenceClassification, dynamic int8 (AutoQuantizationConfig), transformers pipeline, one "
+    "@bentoml.api(batchable=True, max_batch_size=64, max_latency_ms=2000) endpoint"
+)
+
+
+def _summaries(
+    cells: list[tuple[str, int, int]],
+    runs: dict[str, list[dict[str, Any]]],
+    engine_runs: dict[str, list[dict[str, float]]],
+    max_batch: int,
+) -> dict[str, Any]:
+    return {
+        "engine": {batch: _engine_summary(rows) for batch, rows in engine_runs.items()},
+        "engine_runs": engine_runs,
+        "served": _served_summary(cells, runs, engine_runs, max_batch),
+        "runs": runs,
+    }
+
+
+def _key(name: str, shape: int, concurrency: int) -> str:
+    return f"{name}/{shape}/{concurrency}"
+
+
+def _log(out_file: Path, name: str) -> Path:
+    path = out_file.with_name(f"{out_file.stem}.{name}.server.log")
+    path.unlink(missing_ok=True)
+    return path
+
+
+def _start_servers(
+    variant: Path,
+    manifest: Any,
+    overrides: dict[str, Any],
+    tmp: Path,
+    out_file: Path,
+    peer: bool,
+    log: Callable[[str], None],
+) -> dict[str, ServerProcess]:
+    """knowacq's server (a throw-away store in `tmp`) and, with `peer`, the peer's, both started and ready."""
+    from bento._bench_peer import PEER_SERVICE, make_peer_model
+
+    started: dict[str, ServerProcess] = {}
+    try:
+        env = {
+            **overrides,
+            "model": str(variant),
+            "store_url": f"sqlite:///{tmp / 'store.db'}",
+            "api_token": overrides.get("api_token", "bench"),
+        }
+        started["knowacq"] = ServerProcess(env, log_file=_log(out_file, "knowacq"), cwd=tmp)
+        started["knowacq"].start()
+        if peer:
+            log(f"peer: exporting and quantising {manifest.source.get('path')} with Optimum ...")
+            peer_dir = make_peer_model(manifest.source["path"], tmp / "peer")
+            settings = {"peer_model": str(peer_dir), "peer_max_length": manifest.max_length}
+            started["peer"] = ServerProcess(settings, log_file=_log(out_file, "peer"), cwd=tmp, service=PEER_SERVICE)
+            started["peer"].start()
+    except BaseException:
+        for server in started.values():
+            server.stop()
+        raise
+    return started
+
+
+def _engine_summary(rows: list[dict[str, float]]) -> dict[str, Any]:
+    return {
+        "texts_per_s": _cell([r["texts_per_s"] for r in rows]),
+        "batch_p50_ms": _cell([r["batch_p50_ms"] for r in rows]),
+    }
+
+
+def _served_summary(
+    cells: list[tuple[str, int, int]],
+    runs: dict[str, list[dict[str, Any]]],
+    engine_runs: dict[str, list[dict[str, float]]],
+    max_batch: int,
+) -> dict[str, Any]:
+    """Per (server, texts per request, concurrency): medians and spreads, ratios paired by round."""
+    out: dict[str, Any] = {}
+    for name, shape, c in cells:
+        rows = runs[_key(name, shape, c)]
+        engine = engine_runs[str(min(max_batch, c * shape))]
+        cell: dict[str, Any] = {
+            "server": name,
+            "texts_per_request": shape,
+            "concurrency": c,
+            "texts_per_s": _cell([row["texts_per_s"] for row in rows]),
+            "x_engine": _cell([row["texts_per_s"] / engine[row["round"]]["texts_per_s"] for row in rows]),
+            "p50_ms": _cell([row["p50_ms"] for row in rows]),
+            "p99_ms": _cell([row["p99_ms"] for row in rows]),
+            "errors": int(sum(row["errors"] for row in rows)),
+            "statuses": _add_statuses(rows),
+        }
+        peer_rows = runs.get(_key("peer", shape, c))
+        if name == "knowacq" and peer_rows:
+            peer_by_round = {row["round"]: row["texts_per_s"] for row in peer_rows}
+            cell["x_peer"] = _cell([row["texts_per_s"] / peer_by_round[row["round"]] for row in rows])
+        out[_key(name, shape, c)] = cell
+    return out
+
+
+def _add_statuses(rows: list[dict[str, Any]]) -> dict[str, int]:
+    total: dict[str, int] = {}
+    for row in rows:
+        for status, n in row["statuses"].items():
+            total[status] = total.get(status, 0) + n
+    return total
+
+
+def _fmt(cell: dict[str, float], digits: int = 1) -> str:
+    return f"{cell['median']:.{digits}f} [{cell['min']:.{digits}f}, {cell['max']:.{digits}f}]"
+
+
 def _markdown(r: dict[str, Any]) -> str:
+    settings = r["settings_reported_by_server"]
     lines = [
-        f"Variant `{r['variant']}` served by BentoML on loopback, {r['texts_per_request']} text(s) per request, "
-        f"{r['texts']} texts from "
-        f"`{r['data']}`; {r['machine']['cpu']}, {r['machine']['threads']} threads. In-process engine (same "
-        f"texts, length-sorted batches of {r['settings']['max_batch_size']}): "
-        f"**{r['engine_texts_per_s']:.1f} texts/s**.",
+        f"Variant `{r['variant']}`, {r['texts']} texts from `{r['data']}`; {r['machine']['cpu']}, "
+        f"{r['machine']['threads']} threads. {r['rounds']} rounds of {r['duration_s']:.0f} s per cell, every "
+        "server, shape and concurrency driven in turn (order rotating); median over the rounds [min, max]; "
+        "ratios paired by round. Engine: in-process, the same texts batched as the service batches them (arrival "
+        "order, `min(max_batch_size, concurrency x texts per request)` per batch, token buckets). "
+        f"Peer: {r['peer'] or 'not run'}. Server settings as it reported them: workers {settings.get('workers')}, "
+        f"threads {settings.get('threads')}, max_batch_size {settings.get('max_batch_size')}, max_latency_ms "
+        f"{settings.get('max_latency_ms')}, record {settings.get('record')}, access_log {settings.get('access_log')}.",
         "",
-        "| concurrency | requests | texts/s | x engine | p50 ms | p95 ms | p99 ms | errors |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| server | texts/request | concurrency | texts/s | x engine | x peer | p50 ms | p99 ms | errors |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for s in r["served"]:
+    for cell in r["served"].values():
+        peer = _fmt(cell["x_peer"], 2) if "x_peer" in cell else ""
         lines.append(
-            f"| {s['concurrency']} | {s['requests']} | {s['texts_per_s']:.1f} | {s['ratio_to_engine']:.2f} "
-            f"| {s['p50_ms']:.1f} | {s['p95_ms']:.1f} | {s['p99_ms']:.1f} | {s['errors']} |"
+            f"| {cell['server']} | {cell['texts_per_request']} | {cell['concurrency']} | {_fmt(cell['texts_per_s'])} "
+            f"| {_fmt(cell['x_engine'], 2)} | {peer} | {_fmt(cell['p50_ms'])} | {_fmt(cell['p99_ms'])} "
+            f"| {cell['errors']} |"
         )
+    lines += ["", "| engine batch | texts/s | p50 ms per batch |", "|---:|---:|---:|"]
+    for batch, cell in sorted(r["engine"].items(), key=lambda kv: int(kv[0])):
+        lines.append(f"| {batch} | {_fmt(cell['texts_per_s'])} | {_fmt(cell['batch_p50_ms'], 2)} |")
     return "\n".join(lines) + "\n"
 
 

@@ -22,9 +22,9 @@ __all__ = ["SERVICE", "ServerProcess", "free_port", "serve_command", "service_en
 SERVICE = "bento.service:Classifier"
 
 
-def serve_command(host: str, port: int) -> list[str]:
-    """The `bentoml serve` command line of the service, on `host`:`port`."""
-    return [sys.executable, "-m", "bentoml", "serve", SERVICE, "--host", host, "--port", str(port)]
+def serve_command(host: str, port: int, service: str = SERVICE) -> list[str]:
+    """The `bentoml serve` command line of the service (or of another BentoML `service`), on `host`:`port`."""
+    return [sys.executable, "-m", "bentoml", "serve", service, "--host", host, "--port", str(port)]
 
 
 def service_env(settings: Mapping[str, str | int | float | bool | None]) -> dict[str, str]:
@@ -48,7 +48,8 @@ def free_port() -> int:
 
 
 class ServerProcess:
-    """A `bentoml serve` subprocess on loopback; `with ServerProcess(...) as server:` waits for /readyz."""
+    """A `bentoml serve` subprocess on loopback; `with ServerProcess(...) as server:` waits for /readyz.
+    `service`: another BentoML service to serve instead of knowacq's (`settings` still become `KNOWACQ_*`)."""
 
     def __init__(
         self,
@@ -58,6 +59,7 @@ class ServerProcess:
         log_file: Path | None = None,
         startup_timeout: float = 120.0,
         cwd: Path | None = None,
+        service: str = SERVICE,
     ) -> None:
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -65,6 +67,7 @@ class ServerProcess:
         self.log_file = log_file
         self.startup_timeout = startup_timeout
         self.cwd = cwd
+        self.service = service
         self.process: subprocess.Popen[bytes] | None = None
 
     def __enter__(self) -> ServerProcess:
@@ -77,7 +80,7 @@ class ServerProcess:
     def start(self) -> None:
         out = open(self.log_file, "ab") if self.log_file else subprocess.DEVNULL
         self.process = subprocess.Popen(
-            serve_command("127.0.0.1", self.port),
+            serve_command("127.0.0.1", self.port, self.service),
             env=service_env(self.settings),
             stdout=out,
             stderr=subprocess.STDOUT,

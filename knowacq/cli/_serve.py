@@ -58,6 +58,17 @@ def serve(
     os.execvpe(command[0], command, env)
 
 
+def _integers(text: str, option: str) -> tuple[int, ...]:
+    """Comma-separated positive integers, or ConfigError naming the option."""
+    try:
+        values = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise ConfigError(f"{option} must be comma-separated integers, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise ConfigError(f"{option} must be positive integers, got {text!r}")
+    return values
+
+
 @commands.command("bench-serve")
 @friendly
 def bench_serve(
@@ -69,30 +80,32 @@ def bench_serve(
             exists=True, dir_okay=False, help="TSV whose texts are sent [default: the model's recorded dev file]."
         ),
     ] = None,
-    concurrency: Annotated[str, typer.Option(help="Comma-separated client concurrencies.")] = "1,8,32",
-    duration: Annotated[float, typer.Option(min=1, help="Seconds measured per concurrency.")] = 20.0,
-    texts_per_request: Annotated[int, typer.Option(min=1, help="Texts in each request.")] = 1,
+    concurrency: Annotated[str, typer.Option(help="Comma-separated client concurrencies.")] = "1,32",
+    duration: Annotated[float, typer.Option(min=1, help="Seconds measured per cell and round.")] = 15.0,
+    texts_per_request: Annotated[
+        str, typer.Option(help="Comma-separated texts per request (shapes); the contenders take the first.")
+    ] = "1,8",
     contender: Annotated[
         list[str] | None,
         typer.Option(
             help="NAME[:KEY=VALUE,...] (service settings; shadow_model=PATH puts PATH in shadow). Two or more: "
             "one server each, driven in turn for --rounds rounds at the first --concurrency; the first is the "
-            "baseline. Replaces the engine comparison."
+            "baseline. Replaces the engine and peer comparison."
         ),
     ] = None,
-    rounds: Annotated[int, typer.Option(min=1, help="Rounds of the contender comparison.")] = 5,
+    rounds: Annotated[int, typer.Option(min=1, help="Rounds; each drives every cell once, the order rotating.")] = 5,
+    peer: Annotated[
+        bool,
+        typer.Option(help="Also serve the peer (Optimum int8 in a transformers pipeline behind one BentoML endpoint)."),
+    ] = True,
 ) -> None:
-    """Drive the real server over loopback and compare with the in-process engine on the same texts (or, with
-    --contender, servers with different settings against each other, interleaved)."""
+    """Drive the real server over loopback and compare it with the in-process engine batched as the service
+    batches, and with the peer (Optimum int8 behind one batchable BentoML endpoint), in interleaved rounds
+    (or, with --contender, servers with different settings against each other)."""
     from bento import bench_contenders, parse_contender
     from bento import bench_serve as run
 
-    try:
-        levels = tuple(int(c) for c in concurrency.split(","))
-    except ValueError:
-        raise ConfigError(f"--concurrency must be comma-separated integers, got {concurrency!r}") from None
-    if not levels or min(levels) < 1:
-        raise ConfigError(f"--concurrency must be positive integers, got {concurrency!r}")
+    levels, shapes = _integers(concurrency, "--concurrency"), _integers(texts_per_request, "--texts-per-request")
     if contender:
         parsed = dict(parse_contender(spec) for spec in contender)
         bench_contenders(
@@ -103,7 +116,7 @@ def bench_serve(
             concurrency=levels[0],
             duration_s=duration,
             rounds=rounds,
-            texts_per_request=texts_per_request,
+            texts_per_request=shapes[0],
             log=lambda line: err.print(line),
         )
         out.print(out_file.with_suffix(".md").read_text(), markup=False)
@@ -113,8 +126,10 @@ def bench_serve(
         out_file,
         data=data,
         concurrencies=levels,
+        shapes=shapes,
+        rounds=rounds,
         duration_s=duration,
-        texts_per_request=texts_per_request,
+        peer=peer,
         log=lambda line: err.print(line),
     )
     out.print(out_file.with_suffix(".md").read_text(), markup=False)

@@ -1,0 +1,50 @@
+"""`knowacq bench-serve` on the tiny model: knowacq's server, the peer and the engine in one short run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from bento import bench_serve
+
+pytest.importorskip("optimum.onnxruntime")
+
+
+def test_bench_serve_compares_server_peer_and_engine_in_interleaved_rounds(fp32_variant: Path, tmp_path: Path) -> None:
+    texts = tmp_path / "texts.tsv"
+    texts.write_text("sentence\tlabel\n" + "".join(f"a {'fine ' * (i % 9)}film number {i}\t1\n" for i in range(60)))
+    out = tmp_path / "bench" / "serve.json"
+    lines: list[str] = []
+    result = bench_serve(
+        fp32_variant,
+        out,
+        data=texts,
+        concurrencies=(1, 4),
+        shapes=(1, 3),
+        rounds=2,
+        duration_s=1.0,
+        warmup_s=0.3,
+        settings={"threads": 1},
+        log=lines.append,
+    )
+    saved = json.loads(out.read_text())
+    assert saved["served"] == result["served"]
+    cells = result["served"]
+    assert sorted(cells) == sorted(f"{s}/{n}/{c}" for s in ("knowacq", "peer") for n in (1, 3) for c in (1, 4))
+    for key, cell in cells.items():
+        assert cell["errors"] == 0 and set(cell["statuses"]) == {"200"}, (key, cell)
+        assert 0 < cell["texts_per_s"]["min"] <= cell["texts_per_s"]["median"] <= cell["texts_per_s"]["max"]
+        assert cell["x_engine"]["median"] > 0
+        assert ("x_peer" in cell) == (cell["server"] == "knowacq")
+        assert len(result["runs"][key]) == 2  # one row per round, never a best-of
+    # the engine is timed in the batch sizes the server can form: min(max_batch_size, concurrency x shape)
+    assert sorted(result["engine"], key=int) == ["1", "3", "4", "12"]
+    assert len(result["engine_runs"]["12"]) == 2
+    # the settings are the ones the server reported, not the ones asked for
+    assert result["settings_reported_by_server"]["threads"] == 1
+    assert result["settings_reported_by_server"]["access_log"] is False
+    markdown = out.with_suffix(".md").read_text()
+    assert "| knowacq | 1 | 4 |" in markdown and "| peer | 3 | 1 |" in markdown
+    assert sum("round 1/2" in line for line in lines) == 8  # every cell driven in round 1
