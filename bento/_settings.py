@@ -105,6 +105,11 @@ class Settings:
     """KNOWACQ_ACCESS_LOG: BentoML's access log, one line per request. Off by default: the service's own
     metrics count and time every request by endpoint and status, and at thousands of requests a second a log
     line per request is a cost of its own (measured in docs/benchmarks; see the README's settings table)."""
+    trace_requests: bool = False
+    """KNOWACQ_TRACE_REQUESTS: BentoML's OpenTelemetry spans for each request (give BentoML a tracing exporter
+    to see them). Off by default: the service's routes are excluded from tracing, because BentoML's ASGI
+    middleware opens spans for every message of every request, about a third of the event loop's work per
+    one-text request in a py-spy profile (2 cores, cpu-int8-pruned)."""
     workers: int = 1
     """KNOWACQ_WORKERS: BentoML worker processes. ONNX Runtime already uses every allowed core in one."""
     threads: int = 0

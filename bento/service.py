@@ -51,6 +51,8 @@ log = logging.getLogger("knowacq.service")
 configure_logging()
 
 SETTINGS = Settings.from_env()
+UNTRACED = ["/classify", "/feedback", "/admin/reload", "/labelstudio", "/model", "/readyz", "/livez", "/metrics"]
+"""Routes kept out of BentoML's request tracing unless KNOWACQ_TRACE_REQUESTS is set."""
 STATE = State()
 drain_on_sigterm(STATE, SETTINGS)
 
@@ -61,6 +63,7 @@ drain_on_sigterm(STATE, SETTINGS)
     # max_concurrency is enforced by RequestGuard (429, counted in knowacq_failures_total), not by BentoML.
     traffic={"timeout": SETTINGS.timeout_s},
     logging={"access": {"enabled": SETTINGS.access_log}},
+    tracing={} if SETTINGS.trace_requests else {"excluded_urls": UNTRACED},
 )
 class Classifier:
     """Text classification over ONNX Runtime, low-confidence capture, human feedback and hot reload."""
