@@ -31,7 +31,7 @@ from knowacq.errors import (
     RequestError,
 )
 
-__all__ = ["Infer", "RequestGuard", "State"]
+__all__ = ["Infer", "QueueEstimate", "RequestGuard", "State"]
 
 log = logging.getLogger("knowacq.service")
 
@@ -52,6 +52,8 @@ class State:
         self.core: ClassifierCore | None = None
         self.infer: Infer | None = None
         """The worker's batching queue; None: POST /classify goes on to BentoML's endpoint."""
+        self.queue = QueueEstimate()
+        """The wait a new /classify request would have; the batch callback feeds it (`observe`)."""
         self.in_flight = 0
         """POST requests being handled by this worker (the guard counts them)."""
         self.last_request = 0.0
@@ -62,6 +64,37 @@ class State:
     def idle_for(self) -> float:
         """Seconds with no POST request in flight (0 while one is)."""
         return 0.0 if self.in_flight else time.monotonic() - self.last_request
+
+
+class QueueEstimate:
+    """How long a request arriving now would wait for the model: the texts admitted and not yet answered,
+    times the recent seconds per text of the batches (an exponential average; one batch runs at a time).
+
+    The guard refuses /classify with 503 before reading its body while the wait would exceed `ADMIT_SHARE` of
+    KNOWACQ_MAX_LATENCY_MS, so that under overload refusing costs almost nothing and the model keeps serving
+    at its capacity; the batching queue's own bound (the dispatcher's) stays behind it."""
+
+    ADMIT_SHARE = 0.8
+    SMOOTHING = 0.2
+
+    def __init__(self) -> None:
+        self.waiting_texts = 0
+        """Texts of admitted /classify requests not yet answered (changed on the event loop only)."""
+        self.seconds_per_text = 0.0
+        """Recent batch seconds per text (written by the batch thread; a float assignment is atomic)."""
+
+    def observe(self, texts: int, seconds: float) -> None:
+        """One batch of `texts` took `seconds`."""
+        if texts > 0:
+            per_text = seconds / texts
+            old = self.seconds_per_text
+            self.seconds_per_text = per_text if old == 0.0 else old + self.SMOOTHING * (per_text - old)
+
+    def wait_s(self) -> float:
+        return self.waiting_texts * self.seconds_per_text
+
+    def full(self, max_latency_ms: int) -> bool:
+        return self.wait_s() > self.ADMIT_SHARE * max_latency_ms / 1000.0
 
 
 class RequestGuard:
@@ -101,6 +134,11 @@ class RequestGuard:
             core.metrics.fail(TOO_MANY_IN_FLIGHT.reason)
             error = f"too many requests in flight (limit {limit}); retry later"
             await refuse(send, TOO_MANY_IN_FLIGHT, TOO_MANY_IN_FLIGHT.body(error))
+            return
+        if endpoint == "classify" and state.infer is not None and state.queue.full(core.settings.max_latency_ms):
+            core.metrics.fail(QUEUE_FULL.reason)  # the model is busier than the latency bound: 503 at once
+            error = f"{QUEUE_FULL.error} (about {state.queue.wait_s():.1f} s of texts are waiting)"
+            await refuse(send, QUEUE_FULL, QUEUE_FULL.body(error))
             return
         state.in_flight += 1
         try:
@@ -158,6 +196,8 @@ class RequestGuard:
         """POST /classify without BentoML's IO layer: the texts checked once go into the batching queue (BentoML's
         dispatcher), the answers are serialised once."""
         status = 200
+        queue = self.state.queue
+        queue.waiting_texts += len(texts)
         try:
             answers = await infer([Item(text, start) for text in texts])
         except QueueFull as exc:  # the dispatcher's bound on queueing time: refuse, do not wait
@@ -169,6 +209,8 @@ class RequestGuard:
             log.error("classify failed: %s", type(exc).__name__)
             core.metrics.fail(INTERNAL.reason)
             await refuse(send, INTERNAL, INTERNAL.body("internal error"))
+        finally:
+            queue.waiting_texts -= len(texts)
         if status == 200:
             await send_json(send, 200, answers)
         core.metrics.request_seconds.labels(endpoint="classify").observe(time.perf_counter() - start)

@@ -78,7 +78,7 @@ class Classifier:
         self.core = ClassifierCore(predictor, SETTINGS, store=store, metrics=ServiceMetrics(predictor.labels))
         # The callback reads self.core when a batch starts: after a reload, the next batch uses the new model
         # while a batch already running finishes on the old one.
-        self._infer = batching_queue(SETTINGS, lambda batches: self.core.classify_batches(batches))
+        self._infer = batching_queue(SETTINGS, self._run_batch)
         # Held while the serving model or the shadow candidate changes (re-entrant: POST /admin/reload swaps
         # and records the swap under it, so the watcher never sees one without the other).
         self._reload_lock = threading.RLock()
@@ -96,6 +96,14 @@ class Classifier:
         self._refresh_gauges()
         if SETTINGS.reload_poll_s > 0:
             threading.Thread(target=self._watch, name="knowacq-reload-watch", daemon=True).start()
+
+    def _run_batch(self, batches: Any) -> list[Answers]:
+        """The batching queue's callback (a worker thread): the core of the moment answers several requests'
+        items at once, and the guard learns how long a text takes (`QueueEstimate`)."""
+        tick = time.perf_counter()
+        answers = self.core.classify_batches(batches)
+        STATE.queue.observe(sum(len(items) for items in batches), time.perf_counter() - tick)
+        return answers
 
     def swap(self, spec: str) -> dict[str, str]:
         """Load `spec` (folder or tag) beside the running model, then switch to it; no request fails. A candidate

@@ -496,3 +496,61 @@ def test_the_guard_answers_classify_through_the_queue_without_the_app(fp32_varia
     assert metric(registry, "knowacq_failures_total", {"reason": "overloaded"}) == 1
     assert metric(registry, "knowacq_failures_total", {"reason": "internal"}) == 1
     assert metric(registry, "knowacq_request_duration_seconds_count", {"endpoint": "classify"}) == 3
+
+
+def test_the_guard_refuses_classify_at_once_while_the_model_is_busier_than_the_latency_bound(
+    fp32_variant: Path, tmp_path: Path
+) -> None:
+    """The queue estimate (texts waiting x recent seconds per text) decides a 503 before the body is read;
+    under the bound the request goes into the queue as usual."""
+    core, registry = make_core(fp32_variant, tmp_path, max_latency_ms=2000)
+    calls: list[int] = []
+
+    async def infer(items: list[Any]) -> list[dict[str, Any]]:
+        calls.append(len(items))
+        return core.classify_items(items)
+
+    received: list[str] = []
+
+    async def run(waiting: int) -> httpx.Response:
+        state = State()
+        state.core, state.infer = core, infer
+        state.queue.observe(texts=64, seconds=0.064)  # 1 ms per text
+        state.queue.waiting_texts = waiting
+
+        async def app(scope: dict, receive: Any, send: Any) -> None:
+            raise AssertionError("not reached")
+
+        guard = RequestGuard(app, state=state)
+
+        async def counting_app(scope: dict, receive: Any, send: Any) -> None:
+            async def counted() -> Any:
+                received.append(scope["path"])
+                return await receive()
+
+            await guard(scope, counted, send)
+
+        transport = httpx.ASGITransport(app=counting_app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            return await client.post("/classify", json={"texts": ["a fine film"]})
+
+    busy = asyncio.run(run(waiting=1700))  # 1.7 s of texts waiting: over 0.8 x 2 s
+    assert busy.status_code == 503 and busy.headers["retry-after"] == "1"
+    assert busy.json()["reason"] == "overloaded" and "1.7 s of texts are waiting" in busy.json()["error"]
+    assert calls == [] and received == []  # refused before the body was read or anything queued
+    ok = asyncio.run(run(waiting=1500))  # 1.5 s: under the bound
+    assert ok.status_code == 200 and calls == [1]
+    assert metric(registry, "knowacq_failures_total", {"reason": "overloaded"}) == 1
+
+
+def test_the_queue_estimate_follows_the_recent_batches() -> None:
+    from bento._http import QueueEstimate
+
+    queue = QueueEstimate()
+    assert queue.wait_s() == 0.0 and not queue.full(10)
+    queue.observe(texts=10, seconds=0.1)  # the first batch sets the rate: 10 ms per text
+    queue.waiting_texts = 100
+    assert queue.wait_s() == pytest.approx(1.0)
+    queue.observe(texts=10, seconds=0.2)  # slower batches move it a fifth of the way each time
+    assert queue.seconds_per_text == pytest.approx(0.012)
+    assert queue.full(1000) and not queue.full(2000)
