@@ -7,6 +7,7 @@ service module or a function that needs it runs.
 
 from __future__ import annotations
 
+from bento._bench_overload import bench_overload
 from bento._bench_serve import bench_contenders, bench_serve, parse_contender
 from bento._core import (
     ClassifierCore,
@@ -36,6 +37,7 @@ __all__ = [
     "Settings",
     "State",
     "bench_contenders",
+    "bench_overload",
     "bench_serve",
     "check_model",
     "free_port",

@@ -98,6 +98,13 @@ def bench_serve(
         bool,
         typer.Option(help="Also serve the peer (Optimum int8 in a transformers pipeline behind one BentoML endpoint)."),
     ] = True,
+    overload: Annotated[
+        str | None,
+        typer.Option(
+            help="Comma-separated factors of the measured capacity (e.g. 2,4) offered by a paced open-loop client "
+            "at the first --texts-per-request: goodput, statuses and recovery time instead of the comparison."
+        ),
+    ] = None,
 ) -> None:
     """Drive the real server over loopback and compare it with the in-process engine batched as the service
     batches, and with the peer (Optimum int8 behind one batchable BentoML endpoint), in interleaved rounds
@@ -106,6 +113,26 @@ def bench_serve(
     from bento import bench_serve as run
 
     levels, shapes = _integers(concurrency, "--concurrency"), _integers(texts_per_request, "--texts-per-request")
+    if overload:
+        from bento import bench_overload
+
+        try:
+            factors = tuple(float(f) for f in overload.split(","))
+        except ValueError:
+            raise ConfigError(f"--overload must be comma-separated numbers, got {overload!r}") from None
+        bench_overload(
+            model,
+            out_file,
+            data=data,
+            factors=factors,
+            texts_per_request=shapes[0],
+            concurrency=levels[-1],
+            rounds=rounds,
+            duration_s=duration,
+            log=lambda line: err.print(line),
+        )
+        out.print(out_file.with_suffix(".md").read_text(), markup=False)
+        return
     if contender:
         parsed = dict(parse_contender(spec) for spec in contender)
         bench_contenders(

@@ -169,6 +169,7 @@ FACES: dict[str, list[str]] = {
         "Settings",
         "State",
         "bench_contenders",
+        "bench_overload",
         "bench_serve",
         "check_model",
         "free_port",

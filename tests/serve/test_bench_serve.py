@@ -48,3 +48,33 @@ def test_bench_serve_compares_server_peer_and_engine_in_interleaved_rounds(fp32_
     markdown = out.with_suffix(".md").read_text()
     assert "| knowacq | 1 | 4 |" in markdown and "| peer | 3 | 1 |" in markdown
     assert sum("round 1/2" in line for line in lines) == 8  # every cell driven in round 1
+
+
+def test_bench_overload_reports_goodput_statuses_and_recovery(fp32_variant: Path, tmp_path: Path) -> None:
+    from bento import bench_overload
+
+    texts = tmp_path / "texts.tsv"
+    texts.write_text("sentence\tlabel\n" + "".join(f"a {'dull ' * (i % 7)}film {i}\t0\n" for i in range(50)))
+    out = tmp_path / "overload.json"
+    result = bench_overload(
+        fp32_variant,
+        out,
+        data=texts,
+        factors=(2.0,),
+        texts_per_request=4,
+        concurrency=8,
+        rounds=1,
+        duration_s=2.0,
+        capacity_s=1.5,
+        settings={"threads": 1},
+        log=lambda _line: None,
+    )
+    assert json.loads(out.read_text())["summary"] == result["summary"]
+    (row,) = result["runs"]
+    assert row["factor"] == 2.0 and row["capacity_texts_per_s"] > 0
+    offered = row["offered_requests"]
+    assert offered == int(2.0 * row["capacity_texts_per_s"] / 4 * 2.0)  # paced: rate x duration, sent on time
+    assert sum(row["statuses"].values()) == offered and row["statuses"].get("200", 0) > 0
+    assert set(row["statuses"]) <= {"200", "429", "503"}, row["statuses"]  # refused, never failed
+    assert 0 < row["goodput_share"] and row["recovery_s"] is not None
+    assert "| 2x |" in out.with_suffix(".md").read_text()
