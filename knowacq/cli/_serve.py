@@ -69,6 +69,37 @@ def _integers(text: str, option: str) -> tuple[int, ...]:
     return values
 
 
+def _overload(
+    model: str,
+    out_file: Path,
+    data: Path | None,
+    factors: str,
+    shape: int,
+    concurrency: int,
+    rounds: int,
+    duration: float,
+) -> None:
+    """`bench-serve --overload`: goodput at each factor of the measured capacity."""
+    from bento import bench_overload
+
+    try:
+        levels = tuple(float(f) for f in factors.split(","))
+    except ValueError:
+        raise ConfigError(f"--overload must be comma-separated numbers, got {factors!r}") from None
+    bench_overload(
+        model,
+        out_file,
+        data=data,
+        factors=levels,
+        texts_per_request=shape,
+        concurrency=concurrency,
+        rounds=rounds,
+        duration_s=duration,
+        log=lambda line: err.print(line),
+    )
+    out.print(out_file.with_suffix(".md").read_text(), markup=False)
+
+
 @commands.command("bench-serve")
 @friendly
 def bench_serve(
@@ -114,24 +145,7 @@ def bench_serve(
 
     levels, shapes = _integers(concurrency, "--concurrency"), _integers(texts_per_request, "--texts-per-request")
     if overload:
-        from bento import bench_overload
-
-        try:
-            factors = tuple(float(f) for f in overload.split(","))
-        except ValueError:
-            raise ConfigError(f"--overload must be comma-separated numbers, got {overload!r}") from None
-        bench_overload(
-            model,
-            out_file,
-            data=data,
-            factors=factors,
-            texts_per_request=shapes[0],
-            concurrency=levels[-1],
-            rounds=rounds,
-            duration_s=duration,
-            log=lambda line: err.print(line),
-        )
-        out.print(out_file.with_suffix(".md").read_text(), markup=False)
+        _overload(model, out_file, data, overload, shapes[0], levels[-1], rounds, duration)
         return
     if contender:
         parsed = dict(parse_contender(spec) for spec in contender)
