@@ -41,10 +41,14 @@ log = logging.getLogger("knowacq.service")
 
 @dataclass(frozen=True)
 class Item:
-    """One text waiting for the model, with the time its request arrived (for the queue-time metric)."""
+    """One text waiting for the model, with the time its request arrived (for the queue-time metric) and,
+    when the guard tokenised it on arrival (token-budget batching), its encoding and which engine made it."""
 
     text: str
     arrived: float
+    encoding: Any = None
+    """`tokenizers.Encoding` of `text` by the engine `engine_id`, or None (tokenised with its batch)."""
+    engine_id: int = 0
 
 
 def parse_classify(body: Any, max_texts: int) -> list[str]:
@@ -315,7 +319,7 @@ class ClassifierCore:
         engine = self.predictor.engine
         logits = np.zeros((len(items), len(self.labels)), dtype=np.float32)
         t0 = self.clock()
-        encodings = engine.tokenize([item.text for item in items])
+        encodings = _encodings(engine, items)
         truncated = [bool(e.overflowing) for e in encodings]
         lengths = np.array([len(e.ids) for e in encodings], dtype=np.int64)
         t1 = self.clock()
@@ -403,3 +407,12 @@ class ClassifierCore:
         if self.predictor.fallback:
             return 200, {**body, "status": "degraded", "reason": "CUDA was asked for but the CPU provider is running"}
         return 200, {**body, "status": "ready"}
+
+
+def _encodings(engine: Any, items: Sequence[Item]) -> list[Any]:
+    """The items' encodings: those made on arrival by this very engine, the others tokenised now (after a swap
+    to another model, or without token-budget batching)."""
+    if all(item.encoding is not None and item.engine_id == id(engine) for item in items):
+        return [item.encoding for item in items]
+    encodings: list[Any] = engine.tokenize([item.text for item in items])
+    return encodings

@@ -199,7 +199,7 @@ class RequestGuard:
         queue = self.state.queue
         queue.waiting_texts += len(texts)
         try:
-            answers = await infer([Item(text, start) for text in texts])
+            answers = await infer(_items(core, texts, start))
         except QueueFull as exc:  # the dispatcher's bound on queueing time: refuse, do not wait
             status = QUEUE_FULL.status
             core.metrics.fail(QUEUE_FULL.reason)
@@ -259,3 +259,12 @@ def _check_encodable(texts: list[str]) -> None:
             raise InvalidInputError(
                 f"texts[{i}] contains a lone surrogate (invalid Unicode)", field=f"texts[{i}]"
             ) from None
+
+
+def _items(core: ClassifierCore, texts: list[str], arrived: float) -> list[Item]:
+    """The request's texts for the batching queue; with token-budget batching, tokenised now (by the serving
+    engine, whose id they carry) so that the queue can class them by length and the batch need not again."""
+    if core.settings.max_batch_tokens <= 0:
+        return [Item(text, arrived) for text in texts]
+    engine = core.predictor.engine
+    return [Item(t, arrived, e, id(engine)) for t, e in zip(texts, engine.tokenize(texts))]

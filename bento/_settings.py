@@ -75,6 +75,12 @@ class Settings:
     max_batch_size: int = 64
     """KNOWACQ_MAX_BATCH_SIZE: texts per adaptive batch. Larger batches raise throughput on a GPU; on a
     2-core CPU a batch of 64 short texts already takes ~100 ms, so larger ones only add latency."""
+    max_batch_tokens: int = 4096
+    """KNOWACQ_MAX_BATCH_TOKENS: token-budget batching. Texts are tokenised on arrival and queued by length
+    class: texts of up to max_batch_tokens / max_batch_size tokens (64) in batches of max_batch_size, each
+    longer class twice as wide in batches half as large, so that no batch pads to more than this many tokens
+    and a long text never holds a batch of short ones back (what text-embeddings-inference does). 0: one
+    queue, batches by count only."""
     bucket_tokens: int = 8
     """KNOWACQ_BUCKET_TOKENS: inside a batch, texts are grouped by token count in buckets this wide, so that
     padding costs at most this many tokens per text (measured on SST-2 dev, 32 random texts per batch,
@@ -146,6 +152,7 @@ class Settings:
             "max_stored_chars": (16, 10**7),
             "max_batch_size": (1, 100_000),
             "bucket_tokens": (1, 4_096),
+            "max_batch_tokens": (0, 10**7),
             "max_latency_ms": (10, 600_000),
             "max_concurrency": (1, 1_000_000),
             "timeout_s": (1, 3_600),

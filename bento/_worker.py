@@ -7,6 +7,8 @@ stays light.
 
 from __future__ import annotations
 
+import asyncio
+import bisect
 import logging
 import threading
 import time
@@ -19,7 +21,7 @@ from bento._http import State
 from bento._refusals import QUEUE_FULL, QueueFull
 from bento._settings import Settings
 
-__all__ = ["Answers", "api", "batching_queue", "configure_logging", "drain_on_sigterm"]
+__all__ = ["Answers", "api", "batching_queue", "configure_logging", "drain_on_sigterm", "token_classes"]
 
 log = logging.getLogger("knowacq.service")
 
@@ -78,27 +80,73 @@ def drain_on_sigterm(state: State, settings: Settings) -> None:
     uvicorn.Server.handle_exit = handle_exit  # type: ignore[method-assign,assignment]  # the patch
 
 
+def token_classes(max_batch_size: int, max_batch_tokens: int, longest: int = 512) -> list[tuple[int, int]]:
+    """(widest text in tokens, most texts per batch) of each length class of token-budget batching: the first
+    class takes texts of up to `max_batch_tokens / max_batch_size` tokens in full batches, each next class
+    doubles the width and halves the batch, so that no batch pads to more than `max_batch_tokens`, up to
+    `longest` (BERT-family windows; longer texts are cut to the model's window and go to the last class). One
+    class (by count only) when `max_batch_tokens` is 0."""
+    if max_batch_tokens <= 0:
+        return [(longest, max_batch_size)]
+    width = max(1, max_batch_tokens // max_batch_size)
+    classes = []
+    while True:
+        classes.append((width, max(1, min(max_batch_size, max_batch_tokens // width))))
+        if width >= longest:
+            return classes
+        width *= 2
+
+
 def batching_queue(
     settings: Settings, run: Callable[[Sequence[Sequence[Item]]], list[Answers]]
 ) -> Callable[[list[Item]], Awaitable[Answers]]:
     """One request's items in, its answers out, through BentoML's adaptive batching dispatcher
     (`CorkDispatcher`, the one behind `@bentoml.api(batchable=True)`): `run` gets several requests' items
     at once. A request that would wait longer than `max_latency_ms` raises `QueueFull` (the refusal
-    `QUEUE_FULL`) instead of waiting."""
-    from bentoml._internal.marshal.dispatcher import CorkDispatcher
+    `QUEUE_FULL`) instead of waiting.
+
+    Token-budget batching (`max_batch_tokens`): one dispatcher per length class (`token_classes`), all sharing
+    one semaphore, so that one batch runs at a time; items that carry their encoding go to the class of their
+    token count (a request with texts of several classes waits for each and gets its answers in order),
+    items without one to the first class."""
+    from bentoml._internal.marshal.dispatcher import CorkDispatcher, NonBlockSema
 
     def refuse() -> Any:
         raise QueueFull(QUEUE_FULL.error)
 
-    dispatcher: Any = CorkDispatcher(
-        max_latency_in_ms=settings.max_latency_ms,
-        max_batch_size=settings.max_batch_size,
-        fallback=refuse,
-        get_batch_size=len,
-        batch_dim=(0, 0),
-    )
-    _bound_cork_wait(dispatcher.optimizer)
-    infer: Callable[[list[Item]], Awaitable[Answers]] = dispatcher(run)
+    classes = token_classes(settings.max_batch_size, settings.max_batch_tokens)
+    shared = NonBlockSema(1)
+    queues: list[Callable[[list[Item]], Awaitable[Answers]]] = []
+    for _width, max_batch in classes:
+        dispatcher: Any = CorkDispatcher(
+            max_latency_in_ms=settings.max_latency_ms,
+            max_batch_size=max_batch,
+            shared_sema=shared,
+            fallback=refuse,
+            get_batch_size=len,
+            batch_dim=(0, 0),
+        )
+        _bound_cork_wait(dispatcher.optimizer)
+        queues.append(dispatcher(run))
+    widths = [width for width, _ in classes]
+    if len(queues) == 1:
+        return queues[0]
+
+    def class_of(item: Item) -> int:
+        if item.encoding is None:
+            return 0
+        return min(bisect.bisect_left(widths, len(item.encoding.ids)), len(widths) - 1)
+
+    async def infer(items: list[Item]) -> Answers:
+        where = [class_of(item) for item in items]
+        first = where[0]
+        if all(k == first for k in where):
+            return await queues[first](items)
+        parts = sorted(set(where))
+        answered = await asyncio.gather(*(queues[k]([i for i, w in zip(items, where) if w == k]) for k in parts))
+        by_class = {k: iter(a) for k, a in zip(parts, answered)}
+        return [next(by_class[k]) for k in where]
+
     return infer
 
 

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from bento._settings import Settings
-from bento._worker import _bound_cork_wait, batching_queue
+from bento._worker import _bound_cork_wait, batching_queue, token_classes
 
 dispatcher_module = pytest.importorskip("bentoml._internal.marshal.dispatcher")
 
@@ -37,8 +37,12 @@ def test_bentoml_is_the_pinned_release() -> None:
 
 def test_the_dispatcher_takes_the_arguments_the_queue_passes() -> None:
     parameters = inspect.signature(dispatcher_module.CorkDispatcher.__init__).parameters
-    for name in ("max_latency_in_ms", "max_batch_size", "fallback", "get_batch_size", "batch_dim"):
+    for name in ("max_latency_in_ms", "max_batch_size", "shared_sema", "fallback", "get_batch_size", "batch_dim"):
         assert name in parameters, f"CorkDispatcher no longer takes {name}"
+    sema = dispatcher_module.NonBlockSema(1)  # one semaphore shared by the length classes' dispatchers
+    assert sema.acquire() and sema.is_locked() and not sema.acquire()
+    sema.release()
+    assert not sema.is_locked()
     optimizer = _optimizer()
     for name in ("wait", "o_a", "o_b"):
         assert isinstance(getattr(optimizer, name), (int, float)), f"Optimizer.{name} is gone or not a number"
@@ -86,7 +90,7 @@ def test_the_queue_batches_requests_and_answers_each_its_own(tmp_path: Any, max_
             parts.setdefault(items[0].split("-")[0], []).append(len(items))
         return [[{"text": item} for item in items] for items in requests]
 
-    settings = Settings(model=str(tmp_path), max_batch_size=max_batch, max_latency_ms=5000)
+    settings = Settings(model=str(tmp_path), max_batch_size=max_batch, max_latency_ms=5000, max_batch_tokens=0)
     texts = [[f"r{r}-{i}" for i in range(sizes[r % len(sizes)])] for r in range(60)]
 
     async def main() -> list[Any]:
@@ -100,3 +104,48 @@ def test_the_queue_batches_requests_and_answers_each_its_own(tmp_path: Any, max_
     assert {r: sum(pieces) for r, pieces in parts.items()} == {f"r{r}": len(t) for r, t in enumerate(texts)}
     if max(sizes) > max_batch:  # a request of 5 cannot fit a batch of 4: it was split, and still answered whole
         assert any(len(pieces) > 1 for pieces in parts.values()), parts
+
+
+class Encoding:
+    def __init__(self, n: int) -> None:
+        self.ids = [0] * n
+
+
+def test_token_classes_keep_every_batch_within_the_budget() -> None:
+    assert token_classes(64, 4096) == [(64, 64), (128, 32), (256, 16), (512, 8)]
+    assert token_classes(64, 0) == [(512, 64)]
+    for width, batch in token_classes(32, 1000, longest=512):
+        assert width * batch <= 1000 or batch == 1
+
+
+def test_token_budget_batching_queues_by_length_and_keeps_each_request_in_order(tmp_path: Any) -> None:
+    """Requests mixing short and long texts: each batch holds one length class only, at most its count, so
+    no batch pads past the budget; every request still gets its answers in its own order."""
+    from bento._core import Item
+
+    batches: list[list[int]] = []
+
+    def run(requests: Any) -> list[list[dict[str, Any]]]:
+        batches.append([len(item.encoding.ids) for items in requests for item in items])
+        return [[{"text": item.text} for item in items] for items in requests]
+
+    settings = Settings(model=str(tmp_path), max_batch_size=8, max_batch_tokens=256, max_latency_ms=5000)
+    assert token_classes(8, 256) == [(32, 8), (64, 4), (128, 2), (256, 1), (512, 1)]
+    lengths = [5, 30, 200, 12, 60, 33, 7, 600]
+    requests = [[(f"r{r}-{i}", lengths[(r + i) % len(lengths)]) for i in range(1 + r % 4)] for r in range(40)]
+
+    async def main() -> list[Any]:
+        infer = batching_queue(settings, run)
+        return await asyncio.gather(
+            *(infer([Item(text, 0.0, Encoding(n), 1) for text, n in request]) for request in requests)
+        )
+
+    answers = asyncio.run(main())
+    assert [[a["text"] for a in answer] for answer in answers] == [[t for t, _ in request] for request in requests]
+    widths = [32, 64, 128, 256, 512]
+    for batch in batches:
+        width = next(w for w in widths if max(batch) <= w) if max(batch) <= 512 else 512
+        assert all(next((w for w in widths if n <= w), 512) == width for n in batch), batch  # one class
+        assert len(batch) * width <= 256 or len(batch) == 1, batch  # within the budget
+    assert sum(map(len, batches)) == sum(map(len, requests))
+    assert max(map(len, batches)) > 1  # short texts were still batched together
