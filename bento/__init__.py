@@ -17,6 +17,7 @@ from bento._core import (
     parse_reload,
 )
 from bento._http import RequestGuard, State
+from bento._invariance import batching_invariance
 from bento._launch import ServerProcess, free_port, serve_command, service_env
 from bento._metrics import FEEDBACK_OUTCOMES, STAGES, ServiceMetrics
 from bento._models import check_model, import_to_model_store
@@ -36,6 +37,7 @@ __all__ = [
     "ServiceMetrics",
     "Settings",
     "State",
+    "batching_invariance",
     "bench_contenders",
     "bench_overload",
     "bench_serve",

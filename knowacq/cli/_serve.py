@@ -1,4 +1,4 @@
-"""Stage 3's commands: `knowacq serve`, `knowacq bench-serve` and `knowacq import-model`."""
+"""Stage 3's commands: `knowacq serve`, `knowacq bench-serve`, `knowacq check-batching` and `knowacq import-model`."""
 
 from __future__ import annotations
 
@@ -188,3 +188,35 @@ def import_model(
 
     tag = import_to_model_store(variant, name)
     out.print(f"stored as {tag}")
+
+
+@commands.command("check-batching")
+@friendly
+def check_batching(
+    model: Annotated[str, typer.Option(help="Exported variant folder or model-store tag.")],
+    data: Annotated[list[Path], typer.Option(exists=True, dir_okay=False, help="TSV(s) whose texts are checked.")],
+    rows: Annotated[int, typer.Option(min=1, help="At most this many texts of each file (its first).")] = 2000,
+    out_file: Annotated[Path | None, typer.Option("--out", dir_okay=False, help="Write the figures as JSON.")] = None,
+) -> None:
+    """Batching invariance: how many labels change between each text run alone and the batches the service
+    forms (arrival order, KNOWACQ_MAX_BATCH_SIZE and _MAX_BATCH_TOKENS, token buckets). Settings from KNOWACQ_*."""
+    import json
+
+    from bento import Settings, batching_invariance, check_model
+    from knowacq.base import load_tsv
+
+    variant = check_model(model)
+    settings = Settings.from_env({**os.environ, "KNOWACQ_MODEL": str(variant)})
+    results = {}
+    for path in data:
+        texts = list(load_tsv(path).texts)[:rows]
+        report = batching_invariance(variant, texts, settings)
+        results[str(path)] = report
+        out.print(
+            f"{path}: {report['labels_changed']} of {report['texts']} labels change in served batches "
+            f"({report['variant']}); largest probability change {report['max_probability_change']:.4f}, "
+            f"99th percentile {report['p99_probability_change']:.4f}"
+        )
+    if out_file is not None:
+        out_file.parent.mkdir(parents=True, exist_ok=True)
+        out_file.write_text(json.dumps(results, indent=2) + "\n")

@@ -168,6 +168,7 @@ FACES: dict[str, list[str]] = {
         "ServiceMetrics",
         "Settings",
         "State",
+        "batching_invariance",
         "bench_contenders",
         "bench_overload",
         "bench_serve",
