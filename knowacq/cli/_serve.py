@@ -78,6 +78,7 @@ def _overload(
     concurrency: int,
     rounds: int,
     duration: float,
+    settings: dict[str, str] | None,
 ) -> None:
     """`bench-serve --overload`: goodput at each factor of the measured capacity."""
     from bento import bench_overload
@@ -95,11 +96,33 @@ def _overload(
         concurrency=concurrency,
         rounds=rounds,
         duration_s=duration,
+        settings=settings,
         log=lambda line: err.print(line),
     )
     out.print(out_file.with_suffix(".md").read_text(), markup=False)
 
 
+def _configmap_settings(path: Path) -> dict[str, str]:
+    """The service settings of a Kubernetes ConfigMap file: its KNOWACQ_* data, less the model and provider
+    (the benchmark serves the variant it is given, on this machine)."""
+    import yaml
+
+    from bento import ENV_PREFIX
+
+    for doc in yaml.safe_load_all(path.read_text()):
+        if isinstance(doc, dict) and doc.get("kind") == "ConfigMap":
+            data = doc.get("data") or {}
+            found = {
+                key[len(ENV_PREFIX) :].lower(): str(value)
+                for key, value in data.items()
+                if key.startswith(ENV_PREFIX) and key not in (ENV_PREFIX + "MODEL", ENV_PREFIX + "PROVIDER")
+            }
+            if found:
+                return found
+    raise ConfigError(f"{path} holds no ConfigMap with {ENV_PREFIX}* settings")
+
+
+# long: typer options (12 of them); the body is short
 @commands.command("bench-serve")
 @friendly
 def bench_serve(
@@ -129,6 +152,15 @@ def bench_serve(
         bool,
         typer.Option(help="Also serve the peer (Optimum int8 in a transformers pipeline behind one BentoML endpoint)."),
     ] = True,
+    settings_from: Annotated[
+        Path | None,
+        typer.Option(
+            exists=True,
+            dir_okay=False,
+            help="A Kubernetes ConfigMap (YAML) whose KNOWACQ_* values the server runs with (not MODEL, PROVIDER): "
+            "measure what the deployment runs.",
+        ),
+    ] = None,
     overload: Annotated[
         str | None,
         typer.Option(
@@ -144,8 +176,9 @@ def bench_serve(
     from bento import bench_serve as run
 
     levels, shapes = _integers(concurrency, "--concurrency"), _integers(texts_per_request, "--texts-per-request")
+    settings = _configmap_settings(settings_from) if settings_from else None
     if overload:
-        _overload(model, out_file, data, overload, shapes[0], levels[-1], rounds, duration)
+        _overload(model, out_file, data, overload, shapes[0], levels[-1], rounds, duration, settings)
         return
     if contender:
         parsed = dict(parse_contender(spec) for spec in contender)
@@ -171,6 +204,7 @@ def bench_serve(
         rounds=rounds,
         duration_s=duration,
         peer=peer,
+        settings=settings,
         log=lambda line: err.print(line),
     )
     out.print(out_file.with_suffix(".md").read_text(), markup=False)
