@@ -99,11 +99,20 @@ def locust(
     }
 
 
-def _recovery(url: str, normal_ms: float, limit_s: float = 15.0) -> tuple[float | None, list[str]]:
-    """Seconds until /readyz answers 200 and one request takes no longer than `normal_ms` again, and what
-    the probes saw."""
+LONE_BOUND_MS = 200.0
+"""After the overload a lone request must be answered within this again: the unbounded cork wait held lone
+requests 260-440 ms for 15 s and more (BentoML's optimizer, fixed in bento._worker), which this catches."""
+
+
+def _recovery(
+    url: str, normal_ms: float, limit_s: float = 15.0, consecutive: int = 5
+) -> tuple[float | None, list[str]]:
+    """Seconds until /readyz answers 200 and `consecutive` lone requests in a row (100 ms apart) each take no
+    longer than `normal_ms`, and what the probes saw."""
     started = time.monotonic()
     seen: list[str] = []
+    streak: float | None = None
+    count = 0
     with httpx.Client(base_url=url, timeout=10) as client:
         while time.monotonic() - started < limit_s:
             at = time.monotonic() - started
@@ -114,9 +123,14 @@ def _recovery(url: str, normal_ms: float, limit_s: float = 15.0) -> tuple[float 
                 took_ms = (time.perf_counter() - t0) * 1000
                 seen.append(f"{at:.2f}s readyz {ready} classify {ok.status_code} {took_ms:.0f} ms")
                 if ready == 200 and ok.status_code == 200 and took_ms <= normal_ms:
-                    return at, seen
+                    streak, count = (at if count == 0 else streak), count + 1
+                    if count >= consecutive:
+                        return streak, seen
+                else:
+                    count = 0
             except httpx.HTTPError as exc:
                 seen.append(f"{at:.2f}s {type(exc).__name__}")
+                count = 0
             time.sleep(0.1)
     return None, seen
 
@@ -142,7 +156,7 @@ def test_load_overload_and_recovery(fp32_variant: Path, tmp_path: Path, figures:
         over = locust(
             server.url, tmp_path, "overload", users=users, seconds=scale(10, 30), rate_per_user=2 * peak["rps"] / users
         )
-        normal_ms = max(steady["p95_ms"], 2 * steady["p50_ms"])
+        normal_ms = min(max(steady["p95_ms"], 2 * steady["p50_ms"]), LONE_BOUND_MS)
         recovered, probes = _recovery(server.url, normal_ms)
         log = (tmp_path / "server.log").read_text(errors="replace")
     refused = {k: v for k, v in over["failures"].items() if k in ("status 429", "status 503")}
