@@ -66,7 +66,8 @@ def test_bench_overload_reports_goodput_statuses_and_recovery(fp32_variant: Path
         rounds=1,
         duration_s=2.0,
         capacity_s=1.5,
-        settings={"threads": 1},
+        # a bound the tiny model meets even when the in-process client, not the server, lags (CI's 2 cores)
+        settings={"threads": 1, "max_latency_ms": 10_000},
         log=lambda _line: None,
     )
     assert json.loads(out.read_text())["summary"] == result["summary"]
