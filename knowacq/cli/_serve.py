@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -102,23 +102,31 @@ def _overload(
     out.print(out_file.with_suffix(".md").read_text(), markup=False)
 
 
-def _configmap_settings(path: Path) -> dict[str, str]:
-    """The service settings of a Kubernetes ConfigMap file: its KNOWACQ_* data, less the model and provider
-    (the benchmark serves the variant it is given, on this machine)."""
+def _configmap_settings(path: Path) -> dict[str, Any]:
+    """The service settings of a Kubernetes ConfigMap file: its KNOWACQ_* data parsed as the service parses its
+    environment (a malformed or unknown one raises ConfigError), less the model and provider (the benchmark
+    serves the variant it is given, on this machine)."""
+    import dataclasses
+
     import yaml
 
-    from bento import ENV_PREFIX
+    from bento import ENV_PREFIX, Settings
 
+    known = {f.name for f in dataclasses.fields(Settings)}
     for doc in yaml.safe_load_all(path.read_text()):
         if isinstance(doc, dict) and doc.get("kind") == "ConfigMap":
             data = doc.get("data") or {}
-            found = {
-                key[len(ENV_PREFIX) :].lower(): str(value)
-                for key, value in data.items()
+            names = {
+                key: key[len(ENV_PREFIX) :].lower()
+                for key in data
                 if key.startswith(ENV_PREFIX) and key not in (ENV_PREFIX + "MODEL", ENV_PREFIX + "PROVIDER")
             }
-            if found:
-                return found
+            unknown = sorted(key for key, name in names.items() if name not in known)
+            if unknown:
+                raise ConfigError(f"{path}: {', '.join(unknown)} is not a service setting (bento/_settings.py)")
+            if names:
+                parsed = Settings.from_env({key: str(data[key]) for key in names})
+                return {name: getattr(parsed, name) for name in names.values()}
     raise ConfigError(f"{path} holds no ConfigMap with {ENV_PREFIX}* settings")
 
 

@@ -9,6 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from knowacq.cli import app
+from knowacq.errors import ConfigError
 from tests.conftest import write_tsv
 
 runner = CliRunner()
@@ -119,3 +120,22 @@ def test_help_keeps_the_defaults_written_in_brackets() -> None:
     result = runner.invoke(app, ["feedback", "export", "--help"], terminal_width=200)
     assert result.exit_code == 0
     assert "[default: ./knowacq-feedback.db]" in result.output
+
+
+def test_bench_serve_settings_from_a_configmap_are_parsed_as_the_service_parses_its_environment(
+    tmp_path: Path,
+) -> None:
+    configmap = tmp_path / "configmap.yaml"
+    body = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: s}\ndata:\n"
+    configmap.write_text(body + '  KNOWACQ_MODEL: "m:latest"\n  KNOWACQ_DRAIN_S: "10"\n  KNOWACQ_RECORD: "all"\n')
+    from knowacq.cli._serve import _configmap_settings
+
+    assert _configmap_settings(configmap) == {"drain_s": 10.0, "record": "all"}  # typed; model left out
+    configmap.write_text(body + '  KNOWACQ_DRAIN_SECONDS: "10"\n')
+    result = runner.invoke(app, ["bench-serve", "--model", str(tmp_path), "--out", str(tmp_path / "b.json"),
+                                 "--settings-from", str(configmap)])  # fmt: skip
+    assert result.exit_code != 0 and "KNOWACQ_DRAIN_SECONDS is not a service setting" in result.output
+    assert "Traceback" not in result.output
+    configmap.write_text(body + '  KNOWACQ_DRAIN_S: "ten"\n')
+    with pytest.raises(ConfigError, match="KNOWACQ_DRAIN_S='ten'"):
+        _configmap_settings(configmap)

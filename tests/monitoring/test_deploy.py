@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
 from pathlib import Path
 
@@ -83,6 +84,26 @@ def test_hpa_scales_on_the_adapter_metric_with_a_measured_target() -> None:
     target = metric["target"]["averageValue"]
     assert re.fullmatch(r"\d+", str(target)), f"the HPA target must be a measured number, got {target!r}"
     assert "knowacq bench-serve" in (KUBE / "hpa.yaml").read_text()
+
+
+def test_hpa_target_is_70_percent_of_a_bench_serve_run_with_the_configmaps_settings() -> None:
+    """The run hpa.yaml names served with the ConfigMap's KNOWACQ_* settings, and the target is 70% of what it
+    served with one text per request at concurrency 32 (the shape most online callers send)."""
+    text = (KUBE / "hpa.yaml").read_text()
+    named = re.findall(r"docs/benchmarks/[\w.-]+\.json", text)
+    assert len(set(named)) == 1, f"hpa.yaml must name the one bench-serve run its target comes from: {named}"
+    run = json.loads((REPO / named[0]).read_text())
+    configmap = next(d for d in by_kind("ConfigMap") if d["metadata"]["name"] == "knowacq-settings")["data"]
+    deployed = Settings.from_env({k: v for k, v in configmap.items() if k not in ("KNOWACQ_MODEL", "KNOWACQ_PROVIDER")})
+    served = run["settings_reported_by_server"]
+    for key in configmap:
+        name = key.removeprefix("KNOWACQ_").lower()
+        if key.startswith("KNOWACQ_") and name not in ("model", "provider"):
+            assert served[name] == getattr(deployed, name), f"{key}: the run served {served[name]!r}"
+    one_text = run["served"]["knowacq/1/32"]
+    assert one_text["errors"] == 0
+    target = int(by_kind("HorizontalPodAutoscaler")[0]["spec"]["metrics"][0]["pods"]["target"]["averageValue"])
+    assert target == round(0.7 * one_text["texts_per_s"]["median"]), (target, one_text["texts_per_s"])
 
 
 def test_service_targets_the_container_port_and_kustomization_lists_files() -> None:
