@@ -42,9 +42,38 @@ def _default_texts(variant: Path) -> Path:
     raise ConfigError(f"no --data given and no recorded dev file found for {variant}; pass --data TSV")
 
 
+def server_cpu(pid: int) -> Callable[[], float]:
+    """A reader of the CPU seconds (user + system) used so far by process `pid` and its children: the server's
+    cost per text, beside its throughput."""
+    import psutil
+
+    root = psutil.Process(pid)
+
+    def read() -> float:
+        total = 0.0
+        for process in [root, *root.children(recursive=True)]:
+            try:
+                times = process.cpu_times()
+            except psutil.NoSuchProcess:
+                continue
+            total += times.user + times.system
+        return total
+
+    return read
+
+
+# long: one closed-loop client (its workers inline, sharing counters); one return
 async def _drive(
-    url: str, texts: Sequence[str], concurrency: int, duration_s: float, warmup_s: float, per_request: int = 1
+    url: str,
+    texts: Sequence[str],
+    concurrency: int,
+    duration_s: float,
+    warmup_s: float,
+    per_request: int = 1,
+    cpu: Callable[[], float] | None = None,
 ) -> dict[str, Any]:
+    """`concurrency` clients, each sending its next request when the last is answered; measured for `duration_s`
+    after `warmup_s`. With `cpu` (`server_cpu`), also the server's CPU seconds over the measured time."""
     import aiohttp
 
     latencies: list[float] = []
@@ -84,10 +113,27 @@ async def _drive(
                 else:
                     errors += 1
 
+        marks: list[float] = []
+
+        async def mark() -> None:
+            await asyncio.sleep(max(0.0, measure_from - time.perf_counter()))
+            marks.append(cpu() if cpu else 0.0)
+
+        marker = asyncio.ensure_future(mark())
         await asyncio.gather(*(worker() for _ in range(concurrency)))
+        await marker
         elapsed = time.perf_counter() - measure_from
+        server_cpu_s = cpu() - marks[0] if cpu else None
     lat = np.array(latencies) * 1000 if latencies else np.array([float("nan")])
+    cpu_rows = {}
+    if server_cpu_s is not None:
+        cpu_rows = {
+            "server_cpu_s": server_cpu_s,
+            "server_cores": server_cpu_s / elapsed,
+            "server_cpu_ms_per_text": server_cpu_s / done_texts * 1000 if done_texts else float("nan"),
+        }
     return {
+        **cpu_rows,
         "concurrency": concurrency,
         "texts_per_request": per_request,
         "requests": int(sum(statuses.values())),
@@ -114,13 +160,19 @@ def _engine_round(predictor: Any, texts: Sequence[str], batch: int) -> dict[str,
     engine = predictor.engine
     engine.infer(engine.tokenize(list(texts[:batch])))  # warm-up
     times = []
+    cpu = server_cpu(os.getpid())
+    cpu_start = cpu()
     start = time.perf_counter()
     for chunk in _chunks(texts, batch):
         tick = time.perf_counter()
         engine.infer(engine.tokenize(chunk))
         times.append(time.perf_counter() - tick)
     elapsed = time.perf_counter() - start
-    return {"texts_per_s": len(texts) / elapsed, "batch_p50_ms": float(np.median(times) * 1000)}
+    return {
+        "texts_per_s": len(texts) / elapsed,
+        "batch_p50_ms": float(np.median(times) * 1000),
+        "cpu_ms_per_text": (cpu() - cpu_start) / len(texts) * 1000,
+    }
 
 
 def _cell(values: Sequence[float]) -> dict[str, float]:
@@ -179,7 +231,8 @@ def bench_serve(
             reported = httpx.get(f"{started['knowacq'].url}/model", timeout=30).json()["settings"]
             for r in range(rounds):
                 for name, shape, c in cells[r % len(cells) :] + cells[: r % len(cells)]:
-                    row = asyncio.run(_drive(started[name].url, texts, c, duration_s, warmup_s, shape))
+                    reader = server_cpu(started[name].pid)
+                    row = asyncio.run(_drive(started[name].url, texts, c, duration_s, warmup_s, shape, reader))
                     row["round"] = r
                     runs[_key(name, shape, c)].append(row)
                     log(
@@ -279,6 +332,11 @@ def _engine_summary(rows: list[dict[str, float]]) -> dict[str, Any]:
     return {
         "texts_per_s": _cell([r["texts_per_s"] for r in rows]),
         "batch_p50_ms": _cell([r["batch_p50_ms"] for r in rows]),
+        **(
+            {"cpu_ms_per_text": _cell([r["cpu_ms_per_text"] for r in rows])}
+            if all("cpu_ms_per_text" in r for r in rows)
+            else {}
+        ),
     }
 
 
@@ -304,6 +362,9 @@ def _served_summary(
             "errors": int(sum(row["errors"] for row in rows)),
             "statuses": _add_statuses(rows),
         }
+        if all("server_cpu_ms_per_text" in row for row in rows):
+            cell["server_cpu_ms_per_text"] = _cell([row["server_cpu_ms_per_text"] for row in rows])
+            cell["server_cores"] = _cell([row["server_cores"] for row in rows])
         peer_rows = runs.get(_key("peer", shape, c))
         if name == "knowacq" and peer_rows:
             peer_by_round = {row["round"]: row["texts_per_s"] for row in peer_rows}
@@ -336,19 +397,29 @@ def _markdown(r: dict[str, Any]) -> str:
         f"threads {settings.get('threads')}, max_batch_size {settings.get('max_batch_size')}, max_latency_ms "
         f"{settings.get('max_latency_ms')}, record {settings.get('record')}, access_log {settings.get('access_log')}.",
         "",
-        "| server | texts/request | concurrency | texts/s | x engine | x peer | p50 ms | p99 ms | errors |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "Server CPU: user + system seconds of the server's processes over the measured time (cores: per second of "
+        "it); the engine's is this process's own.",
+        "",
+        "| server | texts/request | concurrency | texts/s | x engine | x peer | p50 ms | p99 ms | errors "
+        "| server CPU ms/text | server cores |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for cell in r["served"].values():
         peer = _fmt(cell["x_peer"], 2) if "x_peer" in cell else ""
+        cpu = cell.get("server_cpu_ms_per_text")
+        cores = cell.get("server_cores")
         lines.append(
             f"| {cell['server']} | {cell['texts_per_request']} | {cell['concurrency']} | {_fmt(cell['texts_per_s'])} "
             f"| {_fmt(cell['x_engine'], 2)} | {peer} | {_fmt(cell['p50_ms'])} | {_fmt(cell['p99_ms'])} "
-            f"| {cell['errors']} |"
+            f"| {cell['errors']} | {_fmt(cpu, 2) if cpu else ''} | {_fmt(cores, 2) if cores else ''} |"
         )
-    lines += ["", "| engine batch | texts/s | p50 ms per batch |", "|---:|---:|---:|"]
+    lines += ["", "| engine batch | texts/s | p50 ms per batch | CPU ms/text |", "|---:|---:|---:|---:|"]
     for batch, cell in sorted(r["engine"].items(), key=lambda kv: int(kv[0])):
-        lines.append(f"| {batch} | {_fmt(cell['texts_per_s'])} | {_fmt(cell['batch_p50_ms'], 2)} |")
+        cpu = cell.get("cpu_ms_per_text")
+        lines.append(
+            f"| {batch} | {_fmt(cell['texts_per_s'])} | {_fmt(cell['batch_p50_ms'], 2)} "
+            f"| {_fmt(cpu, 2) if cpu else ''} |"
+        )
     return "\n".join(lines) + "\n"
 
 

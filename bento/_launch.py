@@ -136,6 +136,13 @@ class ServerProcess:
         except subprocess.TimeoutExpired:
             return self.kill()
 
+    @property
+    def pid(self) -> int:
+        """The `bentoml serve` process id (its workers are its children)."""
+        if self.process is None:
+            raise KnowacqError("the server has not been started")
+        return self.process.pid
+
     def worker_pids(self) -> list[int]:
         """Process ids of the server's descendants (BentoML's workers)."""
         import psutil

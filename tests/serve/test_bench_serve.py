@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -38,10 +39,14 @@ def test_bench_serve_compares_server_peer_and_engine_in_interleaved_rounds(fp32_
         assert 0 < cell["texts_per_s"]["min"] <= cell["texts_per_s"]["median"] <= cell["texts_per_s"]["max"]
         assert cell["x_engine"]["median"] > 0
         assert ("x_peer" in cell) == (cell["server"] == "knowacq")
+        # the server's CPU over the measured time: its processes worked (not zero), at most the machine's cores
+        cores = cell["server_cores"]
+        assert 0 < cell["server_cpu_ms_per_text"]["median"] and 0 < cores["max"] <= (os.cpu_count() or 1) + 0.5, cell
         assert len(result["runs"][key]) == 2  # one row per round, never a best-of
     # the engine is timed in the batch sizes the server can form: min(max_batch_size, concurrency x shape)
     assert sorted(result["engine"], key=int) == ["1", "3", "4", "12"]
     assert len(result["engine_runs"]["12"]) == 2
+    assert all(cell["cpu_ms_per_text"]["min"] > 0 for cell in result["engine"].values())
     # the settings are the ones the server reported, not the ones asked for
     assert result["settings_reported_by_server"]["threads"] == 1
     assert result["settings_reported_by_server"]["access_log"] is False
