@@ -470,8 +470,9 @@ def bench_contenders(
         try:
             for r in range(rounds):
                 for name in names[r % len(names) :] + names[: r % len(names)]:
+                    reader = server_cpu(servers[name].pid)
                     row = asyncio.run(
-                        _drive(servers[name].url, texts, concurrency, duration_s, warmup_s, texts_per_request)
+                        _drive(servers[name].url, texts, concurrency, duration_s, warmup_s, texts_per_request, reader)
                     )
                     row["round"] = r
                     runs[name].append(row)
@@ -543,6 +544,8 @@ def _summarise_contenders(
             "ratio_to_baseline_max": float(ratios.max()),
             "p99_ms_median": float(np.median([row["p99_ms"] for row in runs[name]])),
             "errors": int(sum(row["errors"] for row in runs[name])),
+            "server_cpu_ms_per_text_median": float(np.median([row["server_cpu_ms_per_text"] for row in runs[name]])),
+            "server_cores_median": float(np.median([row["server_cores"] for row in runs[name]])),
         }
     return {
         "machine": machine_info(cpu_threads()),
@@ -567,14 +570,15 @@ def _contenders_markdown(r: dict[str, Any]) -> str:
         f"{r['machine']['threads']} threads. Median over the rounds, [min, max]; the ratio is paired by round "
         f"against `{r['baseline']}`.",
         "",
-        "| contender | settings | texts/s | x baseline | p99 ms | errors |",
-        "|---|---|---:|---:|---:|---:|",
+        "| contender | settings | texts/s | x baseline | p99 ms | errors | server CPU ms/text | server cores |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for name, s in r["summary"].items():
         settings = ", ".join(f"{k}={v}" for k, v in s["settings"].items()) or "defaults"
         lines.append(
             f"| {name} | {settings} | {s['texts_per_s_median']:.1f} [{s['texts_per_s_min']:.1f}, "
             f"{s['texts_per_s_max']:.1f}] | {s['ratio_to_baseline_median']:.3f} [{s['ratio_to_baseline_min']:.3f}, "
-            f"{s['ratio_to_baseline_max']:.3f}] | {s['p99_ms_median']:.1f} | {s['errors']} |"
+            f"{s['ratio_to_baseline_max']:.3f}] | {s['p99_ms_median']:.1f} | {s['errors']} "
+            f"| {s['server_cpu_ms_per_text_median']:.2f} | {s['server_cores_median']:.2f} |"
         )
     return "\n".join(lines) + "\n"

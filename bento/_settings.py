@@ -120,6 +120,13 @@ class Settings:
     """KNOWACQ_WORKERS: BentoML worker processes. ONNX Runtime already uses every allowed core in one."""
     threads: int = 0
     """KNOWACQ_THREADS: ONNX Runtime intra-op threads per worker (0: the CPUs this process may use)."""
+    spinning: bool = True
+    """KNOWACQ_SPINNING: ONNX Runtime's intra-op threads spin a while after each batch, waiting for the next (its
+    default). False: they sleep, so that they leave the CPU to the event loop between batches and do not use a
+    pod's CPU quota while idle. Measured (docs/benchmarks/2026-12-02-serve-spinning-*, cpu-int8-pruned, 2
+    cores, concurrency 32, 5 rounds): texts/s 0.93x [0.80, 1.04] with 8 texts per request and 1.25x [0.87,
+    1.27] with one, no difference within the spread, at 2.61 vs 2.72 and 3.23 vs 4.94 server CPU ms per
+    text; the default stays ONNX Runtime's."""
 
     def __post_init__(self) -> None:
         if not self.model.strip():

@@ -554,3 +554,21 @@ def test_the_queue_estimate_follows_the_recent_batches() -> None:
     queue.observe(texts=10, seconds=0.2)  # slower batches move it a fifth of the way each time
     assert queue.seconds_per_text == pytest.approx(0.012)
     assert queue.full(1000) and not queue.full(2000)
+
+
+def test_spinning_setting_reaches_the_serving_session_and_never_the_shadow(fp32_variant: Path) -> None:
+    from bento._models import load_predictor
+
+    def allows_spinning(settings: Settings, shadow: bool = False) -> str:
+        predictor, _ = load_predictor(str(fp32_variant), settings, shadow=shadow)
+        options = predictor.engine.session.get_session_options()
+        try:
+            return options.get_session_config_entry("session.intra_op.allow_spinning")
+        except RuntimeError:  # not set: ONNX Runtime's default (spinning)
+            return "default"
+
+    spinning = Settings.from_env({"KNOWACQ_MODEL": str(fp32_variant)})
+    assert spinning.spinning is True and allows_spinning(spinning) == "default"  # ONNX Runtime's own default
+    sleeping = Settings.from_env({"KNOWACQ_MODEL": str(fp32_variant), "KNOWACQ_SPINNING": "false"})
+    assert allows_spinning(sleeping) == "0"
+    assert allows_spinning(spinning, shadow=True) == "0"  # the shadow candidate never spins
