@@ -101,7 +101,10 @@ def locust(
 
 LONE_BOUND_MS = 200.0
 """After the overload a lone request must be answered within this again: the unbounded cork wait held lone
-requests 260-440 ms for 15 s and more (BentoML's optimizer, fixed in bento._worker), which this catches."""
+requests 260-440 ms for 15 s and more (BentoML's optimizer, fixed in bento._worker), which this catches. It
+does not catch every missing bound: with the bound taken out, the full-size run of 2026-12-02 saw lone
+requests of 132-136 ms after the overload (60-65 ms with it) and passed; tests/serve/test_bentoml_surface.py
+checks the bound on every dispatcher directly."""
 
 
 def _recovery(

@@ -77,6 +77,30 @@ def test_the_bound_caps_the_cork_wait_at_the_time_of_a_batch_of_one() -> None:
     assert optimizer.wait == pytest.approx(0.002)
 
 
+def test_every_dispatcher_the_queue_builds_carries_the_bound(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
+    """The queue itself bounds each length class's dispatcher (the load test's recovery probe alone does not
+    notice a missing bound: without it, lone requests after an overload took about 130 ms, under its 200 ms)."""
+    made: list[Any] = []
+
+    class Recording(dispatcher_module.CorkDispatcher):  # type: ignore[name-defined]
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            made.append(self)
+
+    monkeypatch.setattr(dispatcher_module, "CorkDispatcher", Recording)
+    settings = Settings(model=str(tmp_path))
+
+    async def main() -> None:
+        batching_queue(settings, lambda requests: [])
+
+    asyncio.run(main())
+    assert len(made) == len(token_classes(settings.max_batch_size, settings.max_batch_tokens)) > 1
+    for dispatcher in made:
+        _feed(dispatcher.optimizer, wait=0.4)
+        dispatcher.optimizer.trigger_refresh()
+        assert dispatcher.optimizer.wait == pytest.approx(0.005, rel=1e-6)
+
+
 @pytest.mark.parametrize(("max_batch", "sizes"), [(64, [1, 2, 3]), (4, [5, 1, 3, 5, 2])])
 def test_the_queue_batches_requests_and_answers_each_its_own(tmp_path: Any, max_batch: int, sizes: list[int]) -> None:
     """Several requests share a batch; with a maximum batch of 4, requests of 5 texts are split across two
