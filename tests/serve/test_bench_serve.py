@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from bento import bench_serve
+from knowacq.errors import ConfigError
 
 pytest.importorskip("optimum.onnxruntime")
 
@@ -84,3 +85,36 @@ def test_bench_overload_reports_goodput_statuses_and_recovery(fp32_variant: Path
     assert set(row["statuses"]) <= {"200", "429", "503"}, row["statuses"]  # refused, never failed
     assert 0 < row["goodput_share"] and row["recovery_s"] is not None
     assert "| 2x |" in out.with_suffix(".md").read_text()
+
+
+def test_bench_contenders_drives_servers_in_turn_and_pairs_ratios_by_round(fp32_variant: Path, tmp_path: Path) -> None:
+    from bento import bench_contenders
+
+    texts = tmp_path / "texts.tsv"
+    texts.write_text("sentence\tlabel\n" + "".join(f"a {'slow ' * (i % 5)}film {i}\t0\n" for i in range(40)))
+    out = tmp_path / "contenders.json"
+    lines: list[str] = []
+    result = bench_contenders(
+        fp32_variant,
+        out,
+        {"base": {"threads": "1"}, "sleeping": {"threads": "1", "spinning": "false"}},
+        data=texts,
+        concurrency=4,
+        duration_s=1.0,
+        warmup_s=0.3,
+        rounds=2,
+        texts_per_request=2,
+        log=lines.append,
+    )
+    assert json.loads(out.read_text())["summary"] == result["summary"]
+    base, sleeping = result["summary"]["base"], result["summary"]["sleeping"]
+    assert base["ratio_to_baseline_median"] == 1.0 and sleeping["settings"] == {"threads": "1", "spinning": "false"}
+    for row in (base, sleeping):
+        assert row["errors"] == 0 and row["texts_per_s_min"] > 0 and row["server_cpu_ms_per_text_median"] > 0
+    # in turn, the order rotating: round 1 base then sleeping, round 2 sleeping then base
+    driven = [line.split()[2].rstrip(":") for line in lines if line.startswith("round")]
+    assert driven == ["base", "sleeping", "sleeping", "base"], lines
+    ratios = [s["texts_per_s"] / b["texts_per_s"] for s, b in zip(result["runs"]["sleeping"], result["runs"]["base"])]
+    assert sleeping["ratio_to_baseline_min"] == pytest.approx(min(ratios))
+    with pytest.raises(ConfigError, match="at least two contenders"):
+        bench_contenders(fp32_variant, out, {"alone": {}}, data=texts)
