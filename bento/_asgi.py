@@ -31,6 +31,7 @@ __all__ = [
     "read_body",
     "refuse",
     "require_json",
+    "send_bytes",
     "send_json",
 ]
 
@@ -56,12 +57,20 @@ def header(scope: Scope, name: bytes) -> str | None:
     return None
 
 
-def require_json(scope: Scope) -> None:
-    """Raise `UnsupportedMediaError` (415) unless the request says its body is `application/json`."""
+def require_json(scope: Scope, *, binary: bool = False) -> None:
+    """Raise `UnsupportedMediaError` (415) unless the request says its body is `application/json`; `binary`
+    (the Open Inference Protocol's routes, whose clients may send a JSON header and binary tensors with no
+    content type) also takes `application/octet-stream` and none. A compressed body is refused."""
     media = (header(scope, b"content-type") or "").split(";")[0].strip().lower()
-    if media != "application/json":
+    accepted = ("application/json", "application/octet-stream", "") if binary else ("application/json",)
+    if media not in accepted:
         raise UnsupportedMediaError(
             f"content type {media or '(none)'!r} is not accepted; send application/json", field="content-type"
+        )
+    encoding = (header(scope, b"content-encoding") or "identity").strip().lower()
+    if encoding != "identity":
+        raise UnsupportedMediaError(
+            f"content encoding {encoding!r} is not accepted; send the body uncompressed", field="content-encoding"
         )
 
 
@@ -122,8 +131,14 @@ def parse_json(raw: bytes, *, field: str | None = None) -> Any:
 
 async def send_json(send: Send, status: int, body: Any, headers: Sequence[tuple[bytes, bytes]] = ()) -> None:
     """One JSON answer, serialised once."""
-    payload = orjson.dumps(body)
-    start = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode()), *headers]
+    await send_bytes(send, status, orjson.dumps(body), b"application/json", headers)
+
+
+async def send_bytes(
+    send: Send, status: int, payload: bytes, content_type: bytes, headers: Sequence[tuple[bytes, bytes]] = ()
+) -> None:
+    """One answer already serialised."""
+    start = [(b"content-type", content_type), (b"content-length", str(len(payload)).encode()), *headers]
     await send({"type": "http.response.start", "status": status, "headers": start})
     await send({"type": "http.response.body", "body": payload})
 

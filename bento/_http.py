@@ -14,8 +14,30 @@ import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-from bento._asgi import Receive, Scope, Send, TooLarge, header, parse_json, read_body, refuse, require_json, send_json
+from bento._asgi import (
+    Receive,
+    Scope,
+    Send,
+    TooLarge,
+    header,
+    parse_json,
+    read_body,
+    refuse,
+    require_json,
+    send_bytes,
+    send_json,
+)
 from bento._core import ClassifierCore, Item, parse_classify, parse_feedback, parse_reload
+from bento._protocols import (
+    InferRequest,
+    V2Route,
+    model_metadata,
+    parse_native,
+    parse_tei,
+    parse_v2_infer,
+    server_metadata,
+    v2_route,
+)
 from bento._refusals import (
     INTERNAL,
     LOADING,
@@ -25,6 +47,7 @@ from bento._refusals import (
     QueueFull,
     answer,
 )
+from knowacq.base import library_versions
 from knowacq.errors import (
     AuthError,
     InvalidInputError,
@@ -37,8 +60,11 @@ log = logging.getLogger("knowacq.service")
 
 Message = MutableMapping[str, Any]
 
-JSON_ENDPOINTS = {"/classify": "classify", "/feedback": "feedback", "/admin/reload": "reload"}
+JSON_ENDPOINTS = {"/classify": "classify", "/predict": "predict", "/feedback": "feedback", "/admin/reload": "reload"}
 PROTECTED = {"feedback", "reload"}
+INFER = {"classify", "predict", "v2_infer"}
+"""The endpoints that classify texts (native, text-embeddings-inference's shape, Open Inference Protocol v2):
+one path through the batching queue, answered by the guard."""
 
 
 Infer = Callable[[list[Item]], Awaitable[list[dict[str, Any]]]]
@@ -109,17 +135,22 @@ class RequestGuard:
             await self.app(scope, receive, send)
             return
         path = scope.get("path", "")
-        if path == "/readyz" and scope.get("method") == "GET":
+        method = scope.get("method")
+        if path == "/readyz" and method == "GET":
             await self._readyz(send)
             return
-        if path == "/model" and scope.get("method") == "GET":
+        if path == "/model" and method == "GET":
             if self.state.core is None:
                 await refuse(send, LOADING_MODEL_INFO, LOADING_MODEL_INFO.body())
             else:
                 await send_json(send, 200, self.state.core.model_info())
             return
-        endpoint = JSON_ENDPOINTS.get(path)
-        if endpoint is None or scope.get("method") != "POST":
+        route = v2_route(path) if path.startswith("/v2") else None
+        if route is not None and route.kind != "infer" and method == "GET":
+            await self._v2_get(send, route)
+            return
+        endpoint = "v2_infer" if route is not None and route.kind == "infer" else JSON_ENDPOINTS.get(path)
+        if endpoint is None or method != "POST":
             await self.app(scope, receive, send)
             return
         core = self.state.core
@@ -135,20 +166,27 @@ class RequestGuard:
             error = f"too many requests in flight (limit {limit}); retry later"
             await refuse(send, TOO_MANY_IN_FLIGHT, TOO_MANY_IN_FLIGHT.body(error))
             return
-        if endpoint == "classify" and state.infer is not None and state.queue.full(core.settings.max_latency_ms):
+        if endpoint in INFER and state.infer is not None and state.queue.full(core.settings.max_latency_ms):
             core.metrics.fail(QUEUE_FULL.reason)  # the model is busier than the latency bound: 503 at once
             error = f"{QUEUE_FULL.error} (about {state.queue.wait_s():.1f} s of texts are waiting)"
             await refuse(send, QUEUE_FULL, QUEUE_FULL.body(error))
             return
         state.in_flight += 1
         try:
-            await self._guarded(scope, receive, send, core, endpoint, start)
+            await self._guarded(scope, receive, send, core, endpoint, start, route)
         finally:
             state.in_flight -= 1
             state.last_request = time.monotonic()
 
     async def _guarded(
-        self, scope: Scope, receive: Receive, send: Send, core: ClassifierCore, endpoint: str, start: float
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        core: ClassifierCore,
+        endpoint: str,
+        start: float,
+        route: V2Route | None = None,
     ) -> None:
         status = {"code": 500}
 
@@ -158,7 +196,7 @@ class RequestGuard:
             await send(message)
 
         try:
-            body, parsed = await self._read_json(scope, receive, core, endpoint)
+            body, parsed = await self._read_json(scope, receive, core, endpoint, route)
         except RequestError as exc:
             refusal, refused = answer(exc)
             core.metrics.fail(refusal.reason)
@@ -168,8 +206,11 @@ class RequestGuard:
             core.metrics.request_seconds.labels(endpoint=endpoint).observe(time.perf_counter() - start)
             return
         infer = self.state.infer
-        if endpoint == "classify" and infer is not None:  # the hot path: answered here, parsed once
-            await self._classify(send, core, infer, parsed, start)
+        if endpoint in INFER and infer is not None:  # the hot path: answered here, parsed once
+            await self._classify(send, core, infer, parsed, start, endpoint)
+            return
+        if endpoint != "classify" and endpoint in INFER:  # only /classify has an endpoint of BentoML's own
+            await refuse(send, LOADING, LOADING.body())
             return
         # Replay the body we read to the app, so that BentoML parses exactly what we checked.
         sent = False
@@ -192,10 +233,13 @@ class RequestGuard:
                 core.metrics.fail(INTERNAL.reason)
             core.metrics.request_seconds.labels(endpoint=endpoint).observe(time.perf_counter() - start)
 
-    async def _classify(self, send: Send, core: ClassifierCore, infer: Infer, texts: list[str], start: float) -> None:
-        """POST /classify without BentoML's IO layer: the texts checked once go into the batching queue (BentoML's
-        dispatcher), the answers are serialised once."""
+    async def _classify(
+        self, send: Send, core: ClassifierCore, infer: Infer, request: InferRequest, start: float, endpoint: str
+    ) -> None:
+        """A classifying request (of any shape) without BentoML's IO layer: the texts checked once go into the
+        batching queue (BentoML's dispatcher), the answers are serialised once, in the request's shape."""
         status = 200
+        texts = request.texts
         queue = self.state.queue
         queue.waiting_texts += len(texts)
         try:
@@ -212,29 +256,79 @@ class RequestGuard:
         finally:
             queue.waiting_texts -= len(texts)
         if status == 200:
-            await send_json(send, 200, answers)
-        core.metrics.request_seconds.labels(endpoint="classify").observe(time.perf_counter() - start)
+            rendered = request.render(answers)
+            await send_bytes(send, 200, rendered.payload, rendered.content_type, rendered.headers)
+        core.metrics.request_seconds.labels(endpoint=endpoint).observe(time.perf_counter() - start)
 
     async def _read_json(
-        self, scope: Scope, receive: Receive, core: ClassifierCore, endpoint: str
+        self, scope: Scope, receive: Receive, core: ClassifierCore, endpoint: str, route: V2Route | None = None
     ) -> tuple[bytes, Any]:
-        """The raw body and what it says (for /classify: its texts), after every check; raises the RequestError
-        that refuses it."""
+        """The raw body and what it says (for a classifying endpoint: an `InferRequest`), after every check;
+        raises the RequestError that refuses it."""
         settings = core.settings
         if endpoint in PROTECTED:
             core.check_token(header(scope, b"authorization"))
-        require_json(scope)
+        require_json(scope, binary=endpoint == "v2_infer")
         raw = await read_body(scope, receive, limit=settings.max_body_bytes, discard=settings.max_discard_bytes)
+        if endpoint == "v2_infer":
+            assert route is not None
+            request = parse_v2_infer(
+                raw,
+                header(scope, b"inference-header-content-length"),
+                route,
+                model_name=settings.model_name,
+                model_version=core.model_version,
+                max_texts=settings.max_texts,
+            )
+            _check_encodable(request.texts)
+            return raw, request
         parsed = parse_json(raw)
         if endpoint == "classify":
             texts = parse_classify(parsed, settings.max_texts)
             _check_encodable(texts)
-            return raw, texts
+            return raw, parse_native(texts)
+        if endpoint == "predict":
+            request = parse_tei(parsed, settings.max_texts)
+            _check_encodable(request.texts)
+            return raw, request
         if endpoint == "feedback":
             parse_feedback(parsed)
         else:
             parse_reload(parsed)
         return raw, parsed
+
+    async def _v2_get(self, send: Send, route: V2Route) -> None:
+        """The Open Inference Protocol's metadata and health routes (GET; nothing reaches the model)."""
+        core = self.state.core
+        if route.kind == "server":
+            await send_json(send, 200, server_metadata(library_versions("knowacq").get("knowacq", "unknown")))
+            return
+        if route.kind == "live":  # the process answers: live, even while the model loads
+            await send_json(send, 200, {"live": True})
+            return
+        if core is None:
+            await refuse(send, LOADING_MODEL_INFO, LOADING_MODEL_INFO.body())
+            return
+        if route.kind == "ready":
+            ready = not self.state.draining and (await self._readiness(core))[0] == 200
+            await send_json(send, 200 if ready else 503, {"ready": ready})
+            return
+        try:
+            route.check_model(core.settings.model_name, core.model_version)
+        except RequestError as exc:
+            refusal, refused = answer(exc)
+            await refuse(send, refusal, refused)
+            return
+        if route.kind == "model_ready":
+            await send_json(send, 200, {"name": route.name, "ready": True})
+            return
+        await send_json(send, 200, model_metadata(route.name, core.model_version, core.labels))
+
+    @staticmethod
+    async def _readiness(core: ClassifierCore) -> tuple[int, dict[str, Any]]:
+        import anyio
+
+        return await anyio.to_thread.run_sync(core.readiness)
 
     async def _readyz(self, send: Send) -> None:
         core = self.state.core
@@ -244,9 +338,7 @@ class RequestGuard:
         if self.state.draining:  # shutting down: load balancers should stop sending, requests still work
             await send_json(send, 503, {"status": "draining"})
             return
-        import anyio
-
-        status, body = await anyio.to_thread.run_sync(core.readiness)
+        status, body = await self._readiness(core)
         await send_json(send, status, body)
 
 

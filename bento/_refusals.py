@@ -25,6 +25,7 @@ from knowacq.errors import (
     RequestError,
     StoreError,
     UnknownLabelError,
+    UnknownModelError,
     UnknownPredictionError,
     UnsupportedMediaError,
 )
@@ -115,6 +116,7 @@ _CLIENT_ERRORS: tuple[type[RequestError], ...] = (
     InvalidInputError,
     UnknownLabelError,
     UnknownPredictionError,
+    UnknownModelError,
     AuthError,
     PayloadTooLargeError,
     UnsupportedMediaError,
@@ -142,7 +144,8 @@ REFUSALS: tuple[Refusal, ...] = (
 
 FAILURE_REASONS: tuple[str, ...] = tuple(dict.fromkeys(r.reason for r in REFUSALS if r.counted))
 """The values of `knowacq_failures_total{reason}`: invalid_json, invalid_input, unknown_label,
-unknown_prediction, unauthorized, too_large, unsupported_media_type, overloaded, store_error, internal."""
+unknown_prediction, unknown_model, unauthorized, too_large, unsupported_media_type, overloaded, store_error,
+internal."""
 
 
 def refusal_of(error: BaseException) -> Refusal:

@@ -22,6 +22,9 @@ class Settings:
     model: str = DEFAULT_MODEL
     """KNOWACQ_MODEL: an exported variant folder, or a BentoML model-store tag (name[:version]); the default
     is the tag `knowacq import-model` writes, which is also what a built bento carries."""
+    model_name: str = "knowacq"
+    """KNOWACQ_MODEL_NAME: the model's name in the Open Inference Protocol v2 routes (`/v2/models/{name}/...`,
+    what KServe, Triton and MLServer clients call it); its versions are the serving `model_version`."""
     api_token: str = ""
     """KNOWACQ_API_TOKEN: bearer token for POST /feedback. Unset: every feedback call is refused (401)."""
     store_url: str = ""
@@ -131,6 +134,8 @@ class Settings:
     def __post_init__(self) -> None:
         if not self.model.strip():
             raise ConfigError("KNOWACQ_MODEL is empty: give an exported variant folder or a model-store tag")
+        if not self.model_name.strip() or "/" in self.model_name:
+            raise ConfigError(f"KNOWACQ_MODEL_NAME must be a non-empty name without '/', got {self.model_name!r}")
         if self.provider not in ("auto", "cpu", "cuda"):
             raise ConfigError(f"KNOWACQ_PROVIDER must be auto, cpu or cuda, got {self.provider!r}")
         if self.record not in ("all", "captured"):

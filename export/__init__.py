@@ -34,6 +34,7 @@ from export._presets import (
 )
 from export._profile import bin_indices, reference_profile
 from export._prune import PruneConfig, count_parameters, load_pruned, prune
+from export._scoring import Scored, Scorer, head_input
 
 __all__ = [
     "CUDA_FUSIONS",
@@ -52,6 +53,8 @@ __all__ = [
     "PruneConfig",
     "RecoveryConfig",
     "RuntimeOptions",
+    "Scored",
+    "Scorer",
     "SmoothConfig",
     "attention_shape",
     "bench",
@@ -63,6 +66,7 @@ __all__ = [
     "evaluate_variant",
     "fusion_gate",
     "graph_shape",
+    "head_input",
     "load_pruned",
     "optimize",
     "optimize_graph",

@@ -16,6 +16,7 @@
         ├── BadRequestError       400 the body is not valid JSON (or not UTF-8)
         ├── AuthError             401 missing or wrong bearer token
         ├── UnknownPredictionError 404 feedback for a prediction id the store does not hold
+        ├── UnknownModelError     404 an inference-protocol route naming a model the service does not serve
         ├── PayloadTooLargeError  413 body over the size limit
         ├── UnsupportedMediaError 415 a content type other than application/json
         └── InvalidInputError     422 well-formed JSON with the wrong fields, types or values
@@ -48,6 +49,7 @@ __all__ = [
     "ShapeMismatchError",
     "StoreError",
     "UnknownLabelError",
+    "UnknownModelError",
     "UnknownPredictionError",
     "UnsupportedMediaError",
 ]
@@ -181,6 +183,13 @@ class AuthError(RequestError):
 class UnknownPredictionError(RequestError):
     status = 404
     reason = "unknown_prediction"
+
+
+class UnknownModelError(RequestError):
+    """An Open Inference Protocol route named a model (or version) the service does not serve."""
+
+    status = 404
+    reason = "unknown_model"
 
 
 class PayloadTooLargeError(RequestError):

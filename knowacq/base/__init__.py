@@ -1,4 +1,5 @@
-"""The bottom layer: data files, the feedback store, redaction, model cards, numeric and machine helpers.
+"""The bottom layer: data files and pools, the feedback store, redaction, model cards, numeric and machine
+helpers.
 
 Imports nothing of knowacq but `knowacq.errors`, and no heavy library (torch, transformers, onnxruntime).
 """
@@ -20,7 +21,18 @@ from knowacq.base._data import (
     write_tsv,
 )
 from knowacq.base._machine import cpu_threads, machine_info
-from knowacq.base._numeric import length_sorted_batches, softmax
+from knowacq.base._numeric import entropy, length_sorted_batches, softmax, top_margin
+from knowacq.base._pool import (
+    POOL_INPUTS,
+    POOL_OUTPUTS,
+    PoolChunk,
+    PoolWriter,
+    count_rows,
+    pick_text_column,
+    pool_format,
+    read_pool,
+    read_scored_pool,
+)
 from knowacq.base._redact import Redaction, redact, redact_for_storage, text_sha256
 from knowacq.base._stats import (
     Interval,
@@ -44,6 +56,8 @@ from knowacq.base._versions import library_versions
 
 __all__ = [
     "LABELS_FILE",
+    "POOL_INPUTS",
+    "POOL_OUTPUTS",
     "SCHEMA_VERSION",
     "SIDECAR",
     "STATUSES",
@@ -53,27 +67,36 @@ __all__ = [
     "LabelledData",
     "ModelCard",
     "ModelEvent",
+    "PoolChunk",
+    "PoolWriter",
     "PredictionRecord",
     "Redaction",
     "RetrainRequest",
     "ShadowRun",
     "check_hf_folder",
+    "count_rows",
     "cpu_threads",
     "default_store_url",
+    "entropy",
     "length_sorted_batches",
     "library_versions",
     "load_tsv",
     "machine_info",
     "mean_interval",
     "paired_difference",
+    "pick_text_column",
+    "pool_format",
     "population_stability_index",
     "read_label_names",
     "read_model_card",
+    "read_pool",
+    "read_scored_pool",
     "redact",
     "redact_for_storage",
     "require_torch",
     "softmax",
     "text_sha256",
+    "top_margin",
     "wilson_interval",
     "write_tsv",
 ]

@@ -1,10 +1,11 @@
-"""Small numeric helpers shared by every stage: softmax and length-sorted batches."""
+"""Small numeric helpers shared by every stage: softmax, a prediction's margin and entropy, and
+length-sorted batches."""
 
 from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["length_sorted_batches", "softmax"]
+__all__ = ["entropy", "length_sorted_batches", "softmax", "top_margin"]
 
 
 def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
@@ -20,3 +21,19 @@ def length_sorted_batches(lengths: np.ndarray, batch_size: int) -> list[np.ndarr
     """Indices in batches of similar length, so short texts are not padded to long ones."""
     order = np.argsort(lengths, kind="stable")
     return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+def top_margin(probabilities: np.ndarray) -> np.ndarray:
+    """Top-1 minus top-2 probability of each row (1 for a single label): 0 when the two best labels tie."""
+    if probabilities.shape[1] < 2:
+        return np.ones(len(probabilities))
+    top2 = np.sort(probabilities, axis=1)[:, -2:]
+    out: np.ndarray = top2[:, 1] - top2[:, 0]
+    return out
+
+
+def entropy(probabilities: np.ndarray) -> np.ndarray:
+    """Shannon entropy of each row (natural log)."""
+    p = np.clip(probabilities, 1e-12, 1.0)
+    out: np.ndarray = -(p * np.log(p)).sum(axis=1)
+    return out

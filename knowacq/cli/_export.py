@@ -1,4 +1,5 @@
-"""Stage 2's commands: `knowacq optimize` (export a gated ONNX variant) and `knowacq bench`."""
+"""Stage 2's commands: `knowacq optimize` (export a gated ONNX variant), `knowacq bench`, and `knowacq predict`
+(score an unlabelled file offline with a variant)."""
 
 from __future__ import annotations
 
@@ -101,3 +102,92 @@ def bench(
     )
     out.print(out_file.with_suffix(".md").read_text(), markup=False)
     out.print(f"results: {out_file} (+ .md, .png)")
+
+
+# long: typer options (15 of them); the body is short
+@commands.command()
+@friendly
+def predict(
+    model: Annotated[Path, typer.Argument(exists=True, file_okay=False, help="Exported variant folder.")],
+    data: Annotated[
+        Path, typer.Option(exists=True, dir_okay=False, help="Unlabelled texts: .tsv, .csv, .jsonl or .parquet.")
+    ],
+    out_file: Annotated[Path, typer.Option("--out", dir_okay=False, help="Scores to write: .jsonl or .parquet.")],
+    column: Annotated[str | None, typer.Option(help="The text column [default: 'text', else 'sentence'].")] = None,
+    embeddings: Annotated[
+        bool,
+        typer.Option(
+            "--embeddings/--no-embeddings", help="Also write each text's embedding (for badge, diversity, density)."
+        ),
+    ] = False,
+    on_error: Annotated[
+        str,
+        typer.Option(
+            help="A malformed row: 'refuse' the file (nothing written) or 'skip' it (listed beside the output)."
+        ),
+    ] = "refuse",
+    engine: Annotated[
+        str, typer.Option(help="'local' (this process) or 'ray' (Ray Data; pip install knowacq[ray]).")
+    ] = "local",
+    address: Annotated[
+        str | None,
+        typer.Option(help="With --engine ray: the cluster (ray://HOST:10001 or auto) [default: a local Ray]."),
+    ] = None,
+    actors: Annotated[int, typer.Option(min=1, help="With --engine ray: scoring actors (one model each).")] = 2,
+    batch_size: Annotated[int, typer.Option(min=1, help="Texts per inference batch.")] = 32,
+    chunk_rows: Annotated[int, typer.Option(min=1, help="Rows read, scored and written at a time.")] = 4096,
+    threads: Annotated[int | None, typer.Option(min=1, help="ONNX Runtime threads [default: CPUs allowed].")] = None,
+    progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")] = True,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the run's figures as JSON.")] = False,
+) -> None:
+    """Score an unlabelled file with an exported variant: label, score, margin, entropy, probabilities (and
+    embeddings), in chunks, for `knowacq feedback export --pool` or your own use."""
+    import json
+
+    from knowacq.errors import ConfigError
+
+    if engine == "local":
+        from knowacq.loop import predict_file
+
+        result = predict_file(
+            model,
+            data,
+            out_file,
+            column=column,
+            embeddings=embeddings,
+            on_error=on_error,
+            batch_size=batch_size,
+            chunk_rows=chunk_rows,
+            threads=threads,
+            progress=progress,
+            log=lambda line: err.print(line),
+        )
+    elif engine == "ray":
+        from knowacq.loop import predict_ray
+
+        result = predict_ray(
+            model,
+            data,
+            out_file,
+            column=column,
+            embeddings=embeddings,
+            on_error=on_error,
+            batch_size=batch_size,
+            address=address,
+            actors=actors,
+            threads=threads,
+            log=lambda line: err.print(line),
+        )
+    else:
+        raise ConfigError(f"--engine must be 'local' or 'ray', got {engine!r}")
+    if json_out:
+        out.print(json.dumps(result.to_dict(), indent=2), markup=False)
+        return
+    skipped = (
+        f", {result.skipped} malformed row(s) skipped (listed in {result.problems_file})" if result.skipped else ""
+    )
+    out.print(
+        f"scored {result.rows} rows in {result.seconds:.1f} s ({result.texts_per_s:.1f} texts/s, peak memory "
+        f"{result.peak_rss_mb:.0f} MiB, {result.engine}){skipped}: {result.out}",
+        markup=False,
+    )

@@ -39,16 +39,49 @@ def feedback_export(
         str | None,
         typer.Option(
             "--strategy",
-            help="random, least-confidence, margin or entropy [default: margin]; refused with --status sampled.",
+            help="random, least-confidence, margin or entropy [default: margin] (with --pool also badge, diversity, "
+            "density); refused with --status sampled.",
         ),
     ] = None,
     store: StoreOption = None,
     seed: Annotated[int, typer.Option(help="Seed of the strategy's random choices.")] = 0,
+    pool: Annotated[
+        Path | None,
+        typer.Option(
+            exists=True,
+            help="A scored pool (knowacq predict's .jsonl or .parquet, or its Ray folder) to select from instead "
+            "of the store; every strategy, badge, diversity and density included (they need --embeddings there).",
+        ),
+    ] = None,
+    candidates: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="With --pool over 200,000 rows: the most uncertain rows kept by the first, streaming stage "
+            "[default: max(10 x n, 1000)].",
+        ),
+    ] = None,
 ) -> None:
-    """Hand predictions to labelling: write Label Studio tasks or CSV, mark them queued."""
+    """Hand predictions to labelling: write Label Studio tasks or CSV, mark them queued. With --pool, pick rows
+    of a scored pool file instead (their labels come back through feedback import as new labelled texts)."""
     from knowacq.base import FeedbackStore
-    from knowacq.loop import export_tasks
+    from knowacq.loop import export_pool_tasks, export_tasks
 
+    if pool is not None:
+        if status != "captured":
+            from knowacq.errors import ConfigError
+
+            raise ConfigError("--pool selects from a scored pool file; --status applies to the store only")
+        picked = export_pool_tasks(
+            pool, out_file, n=n, strategy_name=strategy_name or "margin", fmt=fmt, seed=seed, candidates=candidates
+        )
+        how = (
+            f"two stages: the {picked.candidates} most uncertain of {picked.pool_rows} rows, then {picked.strategy}"
+            if picked.two_stage
+            else f"{picked.strategy} over all {picked.pool_rows} rows"
+        )
+        out.print(f"exported {len(picked.picked)} row(s) of {pool} ({how}) to {out_file} in {picked.seconds:.1f} s")
+        return
     records = export_tasks(
         FeedbackStore(store), out_file, n=n, strategy_name=strategy_name, fmt=fmt, seed=seed, status=status
     )

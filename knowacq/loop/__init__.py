@@ -1,5 +1,6 @@
 """Stage 4, the active-learning loop: query strategies, the bandit, the labelling hand-off, gated retraining,
-the simulation and its statistics, the replay of the live loop against random labelling, and the demo turn.
+the simulation and its statistics, the replay of the live loop against random labelling, the demo turn, and
+offline scoring of unlabelled pools.
 
 Sits above the service: imports `knowacq.base`, `knowacq.train`, `export` and `bento`, each through its face.
 """
@@ -24,6 +25,9 @@ from knowacq.loop._handoff import (
     export_tasks,
     import_labels,
 )
+from knowacq.loop._pool_select import PoolSelection, export_pool_tasks
+from knowacq.loop._predict import ON_ERROR, PredictResult, predict_file
+from knowacq.loop._predict_ray import predict_ray
 from knowacq.loop._replay import ReplayConfig, replay
 from knowacq.loop._retrain import LiveEvidence, RetrainConfig, RetrainResult, retrain, retrain_queued
 from knowacq.loop._simulate import FULL_MODE_MAX_POOL, FULL_MODE_TRAIN, SimulationConfig, simulate
@@ -33,7 +37,6 @@ from knowacq.loop._strategies import (
     DensityWeightedSampling,
     Selection,
     Strategy,
-    entropy,
     least_confidence,
     margin,
     select,
@@ -44,6 +47,7 @@ __all__ = [
     "EMBEDDING_STRATEGIES",
     "FULL_MODE_MAX_POOL",
     "FULL_MODE_TRAIN",
+    "ON_ERROR",
     "STRATEGIES",
     "BadgeSampling",
     "DensityWeightedSampling",
@@ -51,6 +55,8 @@ __all__ = [
     "Exp3",
     "ImportResult",
     "LiveEvidence",
+    "PoolSelection",
+    "PredictResult",
     "ReplayConfig",
     "RetrainConfig",
     "RetrainResult",
@@ -62,7 +68,7 @@ __all__ = [
     "bandit_regret",
     "demo_loop",
     "embed",
-    "entropy",
+    "export_pool_tasks",
     "export_tasks",
     "import_labels",
     "labels_to_stay",
@@ -70,6 +76,8 @@ __all__ = [
     "least_confidence",
     "margin",
     "paired_gain",
+    "predict_file",
+    "predict_ray",
     "replay",
     "retrain",
     "retrain_queued",

@@ -15,6 +15,7 @@ from typing import ClassVar, Protocol
 
 import numpy as np
 
+from knowacq.base import entropy, top_margin
 from knowacq.errors import ConfigError
 
 __all__ = [
@@ -23,7 +24,6 @@ __all__ = [
     "DensityWeightedSampling",
     "Selection",
     "Strategy",
-    "entropy",
     "least_confidence",
     "margin",
     "select",
@@ -40,14 +40,8 @@ def margin(probabilities: np.ndarray) -> np.ndarray:
     """1 - (top-1 minus top-2 probability): 1 when the two best labels tie."""
     if probabilities.shape[1] < 2:
         return np.zeros(len(probabilities))
-    top2 = np.sort(probabilities, axis=1)[:, -2:]
-    return 1.0 - (top2[:, 1] - top2[:, 0])
-
-
-def entropy(probabilities: np.ndarray) -> np.ndarray:
-    """Shannon entropy of each row (natural log)."""
-    p = np.clip(probabilities, 1e-12, 1.0)
-    return -(p * np.log(p)).sum(axis=1)
+    out: np.ndarray = 1.0 - top_margin(probabilities)
+    return out
 
 
 class Strategy(Protocol):

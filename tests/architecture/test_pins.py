@@ -40,10 +40,11 @@ def declared() -> set[str]:
 
 
 def runtime_declared() -> set[str]:
-    """What installing the kit brings: dependencies, ONNX Runtime (cpu or gpu) and the Postgres driver, not dev."""
+    """What installing the kit brings: dependencies, ONNX Runtime (cpu or gpu), the Postgres driver and Ray (the
+    optional extras the kit imports inside the functions that need them), not dev."""
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     extras = project["optional-dependencies"]
-    specs = [*project["dependencies"], *extras["cpu"], *extras["gpu"], *extras["postgres"]]
+    specs = [*project["dependencies"], *extras["cpu"], *extras["gpu"], *extras["postgres"], *extras["ray"]]
     return {lock.normalise(re.split(r"[\[<>=!~ ;]", spec, maxsplit=1)[0]) for spec in specs}
 
 

@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from knowacq.base import entropy
 from knowacq.errors import ConfigError
 from knowacq.loop import (
     EMBEDDING_STRATEGIES,
@@ -16,7 +17,6 @@ from knowacq.loop import (
     BadgeSampling,
     Exp3,
     Selection,
-    entropy,
     least_confidence,
     margin,
     reward_from_gain,

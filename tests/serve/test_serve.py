@@ -92,7 +92,7 @@ def test_the_refusal_table_covers_every_request_error() -> None:
         for cls in vars(errors).values()
         if isinstance(cls, type) and issubclass(cls, RequestError) and cls is not RequestError
     ]
-    assert len(request_errors) == 7
+    assert len(request_errors) == 8
     for cls in request_errors:
         assert cls in ERRORS, f"{cls.__name__} has no entry in the refusal table"
         assert (ERRORS[cls].status, ERRORS[cls].reason) == (cls.status, cls.reason), cls.__name__
@@ -114,6 +114,7 @@ def test_metric_failure_reasons_are_the_refusal_tables_reasons() -> None:
         "invalid_input",
         "unknown_label",
         "unknown_prediction",
+        "unknown_model",
         "unauthorized",
         "too_large",
         "unsupported_media_type",

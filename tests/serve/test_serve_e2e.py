@@ -402,3 +402,54 @@ def test_the_readme_curl_calls_work(fp32_variant: Path, tmp_path: Path) -> None:
         metrics = run(calls[4])
         assert 'knowacq_feedback_total{outcome="created"} 1.0' in metrics.splitlines()
         assert "knowacq_low_confidence_captures_total 3.0" in metrics.splitlines()  # 2 + 1 texts
+
+
+def test_tritonclient_speaks_the_open_inference_protocol_to_the_server(server: ServerProcess) -> None:
+    """The real `tritonclient[http]` (what KServe and Triton users call a model with) against the real server:
+    health, metadata, and inference with binary tensors (its default) and with JSON ones."""
+    import numpy as np
+    import tritonclient.http as triton
+
+    texts = ["great lovely film", "awful boring plot", "naïve ✓ but fine"]
+    with httpx.Client(base_url=server.url, timeout=30) as client:
+        native = client.post("/classify", json={"texts": texts}).json()
+    url = server.url.removeprefix("http://")
+    client = triton.InferenceServerClient(url=url, network_timeout=30)
+    try:
+        assert client.is_server_live() and client.is_server_ready() and client.is_model_ready("knowacq")
+        assert "binary_tensor_data" in client.get_server_metadata()["extensions"]
+        metadata = client.get_model_metadata("knowacq")
+        assert metadata["versions"] == [native[0]["model_version"]]
+        assert [o["name"] for o in metadata["outputs"]][:4] == ["label", "score", "probabilities", "prediction_id"]
+        for binary in (True, False):
+            text = triton.InferInput("text", [len(texts)], "BYTES")
+            text.set_data_from_numpy(np.array(texts, dtype=object), binary_data=binary)
+            outputs = [triton.InferRequestedOutput(n, binary_data=binary) for n in ("label", "score", "probabilities")]
+            result = client.infer("knowacq", [text], outputs=outputs)
+            labels = [x.decode() if isinstance(x, bytes) else x for x in result.as_numpy("label")]
+            assert labels == [a["label"] for a in native], binary
+            np.testing.assert_allclose(result.as_numpy("score"), [a["score"] for a in native], atol=1e-5)
+            probabilities = [list(a["probabilities"].values()) for a in native]
+            np.testing.assert_allclose(result.as_numpy("probabilities"), probabilities, atol=1e-5)
+            assert result.get_response()["parameters"]["model_version"] == native[0]["model_version"]
+        every = client.infer("knowacq", [text])  # no outputs named: all of them, binary (binary_data_output)
+        assert len(every.as_numpy("prediction_id")) == 3 and every.as_numpy("low_confidence").dtype == np.bool_
+        with pytest.raises(triton.InferenceServerException, match="unknown model 'other'"):
+            client.infer("other", [text])
+    finally:
+        client.close()
+
+
+def test_tei_predict_shape_against_the_server(server: ServerProcess) -> None:
+    with httpx.Client(base_url=server.url, timeout=30) as client:
+        one = client.post("/predict", json={"inputs": "great lovely film"})
+        batch = client.post("/predict", json={"inputs": [["great lovely film"], ["awful boring plot"]]})
+        pair = client.post("/predict", json={"inputs": ["great lovely film", "awful boring plot"]})
+        native = client.post("/classify", json={"texts": ["great lovely film", "awful boring plot"]}).json()
+    assert one.status_code == 200 and batch.status_code == 200
+    assert [set(p) for p in one.json()] == [{"label", "score"}] * 2
+    for preds, answer in zip(batch.json(), native):
+        assert [p["score"] for p in preds] == sorted((p["score"] for p in preds), reverse=True)
+        assert preds[0]["label"] == answer["label"] and preds[0]["score"] == pytest.approx(answer["score"], abs=1e-5)
+    assert one.json() == batch.json()[0]
+    assert pair.status_code == 422 and "text pair" in pair.json()["error"]
