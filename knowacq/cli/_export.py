@@ -173,6 +173,7 @@ def predict(
             embeddings=embeddings,
             on_error=on_error,
             batch_size=batch_size,
+            chunk_rows=chunk_rows,
             address=address,
             actors=actors,
             threads=threads,

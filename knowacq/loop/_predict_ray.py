@@ -4,7 +4,8 @@ Ray Data reads the pool (`read_csv` / `read_json` / `read_parquet`), an actor po
 with one `export.Scorer` per actor: each actor loads the variant once), and `write_parquet` writes the scores
 as a folder of Parquet files, with the columns and the label list of the local engine's output (no `line`:
 Ray reads files in parallel blocks and does not number their rows). Order is preserved, so the output's rows
-follow the input's.
+follow the input's, and the rows are scored in the local engine's chunks (`chunk_rows` consecutive rows), so
+that the scores are the local engine's too.
 
 Malformed rows: a row whose text is missing, empty or not a string is skipped (`--on-error skip`, counted) or
 stops the run (`refuse`); a row that the CSV parser cannot read stops the run with pyarrow's message either
@@ -89,8 +90,8 @@ def _read(ray: Any, data: Path, kind: str) -> Any:
         return ray.data.read_json(str(data), lines=True)
     import pyarrow.csv as pcsv
 
-    delimiter = "\t" if kind == "tsv" else ","
-    return ray.data.read_csv(str(data), parse_options=pcsv.ParseOptions(delimiter=delimiter, newlines_in_values=True))
+    options = pcsv.ParseOptions(delimiter="\t" if kind == "tsv" else ",", newlines_in_values=True)
+    return ray.data.read_csv(str(data), parse_options=options)
 
 
 # long: Ray's set-up, read, actor pool and write in one place; the actor is `_ScoreBatch`
@@ -103,6 +104,7 @@ def predict_ray(
     embeddings: bool = False,
     on_error: str = "refuse",
     batch_size: int = 32,
+    chunk_rows: int = 4096,
     address: str | None = None,
     actors: int = 2,
     threads: int | None = 1,
@@ -110,7 +112,8 @@ def predict_ray(
 ) -> PredictResult:
     """Score `data` with the variant `model` on Ray (a local one, or the cluster at `address`) and write the
     scores as a Parquet folder `out` (its name must end in .parquet). `actors` scoring actors, each with one
-    `Scorer` of `threads` ONNX Runtime threads (and as many CPUs reserved)."""
+    `Scorer` of `threads` ONNX Runtime threads (and as many CPUs reserved), each given `chunk_rows` consecutive
+    rows at a time."""
     try:
         import ray
     except ImportError as exc:
@@ -140,7 +143,10 @@ def predict_ray(
         context = ray.data.DataContext.get_current()
         context.execution_options.preserve_order = True
         context.enable_progress_bars = False
-        dataset = _read(ray, data.resolve(), kind)
+        # Blocks of exactly `chunk_rows` consecutive rows (the last one shorter), one scoring batch each: the
+        # chunks of the local engine. An int8 variant quantises its activations per batch, so a text's scores
+        # depend a little on the texts batched with it, and only the same chunks give the same scores.
+        dataset = _read(ray, data.resolve(), kind).repartition(target_num_rows_per_block=chunk_rows, strict=True)
         names = dataset.columns()
         text_column = pick_text_column(names, column, data)  # the same rule as the local engine
 
@@ -167,7 +173,7 @@ def predict_ray(
                 "on_error": on_error,
                 "counter": counter,
             },
-            batch_size=4096,
+            batch_size=chunk_rows,
             batch_format="pyarrow",
             concurrency=actors,
             num_cpus=threads or 1,
@@ -184,7 +190,9 @@ def predict_ray(
     seconds = time.perf_counter() - started
     if skipped:
         log(f"skipped {skipped} row(s) with a missing, empty or non-string text")
-    labels = json.loads((pq.read_schema(next(out.glob("*.parquet"))).metadata or {}).get(b"knowacq.labels", b"[]"))
+    schema = pq.read_schema(next(out.glob("*.parquet")))
+    labels = json.loads((schema.metadata or {}).get(b"knowacq.labels", b"[]"))
+    width = schema.field("embedding").type.list_size if "embedding" in schema.names else None
     return PredictResult(
         out=str(out),
         rows=rows,
@@ -194,5 +202,6 @@ def predict_ray(
         peak_rss_mb=round(peak_rss_mb(), 1),
         engine="ray",
         labels=labels,
+        embedding_width=width,
         extra={"ray": version, "actors": actors, "address": address or "local"},
     )
