@@ -1,9 +1,10 @@
 """Selection from a scored pool (`knowacq feedback export --pool`): any query strategy, those that need
 embeddings included, over what `knowacq predict` wrote (locally or on Ray).
 
-A pool of at most `max_in_memory` rows is ranked whole. A larger one is selected in two stages: one streaming
-pass keeps the `candidates` most uncertain rows by margin (memory: the candidates only), then the strategy
-ranks those; the result says so (`two_stage`). The selected rows become Label Studio tasks (with the model's
+A pool of at most `max_in_memory` rows is ranked whole. A larger one is selected in two stages: one pass keeps
+the `candidates` most uncertain rows by margin, then the strategy ranks those; the result says so
+(`two_stage`). The pass streams a Parquet pool (memory: one batch and the candidates); a JSONL pool is read
+whole first (`read_scored_pool`). The selected rows become Label Studio tasks (with the model's
 answer as a pre-annotation) or CSV, as `feedback export` writes them for captured predictions; their labels
 come back through `knowacq feedback import`, as new labelled texts, into the store and the next retrain.
 """
