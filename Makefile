@@ -20,7 +20,7 @@ export TOKENIZERS_PARALLELISM := false
 DEMO_PRESETS ?= cpu-int8-pruned cpu-int8 cpu-fp32
 BENCH_PRESETS ?= cpu-fp32 cpu-int8 cpu-int8-pruned
 
-.PHONY: demo serve serve-bench test lint bench bench-gpu reliability install lock clean
+.PHONY: demo serve serve-bench test test-container lint bench bench-gpu reliability image install lock clean
 
 install: $(VENV)/.installed
 
@@ -102,6 +102,20 @@ serve-bench: $(VENV)/.installed
 # Lint and type-check first (seconds), then the suite.
 test: lint
 	$(BIN)/pytest
+
+# The OCI image built from a tiny variant and served from a container, checked from outside (tests/serve/test_container.py;
+# needs buildah and mmdebstrap, or fails under CI=true). .ci/run calls it after `make test`.
+test-container: $(VENV)/.installed
+	$(BIN)/pytest -m container tests/serve/test_container.py
+
+# The CPU bento's OCI image (deploy/image.py): VARIANT into the BentoML model store, `bentoml build`, then
+# `bentoml containerize` (Docker or Podman where an engine runs, else buildah on a local Debian base). Tagged
+# knowacq:<bento version> unless IMAGE=name:tag; the report (timings, size, packages) goes to $(RUNS)/image/.
+VARIANT ?= $(shell cat $(RUNS)/demo-variant.txt 2>/dev/null)
+IMAGE   ?=
+image: $(VENV)/.installed
+	@test -n "$(VARIANT)" || { echo "no variant: run 'make demo' first, or pass VARIANT=runs/variants/<preset>"; exit 2; }
+	$(BIN)/python deploy/image.py build $(VARIANT) $(if $(IMAGE),--tag $(IMAGE)) --report $(RUNS)/image/report.json
 
 # ruff (lint and format) over the tree, mypy (strict on knowacq/base, export/ and bento/; see pyproject.toml).
 lint: $(VENV)/.installed

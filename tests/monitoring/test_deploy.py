@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
 import re
 from pathlib import Path
+from types import ModuleType
+from typing import Any
 
 import pytest
 import yaml
@@ -122,5 +125,92 @@ def test_the_deployment_guide_names_only_files_that_exist() -> None:
     named |= set(re.findall(r"-f (bentofile[a-z.]*\.yaml)", guide))
     assert len(named) >= 10
     for name in named:
-        candidates = [REPO / name, KUBE / name, REPO / "monitoring" / name]
+        candidates = [REPO / name, KUBE / name, KUBE / "sqlite" / name, REPO / "monitoring" / name]
         assert any(p.is_file() for p in candidates) or name == "secret.yaml", name
+
+
+def _image_module() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("knowacq_deploy_image", REPO / "deploy" / "image.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+image_py = _image_module()
+
+
+def _merge(base: Any, patch: Any) -> Any:
+    """Enough of Kubernetes' strategic merge for the sqlite overlay's patch: maps merge, `null` deletes, lists of
+    named items (containers, env, volumes) merge by name."""
+    if isinstance(base, dict) and isinstance(patch, dict):
+        out = dict(base)
+        for key, value in patch.items():
+            if value is None:
+                out.pop(key, None)
+            else:
+                out[key] = _merge(base.get(key), value) if key in base else value
+        return out
+    if isinstance(base, list) and isinstance(patch, list) and all(isinstance(i, dict) and "name" in i for i in patch):
+        merged = {item["name"]: item for item in base}
+        for item in patch:
+            merged[item["name"]] = _merge(merged[item["name"]], item) if item["name"] in merged else item
+        return list(merged.values())
+    return patch
+
+
+def test_the_manifests_run_the_image_make_image_builds() -> None:
+    deployment = next(d for d in by_kind("Deployment") if d["metadata"]["name"] == "knowacq")
+    assert deployment["spec"]["template"]["spec"]["containers"][0]["image"] == image_py.IMAGE_NAME
+    kustomization = yaml.safe_load((KUBE / "kustomization.yaml").read_text())
+    images = {entry["name"]: entry for entry in kustomization["images"]}
+    assert set(images[image_py.IMAGE_NAME]) >= {"newName", "newTag"}
+
+
+def test_the_sqlite_overlay_keeps_the_store_on_a_claim_at_the_images_store_path() -> None:
+    kubernetes_validate = pytest.importorskip("kubernetes_validate")
+    overlay = KUBE / "sqlite"
+    kustomization = yaml.safe_load((overlay / "kustomization.yaml").read_text())
+    assert kustomization["resources"] == ["..", "pvc.yaml"]
+    deleted = {yaml.safe_load(p["patch"])["kind"] for p in kustomization["patches"] if "patch" in p}
+    assert deleted == {"HorizontalPodAutoscaler", "PodDisruptionBudget"}
+    claim = yaml.safe_load((overlay / "pvc.yaml").read_text())
+    kubernetes_validate.validate(claim, KUBERNETES_VERSION, strict=True)
+    deployment = next(d for d in by_kind("Deployment") if d["metadata"]["name"] == "knowacq")
+    patched = _merge(deployment, yaml.safe_load((overlay / "deployment-patch.yaml").read_text()))
+    kubernetes_validate.validate(patched, KUBERNETES_VERSION, strict=True)
+    pod = patched["spec"]["template"]["spec"]
+    assert patched["spec"]["replicas"] == 1 and patched["spec"]["strategy"] == {"type": "Recreate"}
+    (volume,) = pod["volumes"]
+    assert volume["persistentVolumeClaim"]["claimName"] == claim["metadata"]["name"]
+    (mount,) = pod["containers"][0]["volumeMounts"]
+    assert mount["name"] == volume["name"] and mount["mountPath"] == image_py.STORE_DIR
+    url = next(e["value"] for e in pod["containers"][0]["env"] if e["name"] == "KNOWACQ_STORE_URL")
+    assert url.startswith(f"sqlite:///{image_py.STORE_DIR}/")
+
+
+def test_the_image_package_check_names_each_problem(tmp_path: Path) -> None:
+    lock = tmp_path / "constraints.txt"
+    lock.write_text("# header\nonnxruntime==1.32.0\nnumpy==2.4.6\nhuggingface-hub==0.36.2\n")
+    packages = {
+        "onnxruntime": "1.32.0",
+        "numpy": "2.4.6",
+        "huggingface_hub": "1.33.0",
+        "torch": "2.13.0",
+        "left-pad": "1.0",
+        "pip": "26.0",
+    }
+    assert image_py.check_packages(packages, lock) == [
+        "huggingface_hub==1.33.0: constraints.txt pins 0.36.2",
+        "torch==2.13.0: a training package in the serving image",
+        "left-pad==1.0: not in constraints.txt",
+    ]
+    assert image_py.check_packages({"onnxruntime": "1.32.0", "numpy": "2.4.6"}, lock) == []
+
+
+def test_the_image_build_says_when_no_builder_is_here(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(image_py.shutil, "which", lambda _: None)
+    with pytest.raises(image_py.ImageError, match="apt-get install buildah mmdebstrap"):
+        image_py.pick_backend("auto")
+    with pytest.raises(image_py.ImageError, match="--backend podman: `podman` is not on PATH"):
+        image_py.pick_backend("podman")
