@@ -21,6 +21,7 @@ import argparse
 import importlib.util
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -200,6 +201,11 @@ def build(
 ) -> dict[str, object]:
     """import-model, bentoml build, bentoml containerize, then the package check. Returns the report."""
     backend = pick_backend(backend)
+    if backend == "buildah" and re.search(r"^\s*cuda_version:", bentofile.read_text(), re.MULTILINE):
+        raise ImageError(
+            f"{bentofile.name} is the CUDA bento: its base is nvidia/cuda, which the local Debian base cannot stand "
+            "in for; build it with Docker or Podman on a machine that can pull that image"
+        )
     report: dict[str, object] = {"backend": backend, "variant": str(variant), "bentofile": bentofile.name}
     seconds: dict[str, float] = {}
     python = [sys.executable, "-m"]

@@ -214,3 +214,9 @@ def test_the_image_build_says_when_no_builder_is_here(monkeypatch: pytest.Monkey
         image_py.pick_backend("auto")
     with pytest.raises(image_py.ImageError, match="--backend podman: `podman` is not on PATH"):
         image_py.pick_backend("podman")
+
+
+def test_the_cuda_bento_is_never_built_on_the_local_debian_base(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(image_py, "pick_backend", lambda asked: "buildah")
+    with pytest.raises(image_py.ImageError, match="the CUDA bento: its base is nvidia/cuda"):
+        image_py.build(REPO / "runs" / "no-variant", bentofile=REPO / "bentofile.gpu.yaml", backend="buildah")
