@@ -87,6 +87,7 @@ class Container:
         self.url = f"http://127.0.0.1:{port}"
         self.name = ""
         self.process: subprocess.Popen[bytes] | None = None
+        self.tree: list = []
 
     def start(self, timeout: float = 120.0) -> None:
         self.name = subprocess.run(
@@ -106,10 +107,12 @@ class Container:
             assert self.process.poll() is None, self.log.read_text(errors="replace")[-3000:]
             try:
                 if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
+                    self.tree = self._processes()
                     return
             except httpx.HTTPError:
                 pass
             time.sleep(0.5)
+        self.tree = self._processes()
         raise AssertionError(f"the container was not ready in {timeout} s:\n{self.log.read_text()[-3000:]}")
 
     def main_pid(self) -> int:
@@ -132,9 +135,33 @@ class Container:
         assert self.process is not None
         return self.process.wait(timeout)
 
+    def _processes(self) -> list:
+        import psutil
+
+        assert self.process is not None
+        try:
+            root = psutil.Process(self.process.pid)
+            return [root, *root.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            return []
+
+    def left_running(self) -> list[str]:
+        """The container's processes still alive. A killed `buildah run` leaves its chroot's processes running
+        (they are reparented to init), so they are tracked from the moment the server was ready."""
+        return [" ".join(p.cmdline()[:3]) for p in self.tree if p.is_running() and p.status() != "zombie"]
+
     def remove(self) -> None:
+        import psutil
+
+        for process in reversed(self.tree):
+            try:
+                if process.is_running():
+                    process.kill()
+            except psutil.NoSuchProcess:
+                pass
         if self.process is not None and self.process.poll() is None:
             self.process.kill()
+        if self.process is not None:
             self.process.wait(30)
         if self.name:
             subprocess.run(["buildah", "rm", self.name], capture_output=True)
@@ -249,8 +276,12 @@ def test_container_serves_like_the_host_drains_on_sigterm_and_keeps_its_store(
     os.kill(first.main_pid(), signal.SIGTERM)
     for t in threads:
         t.join(GRACE_S + 30)
-    first.wait(GRACE_S)
+    first.wait(GRACE_S)  # buildah run ends when the container's first process does
     exit_s = time.monotonic() - signalled
+    deadline = time.monotonic() + 10
+    while first.left_running() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert first.left_running() == [], "processes of the drained container are still running"
     log = first.log.read_text(errors="replace")
     print(f"drain: {results.count(200)} of {clients} answered 200, exit after {exit_s:.1f} s")
     assert results == [200] * clients, results
