@@ -20,7 +20,7 @@ export TOKENIZERS_PARALLELISM := false
 DEMO_PRESETS ?= cpu-int8-pruned cpu-int8 cpu-fp32
 BENCH_PRESETS ?= cpu-fp32 cpu-int8 cpu-int8-pruned
 
-.PHONY: demo serve serve-bench test test-container lint bench bench-gpu reliability image install lock clean
+.PHONY: demo serve serve-bench test test-container test-matrix support-matrix lint bench bench-gpu reliability image install lock clean
 
 install: $(VENV)/.installed
 
@@ -102,6 +102,14 @@ serve-bench: $(VENV)/.installed
 # Lint and type-check first (seconds), then the suite.
 test: lint
 	$(BIN)/pytest
+
+# The support matrix's tests: a tiny model of each architecture through train, every preset, eval and the server
+# (tests/export/test_support.py). `make support-matrix` runs them and rewrites the README's table from them.
+test-matrix: $(VENV)/.installed
+	$(BIN)/pytest -m matrix tests/export/test_support.py
+
+support-matrix: $(VENV)/.installed
+	$(BIN)/python benchmarks/support_matrix.py
 
 # The OCI image built from a tiny variant and served from a container, checked from outside (tests/serve/test_container.py;
 # needs buildah and mmdebstrap, or fails under CI=true). .ci/run calls it after `make test`.

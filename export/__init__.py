@@ -35,12 +35,15 @@ from export._presets import (
 from export._profile import bin_indices, reference_profile
 from export._prune import PruneConfig, count_parameters, load_pruned, prune
 from export._scoring import Scored, Scorer, head_input
+from export._support import ARCHITECTURES, Architecture, architecture
 
 __all__ = [
+    "ARCHITECTURES",
     "CUDA_FUSIONS",
     "CUDA_GRAPH_MAX_ROWS",
     "MANIFEST_FILE",
     "PRESETS",
+    "Architecture",
     "BenchRow",
     "Engine",
     "GateConfig",
@@ -56,6 +59,7 @@ __all__ = [
     "Scored",
     "Scorer",
     "SmoothConfig",
+    "architecture",
     "attention_shape",
     "bench",
     "bin_indices",

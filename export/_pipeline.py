@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import shutil
 import tempfile
 import time
@@ -25,10 +26,11 @@ from export._gates import (
 )
 from export._graph import attention_shape, export_onnx, op_counts, optimize_graph, stderr_line
 from export._manifest import GateResult, Manifest, file_sha256, folder_sha256
-from export._presets import OptimizeConfig, cpu_isa
+from export._presets import PRESETS, OptimizeConfig, cpu_isa
 from export._profile import reference_profile
 from export._quantize import matching_nodes, quantize, smooth
 from export._recovery import prune_and_recover
+from export._support import adapt_recipe
 from knowacq.base import (
     LabelledData,
     ModelCard,
@@ -78,6 +80,8 @@ class _Source:
     logits: np.ndarray
     accuracy: float
     params: int
+    architecture: dict[str, Any]
+    """The model's `model_type` and each change `adapt_recipe` made to the preset for it (the manifest's record)."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -187,6 +191,10 @@ def _load_source(
     """Load and check: the model card, dev (and train when the recipe needs it), the ISA, and the source
     model with eager attention (with SDPA in the graph ORT's optimizer fuses no Attention node), judged on dev."""
     card = read_model_card(model_dir)
+    model_type = str(json.loads((card.path / "config.json").read_text()).get("model_type", "unknown"))
+    config, changes = adapt_recipe(config, model_type, PRESETS)  # refuses an unsupported recipe before any work
+    for change in changes:
+        say(change)
     dev = dev if dev is not None else _recorded_data(card, "dev_data", "--dev")
     if dev.label_names != card.labels:
         raise DataError(f"{dev.source} uses labels {list(dev.label_names)}, the model {list(card.labels)}")
@@ -207,7 +215,8 @@ def _load_source(
     say(f"source {card.path}: dev accuracy {accuracy:.4f} (n={len(dev)}), {params:,} parameters")
     if config.prune is not None or config.smooth is not None:
         train = train if train is not None else _recorded_data(card, "train_data", "--train")
-    return _Source(card, config, dev, train, tokenizer, model, logits, accuracy, params)
+    architecture = {"model_type": model_type, "adapted": changes}
+    return _Source(card, config, dev, train, tokenizer, model, logits, accuracy, params, architecture)
 
 
 def _prune_step(source: _Source, say: Callable[[str], None], progress: bool, start: Path | None) -> _Candidate:
@@ -392,6 +401,7 @@ def _manifest(
         fused_operators=graph.fused,
         gates=gates,
         metrics={
+            "architecture": source.architecture,
             **candidate.metrics,
             **graph.metrics,
             **metrics,

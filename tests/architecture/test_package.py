@@ -130,6 +130,8 @@ FACES: dict[str, list[str]] = {
         "train_preset",
     ],
     "export": [
+        "ARCHITECTURES",
+        "Architecture",
         "BenchRow",
         "CUDA_FUSIONS",
         "CUDA_GRAPH_MAX_ROWS",
@@ -149,6 +151,7 @@ FACES: dict[str, list[str]] = {
         "Scored",
         "Scorer",
         "SmoothConfig",
+        "architecture",
         "attention_shape",
         "bench",
         "bin_indices",

@@ -59,7 +59,8 @@ def _ci_run(tmp_path: Path, data: Path | None) -> tuple[subprocess.CompletedProc
     stubs = tmp_path / "stubs"
     stubs.mkdir(exist_ok=True)
     calls = tmp_path / "make-calls.txt"
-    for tool in ("make", "apt-get", "sudo", "promtool", "prometheus", "python3"):  # python3: the Label Studio install
+    # python3: the Label Studio install; buildah and mmdebstrap: the container test's tools
+    for tool in ("make", "apt-get", "sudo", "promtool", "prometheus", "python3", "buildah", "mmdebstrap"):
         body = f'echo "$KNOWACQ_DATA_DIR $*" >> {calls}\n' if tool == "make" else ""
         (stubs / tool).write_text(f"#!/usr/bin/env bash\n{body}exit 0\n")
         (stubs / tool).chmod(0o755)
@@ -90,7 +91,8 @@ def test_ci_run_looks_beside_the_checkout_and_hands_the_suite_that_folder(tmp_pa
     shared = _folder(tmp_path / "shared" / "data", SHARED_FILES)
     done, calls = _ci_run(tmp_path, None)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert calls.read_text() == f"{shared.resolve()} test\n"
+    targets = ("test", "test-matrix", "test-container")  # the suite, then the support matrix and the container test
+    assert calls.read_text() == "".join(f"{shared.resolve()} {target}\n" for target in targets)
 
 
 def test_the_tiny_vocabulary_ignores_the_shared_data(
