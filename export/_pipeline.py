@@ -227,6 +227,11 @@ def _prune_step(source: _Source, say: Callable[[str], None], progress: bool, sta
     config, dev, max_length = source.config, source.dev, source.card.max_length
     model, logits, temperature = source.model, source.logits, source.card.temperature
     metrics: dict[str, Any] = {"source_accuracy": source.accuracy, "params_before": source.params}
+    if not source.card.calibrated:
+        # A folder from elsewhere (no knowacq.json) carries no temperature: fit one on dev, as training does.
+        temperature = fit_temperature(logits, dev.labels)
+        metrics["calibration"] = {"temperature": temperature, "fitted_on": str(dev.source), "why": "no knowacq.json"}
+        say(f"{source.card.path} has no knowacq.json: temperature {temperature:.3f} fitted on {dev.source}")
     if config.prune is not None:
         assert source.train is not None
         student = None if start is None else load_pruned(start, attn_implementation="eager")

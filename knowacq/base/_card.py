@@ -72,4 +72,18 @@ def read_model_card(path: str | Path) -> ModelCard:
     labels = tuple(str(id2label[k]) for k in sorted(id2label, key=int)) if id2label else ()
     if not labels:
         raise ModelError(f"{path} has no label map (id2label); it is not a sequence classifier")
-    return ModelCard(path, labels, 1.0, int(config.get("max_position_embeddings", 512)), False, {})
+    return ModelCard(path, labels, 1.0, _window(path, config), False, {})
+
+
+def _window(path: Path, config: dict[str, Any]) -> int:
+    """Tokens per text of a folder knowacq did not train: the tokenizer's `model_max_length` where it fits the
+    position table (RoBERTa's table holds 514 rows for 512 tokens), else the table's size."""
+    positions = int(config.get("max_position_embeddings", 512))
+    try:
+        tokenizer = json.loads((path / "tokenizer_config.json").read_text())
+    except (OSError, ValueError):
+        return positions
+    window = tokenizer.get("model_max_length")
+    if isinstance(window, int) and 0 < window <= positions:
+        return window
+    return positions
