@@ -18,6 +18,7 @@ Run it with the environment's Python (`make image` does): it calls `python -m be
 from __future__ import annotations
 
 import argparse
+import hashlib
 import importlib.util
 import json
 import os
@@ -39,8 +40,11 @@ IMAGE_NAME = "knowacq"
 """The image's name; its tag is the bento's version unless --tag says otherwise. deploy/kubernetes names it."""
 STORE_DIR = "/data"
 """Where the store's volume is mounted in the container (KNOWACQ_STORE_URL=sqlite:////data/feedback.db):
-deploy/kubernetes/sqlite mounts its claim there, and tests/serve/test_container.py a host folder."""
+deploy/kubernetes-sqlite mounts its claim there, and tests/serve/test_container.py a host folder."""
 BUILD_CA = "/usr/local/share/ca-certificates/knowacq-build-host.crt"
+CA_ENV = ("SSL_CERT_FILE", "PIP_CERT", "REQUESTS_CA_BUNDLE")
+"""Set in the local base so that pip and uv trust the build host's CA during the build; removed from the image."""
+CA_LABEL = "knowacq.build-ca-sha256"
 PEP668_MARKER = "/usr/lib/python3*/EXTERNALLY-MANAGED"
 VENV_PYTHON = "/app/.venv/bin/python"
 """Where BentoML's Dockerfile puts the service's environment."""
@@ -106,11 +110,20 @@ def image_exists(image: str, backend: str = "buildah") -> bool:
 def make_base(ca_bundle: str | None = None, *, rebuild: bool = False) -> dict[str, object]:
     """The local base image for buildah: Debian `SUITE` minbase with Python (mmdebstrap, cached as a tar in CACHE),
     PEP 668's marker removed (BentoML's Dockerfile pip-installs uv into the system Python), and `ca_bundle`, the
-    build host's CA bundle, trusted by pip and uv during the build (for an egress proxy that re-signs TLS)."""
+    build host's CA bundle, trusted by pip and uv during the build (for an egress proxy that re-signs TLS) through
+    CA_ENV, which `build` removes from the finished image. The base is made again when the bundle changes."""
     timings: dict[str, float] = {}
+    ca_digest = hashlib.sha256(Path(ca_bundle).read_bytes()).hexdigest() if ca_bundle else "none"
     if image_exists(BASE_IMAGE) and not rebuild:
-        print(f"base image {BASE_IMAGE} exists (--rebuild-base to make it again)", flush=True)
-        return {"image": BASE_IMAGE, "made": False, "seconds": timings}
+        label = _run(
+            ["buildah", "inspect", "--type", "image", "--format", f'{{{{index .OCIv1.Config.Labels "{CA_LABEL}"}}}}']
+            + [BASE_IMAGE],
+            quiet=True,
+        ).strip()
+        if label == ca_digest:
+            print(f"base image {BASE_IMAGE} exists (--rebuild-base to make it again)", flush=True)
+            return {"image": BASE_IMAGE, "made": False, "seconds": timings}
+        print(f"base image {BASE_IMAGE} was made with another CA bundle: making it again", flush=True)
     if shutil.which("mmdebstrap") is None:
         raise ImageError("the local base needs mmdebstrap (on Debian: apt-get install mmdebstrap)")
     rootfs = CACHE / f"debian-{SUITE}-{'-'.join(BASE_PACKAGES)}.tar"
@@ -118,12 +131,15 @@ def make_base(ca_bundle: str | None = None, *, rebuild: bool = False) -> dict[st
         CACHE.mkdir(parents=True, exist_ok=True)
         started = time.monotonic()
         print(f"mmdebstrap: Debian {SUITE} with {', '.join(BASE_PACKAGES)} -> {rootfs}", flush=True)
-        partial = rootfs.with_suffix(".partial")
-        _run(
-            ["mmdebstrap", "--variant=minbase", f"--include={','.join(BASE_PACKAGES)}", SUITE, str(partial)],
-            quiet=True,
-        )
-        partial.rename(rootfs)
+        partial = rootfs.with_name(rootfs.stem + ".partial.tar")
+        for stale in (partial, rootfs):  # an interrupted run's file, or a folder an older version cached
+            if stale.is_dir():
+                shutil.rmtree(stale)
+            elif stale.exists():
+                stale.unlink()
+        include = f"--include={','.join(BASE_PACKAGES)}"
+        _run(["mmdebstrap", "--variant=minbase", "--format=tar", include, SUITE, str(partial)], quiet=True)
+        partial.replace(rootfs)
         timings["rootfs"] = round(time.monotonic() - started, 1)
     started = time.monotonic()
     container = _run(["buildah", "from", "scratch"], quiet=True).strip()
@@ -133,10 +149,10 @@ def make_base(ca_bundle: str | None = None, *, rebuild: bool = False) -> dict[st
             ["buildah", "run", "--isolation", "chroot", container, "--", "sh", "-c", f"rm -f {PEP668_MARKER}"],
             quiet=True,
         )
-        config = ["buildah", "config", "--cmd", "/bin/bash"]
+        config = ["buildah", "config", "--cmd", "/bin/bash", "--label", f"{CA_LABEL}={ca_digest}"]
         if ca_bundle:
             _run(["buildah", "copy", container, ca_bundle, BUILD_CA], quiet=True)
-            for name in ("SSL_CERT_FILE", "PIP_CERT", "REQUESTS_CA_BUNDLE"):
+            for name in CA_ENV:
                 config += ["--env", f"{name}={BUILD_CA}"]
         _run([*config, container], quiet=True)
         _run(["buildah", "commit", "--rm", container, BASE_IMAGE], quiet=True)
@@ -146,6 +162,18 @@ def make_base(ca_bundle: str | None = None, *, rebuild: bool = False) -> dict[st
     timings["commit"] = round(time.monotonic() - started, 1)
     print(f"base image {BASE_IMAGE} made ({timings})", flush=True)
     return {"image": BASE_IMAGE, "made": True, "ca_bundle": ca_bundle, "seconds": timings}
+
+
+def _strip_build_ca(image: str) -> None:
+    """Remove the base's build-time CA variables from `image`'s configuration: in production, Python's TLS must
+    trust the image's own CA store, not the build host's bundle."""
+    container = _run(["buildah", "from", image], quiet=True).strip()
+    try:
+        _run(["buildah", "config", *[a for name in CA_ENV for a in ("--env", f"{name}-")], container], quiet=True)
+        _run(["buildah", "commit", "--rm", container, image], quiet=True)
+    except BaseException:
+        subprocess.run(["buildah", "rm", container], capture_output=True)
+        raise
 
 
 def image_size(image: str, backend: str) -> str:
@@ -220,7 +248,10 @@ def build(
     out = _run(
         [*python, "bentoml", "build", "-f", str(bentofile), "--output", "tag", str(ROOT)], env=lock_env, quiet=True
     )
-    bento = next(line.split("__tag__:", 1)[1].strip() for line in out.splitlines() if "__tag__:" in line)
+    tags = [line.split("__tag__:", 1)[1].strip() for line in out.splitlines() if "__tag__:" in line]
+    if not tags:
+        raise ImageError(f"bentoml build printed no bento tag:\n{out[-2000:]}")
+    bento = tags[0]
     seconds["bento"] = round(time.monotonic() - started, 1)
     image = tag or f"{IMAGE_NAME}:{bento.split(':', 1)[1]}"
     report.update({"bento": bento, "image": image})
@@ -237,6 +268,8 @@ def build(
     # bentoml containerize logs a failed build and still exits 0 (BentoML 1.4): the image must exist.
     if not image_exists(image, backend):
         raise ImageError(f"bentoml containerize finished but {image} is not in {backend}'s image store")
+    if backend == "buildah":
+        _strip_build_ca(image)
     seconds["containerize"] = round(time.monotonic() - started, 1)
     packages = image_packages(image, backend)
     problems = check_packages(packages)

@@ -244,6 +244,8 @@ def _prune_step(source: _Source, say: Callable[[str], None], progress: bool, sta
         logits = predict_logits(model, source.tokenizer, dev.texts, max_length=max_length)
         # Pruning changes calibration: refit the temperature (it does not change any label).
         temperature = fit_temperature(logits, dev.labels)
+        if "calibration" in metrics:
+            metrics["calibration"]["refit_after_pruning"] = temperature  # the manifest's temperature
         metrics["pruned_accuracy"] = float(np.mean(logits.argmax(1) == dev.labels))
     metrics["params_after"] = count_parameters(model)
     return _Candidate(model, logits, temperature, metrics)

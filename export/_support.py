@@ -78,8 +78,8 @@ ARCHITECTURES: MappingProxyType[str, Architecture] = MappingProxyType(
 
 
 def architecture(model_type: str) -> Architecture:
-    """The entry for `model_type`; an architecture not in the table gets no pruning and no smoothing (both
-    depend on the layer layout), and the presets' fp32 nodes are kept only if its graph has BERT's names."""
+    """The entry for `model_type`; an architecture not in the table gets no pruning, no smoothing and no CUDA
+    recipe (each depends on the layer layout), and `adapt_recipe` keeps none of the presets' fp32 nodes for it."""
     unknown = Architecture(model_type, None, prunable=False, smooth=False, attention_fusion=False)
     return ARCHITECTURES.get(model_type) or unknown
 
@@ -113,7 +113,13 @@ def adapt_recipe(config: Any, model_type: str, presets: Any) -> tuple[Any, list[
             f"{model_type} graph (the graph would run unfused); use {' or '.join(usable)}"
         )
     changes: list[str] = []
-    if config.keep_fp32 and arch.ffn_output is not None and arch.ffn_output != _BERT_LAYOUT:
+    known = model_type in ARCHITECTURES
+    if config.keep_fp32 and not known:
+        # The preset's names are BERT's; an unknown graph may have none of them, and the int8 step would then stop
+        # after the export. Quantise everything int8 can and say so.
+        changes.append(f"fp32 nodes: none kept ({model_type} is not in export.ARCHITECTURES; the preset names BERT's)")
+        config = dataclasses.replace(config, keep_fp32=())
+    elif config.keep_fp32 and arch.ffn_output is not None and arch.ffn_output != _BERT_LAYOUT:
         keep = []
         for pattern in config.keep_fp32:
             match = _BERT_FFN_OUTPUT.match(pattern)
@@ -122,6 +128,7 @@ def adapt_recipe(config: Any, model_type: str, presets: Any) -> tuple[Any, list[
             changes.append(f"fp32 nodes for {model_type}: {', '.join(keep)} (the preset names BERT's)")
             config = dataclasses.replace(config, keep_fp32=tuple(keep))
     if config.smooth is not None and not arch.smooth:
-        changes.append(f"smoothing skipped: it does not keep {model_type}'s function (its parity gate fails)")
+        why = "it does not keep its function (its parity gate fails)" if known else "not verified for it"
+        changes.append(f"smoothing skipped for {model_type}: {why}")
         config = dataclasses.replace(config, smooth=None)
     return config, changes

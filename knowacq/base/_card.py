@@ -77,7 +77,7 @@ def read_model_card(path: str | Path) -> ModelCard:
 
 def _window(path: Path, config: dict[str, Any]) -> int:
     """Tokens per text of a folder knowacq did not train: the tokenizer's `model_max_length` where it fits the
-    position table (RoBERTa's table holds 514 rows for 512 tokens), else the table's size."""
+    position table, else the table's size (less RoBERTa's padding offset: 514 rows hold 512 tokens)."""
     positions = int(config.get("max_position_embeddings", 512))
     try:
         tokenizer = json.loads((path / "tokenizer_config.json").read_text())
@@ -86,4 +86,10 @@ def _window(path: Path, config: dict[str, Any]) -> int:
     window = tokenizer.get("model_max_length")
     if isinstance(window, int) and 0 < window <= positions:
         return window
+    if config.get("model_type") in _OFFSET_POSITIONS and isinstance(config.get("pad_token_id"), int):
+        return positions - int(config["pad_token_id"]) - 1  # position ids start after the padding index
     return positions
+
+
+_OFFSET_POSITIONS = ("roberta", "xlm-roberta", "camembert", "longformer")
+"""Architectures whose position table starts after the padding index (RoBERTa: 514 rows, 512 tokens)."""

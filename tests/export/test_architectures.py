@@ -29,7 +29,7 @@ def test_distilbert_keeps_its_own_ffn_outputs_in_fp32() -> None:
 def test_deberta_int8_skips_smoothing_and_says_so() -> None:
     adapted, changes = adapt_recipe(preset("cpu-int8"), "deberta-v2", PRESETS)
     assert adapted.smooth is None and adapted.keep_fp32 == preset("cpu-int8").keep_fp32
-    assert changes == ["smoothing skipped: it does not keep deberta-v2's function (its parity gate fails)"]
+    assert changes == ["smoothing skipped for deberta-v2: it does not keep its function (its parity gate fails)"]
 
 
 @pytest.mark.parametrize("arch", ["distilbert", "deberta-v2", "modernbert", "some-new-encoder"])
@@ -44,5 +44,9 @@ def test_an_unknown_architecture_gets_no_layout_dependent_step() -> None:
     unknown = architecture("some-new-encoder")
     assert not (unknown.prunable or unknown.smooth or unknown.attention_fusion) and unknown.ffn_output is None
     adapted, changes = adapt_recipe(preset("cpu-int8"), "some-new-encoder", PRESETS)
-    assert adapted.smooth is None and changes[-1].startswith("smoothing skipped")
+    assert adapted.smooth is None and adapted.keep_fp32 == () and adapted.quantize == "dynamic-int8"
+    assert changes == [
+        "fp32 nodes: none kept (some-new-encoder is not in export.ARCHITECTURES; the preset names BERT's)",
+        "smoothing skipped for some-new-encoder: not verified for it",
+    ]
     assert set(ARCHITECTURES) == {"bert", "distilbert", "roberta", "xlm-roberta", "deberta-v2", "electra", "modernbert"}

@@ -66,3 +66,29 @@ def test_a_folder_without_knowacq_json_is_calibrated_on_the_given_dev_and_served
         served = [httpx.post(f"{server.url}/classify", json={"texts": [t]}, timeout=30).json()[0] for t in texts]
     got = np.array([[a["probabilities"]["negative"], a["probabilities"]["positive"]] for a in served])
     assert np.allclose(got, expected, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("config", "tokenizer", "window"),
+    [
+        ({"model_type": "roberta", "max_position_embeddings": 514, "pad_token_id": 1}, {"model_max_length": 512}, 512),
+        ({"model_type": "roberta", "max_position_embeddings": 514, "pad_token_id": 1}, {}, 512),
+        (
+            {"model_type": "roberta", "max_position_embeddings": 514, "pad_token_id": 1},
+            {"model_max_length": 10**30},
+            512,
+        ),
+        ({"model_type": "bert", "max_position_embeddings": 512}, {"model_max_length": 128}, 128),
+        ({"model_type": "bert", "max_position_embeddings": 512}, None, 512),
+    ],
+)
+def test_the_window_of_a_folder_from_elsewhere_fits_its_position_table(
+    config: dict, tokenizer: dict | None, window: int, tmp_path: Path
+) -> None:
+    from knowacq.base import read_model_card
+
+    (tmp_path / "config.json").write_text(json.dumps({**config, "id2label": {"0": "a", "1": "b"}}))
+    if tokenizer is not None:
+        (tmp_path / "tokenizer_config.json").write_text(json.dumps(tokenizer))
+    card = read_model_card(tmp_path)
+    assert card.max_length == window and not card.calibrated and card.labels == ("a", "b")

@@ -5,10 +5,10 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import json
+import os
 import re
 from pathlib import Path
 from types import ModuleType
-from typing import Any
 
 import pytest
 import yaml
@@ -125,7 +125,12 @@ def test_the_deployment_guide_names_only_files_that_exist() -> None:
     named |= set(re.findall(r"-f (bentofile[a-z.]*\.yaml)", guide))
     assert len(named) >= 10
     for name in named:
-        candidates = [REPO / name, KUBE / name, KUBE / "sqlite" / name, REPO / "monitoring" / name]
+        candidates = [
+            REPO / name,
+            KUBE / name,
+            REPO / "deploy" / "kubernetes-sqlite" / name,
+            REPO / "monitoring" / name,
+        ]
         assert any(p.is_file() for p in candidates) or name == "secret.yaml", name
 
 
@@ -140,23 +145,23 @@ def _image_module() -> ModuleType:
 image_py = _image_module()
 
 
-def _merge(base: Any, patch: Any) -> Any:
-    """Enough of Kubernetes' strategic merge for the sqlite overlay's patch: maps merge, `null` deletes, lists of
-    named items (containers, env, volumes) merge by name."""
-    if isinstance(base, dict) and isinstance(patch, dict):
-        out = dict(base)
-        for key, value in patch.items():
-            if value is None:
-                out.pop(key, None)
-            else:
-                out[key] = _merge(base.get(key), value) if key in base else value
-        return out
-    if isinstance(base, list) and isinstance(patch, list) and all(isinstance(i, dict) and "name" in i for i in patch):
-        merged = {item["name"]: item for item in base}
-        for item in patch:
-            merged[item["name"]] = _merge(merged[item["name"]], item) if item["name"] in merged else item
-        return list(merged.values())
-    return patch
+def _kustomize(folder: Path, tmp_path: Path) -> list[dict]:
+    """What `kubectl kustomize` renders for `folder` (in a copy of deploy/ with secret.yaml made from the
+    example, as the guide says to), as a list of objects. kubectl is required under CI."""
+    import shutil
+    import subprocess
+
+    if shutil.which("kubectl") is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("kubectl (its kustomize) is required under CI to render the kustomizations")
+        pytest.skip("kubectl not installed")
+    copy = tmp_path / "deploy"
+    shutil.copytree(REPO / "deploy", copy)
+    shutil.copy(copy / "kubernetes" / "secret.example.yaml", copy / "kubernetes" / "secret.yaml")
+    target = copy / folder.relative_to(REPO / "deploy")
+    done = subprocess.run(["kubectl", "kustomize", str(target)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    return [doc for doc in yaml.safe_load_all(done.stdout) if doc]
 
 
 def test_the_manifests_run_the_image_make_image_builds() -> None:
@@ -167,26 +172,34 @@ def test_the_manifests_run_the_image_make_image_builds() -> None:
     assert set(images[image_py.IMAGE_NAME]) >= {"newName", "newTag"}
 
 
-def test_the_sqlite_overlay_keeps_the_store_on_a_claim_at_the_images_store_path() -> None:
+def test_both_kustomizations_render_and_validate_and_the_sqlite_one_keeps_the_store_on_a_claim(
+    tmp_path: Path,
+) -> None:
     kubernetes_validate = pytest.importorskip("kubernetes_validate")
-    overlay = KUBE / "sqlite"
-    kustomization = yaml.safe_load((overlay / "kustomization.yaml").read_text())
-    assert kustomization["resources"] == ["..", "pvc.yaml"]
-    deleted = {yaml.safe_load(p["patch"])["kind"] for p in kustomization["patches"] if "patch" in p}
-    assert deleted == {"HorizontalPodAutoscaler", "PodDisruptionBudget"}
-    claim = yaml.safe_load((overlay / "pvc.yaml").read_text())
-    kubernetes_validate.validate(claim, KUBERNETES_VERSION, strict=True)
-    deployment = next(d for d in by_kind("Deployment") if d["metadata"]["name"] == "knowacq")
-    patched = _merge(deployment, yaml.safe_load((overlay / "deployment-patch.yaml").read_text()))
-    kubernetes_validate.validate(patched, KUBERNETES_VERSION, strict=True)
-    pod = patched["spec"]["template"]["spec"]
-    assert patched["spec"]["replicas"] == 1 and patched["spec"]["strategy"] == {"type": "Recreate"}
+    rendered = {}
+    for folder in (KUBE, REPO / "deploy" / "kubernetes-sqlite"):
+        objects = _kustomize(folder, tmp_path / folder.name)
+        for obj in objects:
+            if (obj["apiVersion"], obj["kind"]) not in CRDS:
+                kubernetes_validate.validate(obj, KUBERNETES_VERSION, strict=True)
+        rendered[folder.name] = {(o["kind"], o["metadata"]["name"]): o for o in objects}
+    base, sqlite = rendered["kubernetes"], rendered["kubernetes-sqlite"]
+    image = base[("Deployment", "knowacq")]["spec"]["template"]["spec"]["containers"][0]["image"]
+    images = yaml.safe_load((KUBE / "kustomization.yaml").read_text())["images"][0]
+    assert image == f"{images['newName']}:{images['newTag']}"  # kustomize rewrote the Deployment's `knowacq`
+    assert set(base) - set(sqlite) == {("HorizontalPodAutoscaler", "knowacq"), ("PodDisruptionBudget", "knowacq")}
+    deployment = sqlite[("Deployment", "knowacq")]
+    claim = sqlite[("PersistentVolumeClaim", "knowacq-store")]
+    pod = deployment["spec"]["template"]["spec"]
+    assert deployment["spec"]["replicas"] == 1 and deployment["spec"]["strategy"] == {"type": "Recreate"}
     (volume,) = pod["volumes"]
     assert volume["persistentVolumeClaim"]["claimName"] == claim["metadata"]["name"]
-    (mount,) = pod["containers"][0]["volumeMounts"]
+    container = pod["containers"][0]
+    (mount,) = container["volumeMounts"]
     assert mount["name"] == volume["name"] and mount["mountPath"] == image_py.STORE_DIR
-    url = next(e["value"] for e in pod["containers"][0]["env"] if e["name"] == "KNOWACQ_STORE_URL")
-    assert url.startswith(f"sqlite:///{image_py.STORE_DIR}/")
+    env = {e["name"]: e for e in container["env"]}
+    assert env["KNOWACQ_STORE_URL"]["value"] == f"sqlite:///{image_py.STORE_DIR}/feedback.db"
+    assert "KNOWACQ_THREADS" in env  # the base's env survives the patch
 
 
 def test_the_image_package_check_names_each_problem(tmp_path: Path) -> None:

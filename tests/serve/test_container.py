@@ -57,7 +57,7 @@ def _require_buildah() -> None:
 
 
 @pytest.fixture(scope="module")
-def image(fp32_variant: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+def image(fp32_variant: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     """The image of the tiny variant's bento, built as `make image` builds one; its build report."""
     _require_buildah()
     folder = tmp_path_factory.mktemp("image")
@@ -76,7 +76,8 @@ def image(fp32_variant: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
     result = json.loads(report.read_text())
     result["wall_s"] = round(time.monotonic() - started, 1)
     print(f"image build: {result['wall_s']} s, {result['size']}, steps {result['seconds']}")
-    return result
+    yield result
+    subprocess.run(["buildah", "rmi", result["image"]], capture_output=True)  # its layers stay cached
 
 
 class Container:
@@ -207,6 +208,14 @@ def test_the_image_holds_the_locked_runtime_only_and_runs_as_the_manifests_user(
         check=True,
     ).stdout.strip()
     assert user == "bentoml"
+    env = subprocess.run(
+        ["buildah", "inspect", "--type", "image", "--format", "{{.OCIv1.Config.Env}}", image["image"]],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert "KNOWACQ_MODEL=" in env
+    assert not [name for name in image_py.CA_ENV if f"{name}=" in env], env  # the build host's CA stays out
     deployment = yaml.safe_load((REPO / "deploy" / "kubernetes" / "deployment.yaml").read_text())
     pod = deployment["spec"]["template"]["spec"]
     name = subprocess.run(
