@@ -57,16 +57,18 @@ def _require_buildah() -> None:
 
 
 @pytest.fixture(scope="module")
-def image(fp32_variant: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
+def image(fp32_variant: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
     """The image of the tiny variant's bento, built as `make image` builds one; its build report."""
     _require_buildah()
     folder = tmp_path_factory.mktemp("image")
     report = folder / "report.json"
     env = {**os.environ, "BENTOML_HOME": str(folder / "bentoml")}
+    tag = "localhost/knowacq:container-test"
+    before = subprocess.run(["buildah", "images", "--format", "{{.ID}}", tag], capture_output=True, text=True)
     started = time.monotonic()
     built = subprocess.run(
         [sys.executable, str(REPO / "deploy" / "image.py"), "build", str(fp32_variant), "--backend", "buildah"]
-        + ["--tag", "localhost/knowacq:container-test", "--report", str(report)],
+        + ["--tag", tag, "--report", str(report)],
         env=env,
         capture_output=True,
         text=True,
@@ -76,8 +78,11 @@ def image(fp32_variant: Path, tmp_path_factory: pytest.TempPathFactory) -> Itera
     result = json.loads(report.read_text())
     result["wall_s"] = round(time.monotonic() - started, 1)
     print(f"image build: {result['wall_s']} s, {result['size']}, steps {result['seconds']}")
-    yield result
-    subprocess.run(["buildah", "rmi", result["image"]], capture_output=True)  # its layers stay cached
+    # The previous run's image, now untagged: removed, so that runs do not pile up images. Not this one: removing
+    # it would take the layers it shares with the build cache along (the next build took twice as long).
+    for old in set(before.stdout.split()) if before.returncode == 0 else ():
+        subprocess.run(["buildah", "rmi", old], capture_output=True)
+    return result
 
 
 class Container:
