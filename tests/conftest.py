@@ -126,6 +126,28 @@ def tiny_tokenizer() -> Any:
     return tok
 
 
+def load_script(path: Path) -> Any:
+    """The module of a script that is not in a package (deploy/lock.py, deploy/image.py), loaded from its file."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"knowacq_{path.parent.name}_{path.stem}", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def bert_template(tok: Any) -> Any:
+    """The BERT post-processor for `tok`: [CLS] ... [SEP] (and pairs), as a real BERT tokenizer adds them."""
+    from tokenizers.processors import TemplateProcessing
+
+    return TemplateProcessing(
+        single="[CLS] $A [SEP]",
+        pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", tok.token_to_id("[CLS]")), ("[SEP]", tok.token_to_id("[SEP]"))],
+    )
+
+
 @pytest.fixture(scope="session")
 def tiny_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 2-layer, 32-wide BERT encoder over the fixed tiny WordPiece vocabulary, saved as an HF folder."""
@@ -141,14 +163,7 @@ def tiny_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
         mask_token="[MASK]",
         model_max_length=128,
     )
-    # The BERT post-processor adds [CLS] ... [SEP] like a real BERT tokenizer does.
-    from tokenizers.processors import TemplateProcessing
-
-    tokenizer.backend_tokenizer.post_processor = TemplateProcessing(
-        single="[CLS] $A [SEP]",
-        pair="[CLS] $A [SEP] $B:1 [SEP]:1",
-        special_tokens=[("[CLS]", tok.token_to_id("[CLS]")), ("[SEP]", tok.token_to_id("[SEP]"))],
-    )
+    tokenizer.backend_tokenizer.post_processor = bert_template(tok)
     import torch
 
     torch.manual_seed(0)

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import ast
 import importlib.metadata as md
-import importlib.util
 import re
 import sys
 from pathlib import Path
-from types import ModuleType
 
 import pytest
+
+from tests.conftest import load_script
 
 tomllib = pytest.importorskip("tomllib")  # Python 3.11+
 
@@ -19,15 +19,7 @@ ROOT = Path(__file__).resolve().parents[2]
 SOURCES = ("knowacq", "export", "bento")
 
 
-def _lock_module() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("knowacq_deploy_lock", ROOT / "deploy" / "lock.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-lock = _lock_module()
+lock = load_script(ROOT / "deploy" / "lock.py")
 
 
 def declared() -> set[str]:

@@ -26,9 +26,11 @@ def corpus() -> Iterator[str]:
 
 
 def _wordpiece() -> Any:
-    from tests.conftest import tiny_tokenizer
+    from tests.conftest import bert_template, tiny_tokenizer
 
-    return tiny_tokenizer()
+    tok = tiny_tokenizer()
+    tok.post_processor = bert_template(tok)
+    return tok
 
 
 def _bpe(bos: str, eos: str, specials: list[str]) -> Any:
@@ -68,6 +70,27 @@ def _unigram(specials: list[str], bos: str, eos: str, *, pair: str) -> Any:
     return tok
 
 
+_SHAPE = {"hidden_size": WIDTH, "num_hidden_layers": LAYERS, "num_attention_heads": HEADS, "intermediate_size": FFN}
+_BERT_TOKENS = {
+    "unk_token": "[UNK]",
+    "pad_token": "[PAD]",
+    "cls_token": "[CLS]",
+    "sep_token": "[SEP]",
+    "mask_token": "[MASK]",
+}
+_ROBERTA_TOKENS = {
+    "bos_token": "<s>",
+    "eos_token": "</s>",
+    "sep_token": "</s>",
+    "cls_token": "<s>",
+    "unk_token": "<unk>",
+    "pad_token": "<pad>",
+    "mask_token": "<mask>",
+}
+_ROBERTA_IDS = {"pad_token_id": 1, "bos_token_id": 0, "eos_token_id": 2}
+"""The special tokens' ids in the order `_bpe` and `_unigram` are given them: <s>, <pad>, </s>, <unk>, <mask>."""
+
+
 # long: one branch per architecture, each a config and a tokenizer, kept side by side to compare
 def tiny_encoder(arch: str, out: Path) -> Path:
     """A tiny `arch` encoder (base model, no head) and its fast tokenizer, saved as a Hugging Face folder."""
@@ -75,171 +98,74 @@ def tiny_encoder(arch: str, out: Path) -> Path:
     import transformers as tf
 
     torch.manual_seed(0)
-    common = {"max_position_embeddings": POSITIONS}
+    positions = {"max_position_embeddings": POSITIONS}
+    window = {"model_max_length": POSITIONS}
+    roberta_specials = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
     if arch in ("bert", "distilbert", "electra"):
         tok = _wordpiece()
-        specials = {"unk_token": "[UNK]", "pad_token": "[PAD]", "cls_token": "[CLS]", "sep_token": "[SEP]"}
-        from tokenizers.processors import TemplateProcessing
-
-        tok.post_processor = TemplateProcessing(
-            single="[CLS] $A [SEP]",
-            pair="[CLS] $A [SEP] $B:1 [SEP]:1",
-            special_tokens=[("[CLS]", tok.token_to_id("[CLS]")), ("[SEP]", tok.token_to_id("[SEP]"))],
-        )
         fast = {
             "bert": tf.BertTokenizerFast,
             "distilbert": tf.DistilBertTokenizerFast,
             "electra": tf.ElectraTokenizerFast,
         }
-        tokenizer = fast[arch](tokenizer_object=tok, mask_token="[MASK]", model_max_length=POSITIONS, **specials)
-        vocab = tok.get_vocab_size()
+        tokenizer = fast[arch](tokenizer_object=tok, **_BERT_TOKENS, **window)
+        vocab = {"vocab_size": tok.get_vocab_size()}
         if arch == "bert":
-            model = tf.BertModel(
-                tf.BertConfig(
-                    vocab_size=vocab,
-                    hidden_size=WIDTH,
-                    num_hidden_layers=LAYERS,
-                    num_attention_heads=HEADS,
-                    intermediate_size=FFN,
-                    **common,
-                )
-            )
+            model = tf.BertModel(tf.BertConfig(**vocab, **_SHAPE, **positions))
         elif arch == "distilbert":
-            model = tf.DistilBertModel(
-                tf.DistilBertConfig(
-                    vocab_size=vocab, dim=WIDTH, n_layers=LAYERS, n_heads=HEADS, hidden_dim=FFN, **common
-                )
+            config = tf.DistilBertConfig(
+                **vocab, dim=WIDTH, n_layers=LAYERS, n_heads=HEADS, hidden_dim=FFN, **positions
             )
+            model = tf.DistilBertModel(config)
         else:
-            model = tf.ElectraModel(
-                tf.ElectraConfig(
-                    vocab_size=vocab,
-                    embedding_size=WIDTH,
-                    hidden_size=WIDTH,
-                    num_hidden_layers=LAYERS,
-                    num_attention_heads=HEADS,
-                    intermediate_size=FFN,
-                    **common,
-                )
-            )
+            model = tf.ElectraModel(tf.ElectraConfig(**vocab, embedding_size=WIDTH, **_SHAPE, **positions))
     elif arch in ("roberta", "modernbert"):
-        specials_list = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
-        tok = _bpe("<s>", "</s>", specials_list)
-        vocab = tok.get_vocab_size()
+        tok = _bpe("<s>", "</s>", roberta_specials)
+        vocab = {"vocab_size": tok.get_vocab_size()}
         if arch == "roberta":
-            tokenizer = tf.RobertaTokenizerFast(
-                tokenizer_object=tok,
-                bos_token="<s>",
-                eos_token="</s>",
-                sep_token="</s>",
-                cls_token="<s>",
-                unk_token="<unk>",
-                pad_token="<pad>",
-                mask_token="<mask>",
-                model_max_length=POSITIONS,
-            )
-            model = tf.RobertaModel(
-                tf.RobertaConfig(
-                    vocab_size=vocab,
-                    hidden_size=WIDTH,
-                    num_hidden_layers=LAYERS,
-                    num_attention_heads=HEADS,
-                    intermediate_size=FFN,
-                    max_position_embeddings=POSITIONS + 2,
-                    pad_token_id=1,
-                    bos_token_id=0,
-                    eos_token_id=2,
-                )
-            )
+            tokenizer = tf.RobertaTokenizerFast(tokenizer_object=tok, **_ROBERTA_TOKENS, **window)
+            config = tf.RobertaConfig(**vocab, **_SHAPE, max_position_embeddings=POSITIONS + 2, **_ROBERTA_IDS)
+            model = tf.RobertaModel(config)
         else:
-            tokenizer = tf.PreTrainedTokenizerFast(
-                tokenizer_object=tok,
-                bos_token="<s>",
-                eos_token="</s>",
-                sep_token="</s>",
-                cls_token="<s>",
-                unk_token="<unk>",
-                pad_token="<pad>",
-                mask_token="<mask>",
-                model_max_length=POSITIONS,
+            tokenizer = tf.PreTrainedTokenizerFast(tokenizer_object=tok, **_ROBERTA_TOKENS, **window)
+            config = tf.ModernBertConfig(
+                **vocab,
+                **_SHAPE,
+                **_ROBERTA_IDS,
+                cls_token_id=0,
+                sep_token_id=2,
+                global_attn_every_n_layers=2,
+                local_attention=16,
+                **positions,
             )
-            model = tf.ModernBertModel(
-                tf.ModernBertConfig(
-                    vocab_size=vocab,
-                    hidden_size=WIDTH,
-                    num_hidden_layers=LAYERS,
-                    num_attention_heads=HEADS,
-                    intermediate_size=FFN,
-                    pad_token_id=1,
-                    bos_token_id=0,
-                    eos_token_id=2,
-                    cls_token_id=0,
-                    sep_token_id=2,
-                    global_attn_every_n_layers=2,
-                    local_attention=16,
-                    **common,
-                )
-            )
-    elif arch in ("xlm-roberta", "deberta-v2"):
-        if arch == "xlm-roberta":
-            tok = _unigram(["<s>", "<pad>", "</s>", "<unk>", "<mask>"], "<s>", "</s>", pair="<s> $A </s> </s> $B </s>")
-            tokenizer = tf.XLMRobertaTokenizerFast(
-                tokenizer_object=tok,
-                bos_token="<s>",
-                eos_token="</s>",
-                sep_token="</s>",
-                cls_token="<s>",
-                unk_token="<unk>",
-                pad_token="<pad>",
-                mask_token="<mask>",
-                model_max_length=POSITIONS,
-            )
-            model = tf.XLMRobertaModel(
-                tf.XLMRobertaConfig(
-                    vocab_size=tok.get_vocab_size(),
-                    hidden_size=WIDTH,
-                    num_hidden_layers=LAYERS,
-                    num_attention_heads=HEADS,
-                    intermediate_size=FFN,
-                    max_position_embeddings=POSITIONS + 2,
-                    pad_token_id=1,
-                    bos_token_id=0,
-                    eos_token_id=2,
-                )
-            )
-        else:
-            tok = _unigram(
-                ["[PAD]", "[CLS]", "[SEP]", "[UNK]", "[MASK]"], "[CLS]", "[SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1"
-            )
-            tokenizer = tf.DebertaV2TokenizerFast(
-                tokenizer_object=tok,
-                bos_token="[CLS]",
-                eos_token="[SEP]",
-                sep_token="[SEP]",
-                cls_token="[CLS]",
-                unk_token="[UNK]",
-                pad_token="[PAD]",
-                mask_token="[MASK]",
-                model_max_length=POSITIONS,
-            )
-            model = tf.DebertaV2Model(
-                tf.DebertaV2Config(
-                    vocab_size=tok.get_vocab_size(),
-                    hidden_size=WIDTH,
-                    num_hidden_layers=LAYERS,
-                    num_attention_heads=HEADS,
-                    intermediate_size=FFN,
-                    pad_token_id=0,
-                    relative_attention=True,
-                    position_biased_input=False,
-                    pos_att_type=["p2c", "c2p"],
-                    max_relative_positions=-1,
-                    position_buckets=16,
-                    norm_rel_ebd="layer_norm",
-                    share_att_key=True,
-                    **common,
-                )
-            )
+            model = tf.ModernBertModel(config)
+    elif arch == "xlm-roberta":
+        tok = _unigram(roberta_specials, "<s>", "</s>", pair="<s> $A </s> </s> $B </s>")
+        tokenizer = tf.XLMRobertaTokenizerFast(tokenizer_object=tok, **_ROBERTA_TOKENS, **window)
+        config = tf.XLMRobertaConfig(
+            vocab_size=tok.get_vocab_size(), **_SHAPE, max_position_embeddings=POSITIONS + 2, **_ROBERTA_IDS
+        )
+        model = tf.XLMRobertaModel(config)
+    elif arch == "deberta-v2":
+        specials = ["[PAD]", "[CLS]", "[SEP]", "[UNK]", "[MASK]"]
+        tok = _unigram(specials, "[CLS]", "[SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1")
+        tokenizer = tf.DebertaV2TokenizerFast(
+            tokenizer_object=tok, bos_token="[CLS]", eos_token="[SEP]", **_BERT_TOKENS, **window
+        )
+        config = tf.DebertaV2Config(
+            vocab_size=tok.get_vocab_size(),
+            **_SHAPE,
+            pad_token_id=0,
+            relative_attention=True,
+            position_biased_input=False,
+            pos_att_type=["p2c", "c2p"],
+            max_relative_positions=-1,
+            position_buckets=16,
+            norm_rel_ebd="layer_norm",
+            share_att_key=True,
+            **positions,
+        )
+        model = tf.DebertaV2Model(config)
     else:
         raise ValueError(f"unknown architecture {arch!r}; known: {', '.join(ARCHITECTURES)}")
     out.mkdir(parents=True, exist_ok=True)

@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import json
 import os
 import re
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 import yaml
 
 from bento import Settings
+from tests.conftest import load_script
 
 REPO = Path(__file__).resolve().parents[2]
 KUBE = REPO / "deploy" / "kubernetes"
@@ -134,15 +133,7 @@ def test_the_deployment_guide_names_only_files_that_exist() -> None:
         assert any(p.is_file() for p in candidates) or name == "secret.yaml", name
 
 
-def _image_module() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("knowacq_deploy_image", REPO / "deploy" / "image.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-image_py = _image_module()
+image_py = load_script(REPO / "deploy" / "image.py")
 
 
 def _kustomize(folder: Path, tmp_path: Path) -> list[dict]:

@@ -8,7 +8,6 @@ server answers on loopback); Podman or Docker run the same image with `-p 3000:3
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import shutil
@@ -19,13 +18,13 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from types import ModuleType
 
 import httpx
 import pytest
 import yaml
 
 from bento import ServerProcess, free_port
+from tests.conftest import load_script
 
 pytestmark = [pytest.mark.container, pytest.mark.timeout(1800)]
 
@@ -35,15 +34,7 @@ TEXTS = ["great lovely film", "awful boring plot", "a film", "lovely but boring"
 GRACE_S = 30.0
 
 
-def _image_module() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("knowacq_deploy_image", REPO / "deploy" / "image.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-image_py = _image_module()
+image_py = load_script(REPO / "deploy" / "image.py")
 STORE_DIR = image_py.STORE_DIR
 
 
