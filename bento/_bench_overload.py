@@ -110,7 +110,7 @@ def bench_overload(
     """Serve `model` and measure its goodput at each overload `factor` of its capacity; write JSON + Markdown."""
     variant = check_model(str(model))
     data_file = Path(data) if data else _default_texts(variant)
-    texts = list(load_tsv(data_file).texts)[:max_texts]
+    texts = list(load_tsv(data_file).single_texts("the overload benchmark"))[:max_texts]
     if not texts or not factors or min(factors) <= 0 or rounds < 1:
         raise ConfigError("bench-serve --overload needs texts, positive factors and at least one round")
     overrides = dict(settings or {})

@@ -208,7 +208,7 @@ def bench_serve(
 
     variant = check_model(str(model))  # an absolute path: the server runs in a temporary directory
     data_file = Path(data) if data else _default_texts(variant)
-    texts = list(load_tsv(data_file).texts)[:max_texts]
+    texts = list(load_tsv(data_file).single_texts("the serving benchmark"))[:max_texts]
     if not texts:
         raise ConfigError(f"{data_file} has no texts")
     if rounds < 1 or not concurrencies or not shapes or min(*concurrencies, *shapes) < 1:
@@ -460,7 +460,7 @@ def bench_contenders(
         raise ConfigError("give at least two contenders (the first is the baseline)")
     variant = check_model(str(model))
     data_file = Path(data) if data else _default_texts(variant)
-    texts = list(load_tsv(data_file).texts)[:max_texts]
+    texts = list(load_tsv(data_file).single_texts("the serving benchmark"))[:max_texts]
     out_file = Path(out_file)
     out_file.parent.mkdir(parents=True, exist_ok=True)
     names = list(contenders)

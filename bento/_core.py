@@ -24,7 +24,16 @@ from bento._drift import DriftMonitor
 from bento._metrics import DRIFT_SIGNALS, ServiceMetrics
 from bento._refusals import STORE_DOWN
 from bento._settings import Settings
-from knowacq.base import FeedbackStore, PredictionRecord, mean_interval, redact_for_storage, softmax, wilson_interval
+from knowacq.base import (
+    FeedbackStore,
+    PredictionRecord,
+    Text,
+    mean_interval,
+    redact_for_storage,
+    softmax,
+    text_sha256,
+    wilson_interval,
+)
 from knowacq.errors import (
     AuthError,
     InvalidInputError,
@@ -44,15 +53,21 @@ class Item:
     """One text waiting for the model, with the time its request arrived (for the queue-time metric) and,
     when the guard tokenised it on arrival (token-budget batching), its encoding and which engine made it."""
 
-    text: str
+    text: Text
+    """The text, or the sentence pair of a pair model."""
     arrived: float
     encoding: Any = None
     """`tokenizers.Encoding` of `text` by the engine `engine_id`, or None (tokenised with its batch)."""
     engine_id: int = 0
 
 
-def parse_classify(body: Any, max_texts: int) -> list[str]:
-    """The texts of a POST /classify body, or InvalidInputError naming the field."""
+def parse_classify(body: Any, max_texts: int, *, pairs: bool = False) -> list[Text]:
+    """The texts of a POST /classify body (`{"texts": [...]}`), or, for a sentence-pair model (`pairs`), its
+    pairs (`{"pairs": [[first, second], ...]}`); InvalidInputError naming the field otherwise."""
+    if pairs:
+        return _parse_pairs(body, max_texts)
+    if isinstance(body, dict) and "pairs" in body:
+        raise InvalidInputError("this model classifies single texts, not pairs; send {'texts': [...]}", field="pairs")
     if not isinstance(body, dict):
         raise InvalidInputError(
             f"the body must be a JSON object with a 'texts' list, got {type(body).__name__}", field="texts"
@@ -77,6 +92,41 @@ def parse_classify(body: Any, max_texts: int) -> list[str]:
         if not isinstance(text, str):
             raise InvalidInputError(f"texts[{i}] must be a string, got {type(text).__name__}", field=f"texts[{i}]")
     return texts
+
+
+def _parse_pairs(body: Any, max_texts: int) -> list[Text]:
+    if not isinstance(body, dict):
+        raise InvalidInputError(
+            f"the body must be a JSON object with a 'pairs' list, got {type(body).__name__}", field="pairs"
+        )
+    if "texts" in body:
+        raise InvalidInputError(
+            "this model classifies sentence pairs; send {'pairs': [[first, second], ...]} instead of 'texts'",
+            field="texts",
+        )
+    unknown = sorted(set(body) - {"pairs"})
+    if unknown:
+        raise InvalidInputError(
+            f"unknown field(s) {', '.join(map(repr, unknown))}; only 'pairs' is accepted", field=unknown[0]
+        )
+    pairs = body.get("pairs")
+    if not isinstance(pairs, list):
+        raise InvalidInputError(
+            "'pairs' must be a list of [first, second] string pairs" + ("" if "pairs" in body else " and is missing"),
+            field="pairs",
+        )
+    if not pairs:
+        raise InvalidInputError("'pairs' is empty; send at least one pair", field="pairs")
+    if len(pairs) > max_texts:
+        raise PayloadTooLargeError(
+            f"{len(pairs)} pairs in one request; at most {max_texts} are accepted (split the request)", field="pairs"
+        )
+    out: list[Text] = []
+    for i, pair in enumerate(pairs):
+        if not (isinstance(pair, list) and len(pair) == 2 and all(isinstance(t, str) for t in pair)):
+            raise InvalidInputError(f"pairs[{i}] must be a list of two strings [first, second]", field=f"pairs[{i}]")
+        out.append((pair[0], pair[1]))
+    return out
 
 
 def parse_reload(body: Any) -> str:
@@ -211,7 +261,12 @@ class ClassifierCore:
 
     # classify -------------------------------------------------------------------------------------
 
-    def classify(self, texts: Sequence[str]) -> list[dict[str, Any]]:
+    @property
+    def pairs(self) -> bool:
+        """True when the model classifies sentence pairs (its manifest says `inputs: pair`)."""
+        return bool(getattr(self.predictor.manifest, "pairs", False))
+
+    def classify(self, texts: Sequence[Text]) -> list[dict[str, Any]]:
         """Answers for `texts` (one request, no batching queue)."""
         now = self.clock()
         return self.classify_items([Item(t, now) for t in texts])
@@ -264,12 +319,13 @@ class ClassifierCore:
             if captured:
                 m.captures.inc()
             if captured or sampled[i] or self.settings.record == "all":
-                clean, digest = redact_for_storage(item.text[: self.settings.max_stored_chars])
+                clean, text_pair, digest = self._stored_text(item.text)
                 records.append(
                     PredictionRecord(
                         prediction_id=prediction_id,
                         model_version=self.model_version,
                         text=clean,
+                        text_pair=text_pair,
                         text_sha256=digest,
                         label=label,
                         score=float(top[i]),
@@ -285,6 +341,17 @@ class ClassifierCore:
             answer["recorded"] = answer["prediction_id"] in stored
         self._offer_to_shadow(items, answers)
         return answers
+
+    def _stored_text(self, text: Text) -> tuple[str, str | None, str]:
+        """(text, second sentence or None, text_sha256) as the store keeps them: redacted, cut to
+        `max_stored_chars` (each sentence of a pair); a pair's key hashes both sentences, tab-joined."""
+        limit = self.settings.max_stored_chars
+        if isinstance(text, str):
+            clean, digest = redact_for_storage(text[:limit])
+            return clean, None, digest
+        first, _ = redact_for_storage(text[0][:limit])
+        second, _ = redact_for_storage(text[1][:limit])
+        return first, second, text_sha256(f"{first}\t{second}")
 
     def _draw_sample(self, n: int) -> NDArray[np.bool_]:
         """Which of `n` predictions join the live sample: each with probability `settings.sample_rate`."""

@@ -47,7 +47,7 @@ from bento._refusals import (
     QueueFull,
     answer,
 )
-from knowacq.base import library_versions
+from knowacq.base import Text, library_versions
 from knowacq.errors import (
     AuthError,
     InvalidInputError,
@@ -280,15 +280,21 @@ class RequestGuard:
                 model_version=core.model_version,
                 max_texts=settings.max_texts,
             )
+            if core.pairs:
+                raise InvalidInputError(
+                    "this model classifies sentence pairs, which the Open Inference Protocol has no form for; "
+                    "send them to POST /classify as {'pairs': [[first, second], ...]} or to POST /predict",
+                    field="inputs",
+                )
             _check_encodable(request.texts)
             return raw, request
         parsed = parse_json(raw)
         if endpoint == "classify":
-            texts = parse_classify(parsed, settings.max_texts)
+            texts = parse_classify(parsed, settings.max_texts, pairs=core.pairs)
             _check_encodable(texts)
             return raw, parse_native(texts)
         if endpoint == "predict":
-            request = parse_tei(parsed, settings.max_texts)
+            request = parse_tei(parsed, settings.max_texts, pairs=core.pairs)
             _check_encodable(request.texts)
             return raw, request
         if endpoint == "feedback":
@@ -342,18 +348,19 @@ class RequestGuard:
         await send_json(send, status, body)
 
 
-def _check_encodable(texts: list[str]) -> None:
+def _check_encodable(texts: list[Text]) -> None:
     """Lone surrogates (valid JSON escapes, invalid Unicode) cannot be tokenised: refuse them with 422."""
     for i, text in enumerate(texts):
         try:
-            text.encode("utf-8")
+            for part in (text,) if isinstance(text, str) else text:
+                part.encode("utf-8")
         except UnicodeEncodeError:
             raise InvalidInputError(
                 f"texts[{i}] contains a lone surrogate (invalid Unicode)", field=f"texts[{i}]"
             ) from None
 
 
-def _items(core: ClassifierCore, texts: list[str], arrived: float) -> list[Item]:
+def _items(core: ClassifierCore, texts: list[Text], arrived: float) -> list[Item]:
     """The request's texts for the batching queue; with token-budget batching, tokenised now (by the serving
     engine, whose id they carry) so that the queue can class them by length and the batch need not again."""
     if core.settings.max_batch_tokens <= 0:

@@ -28,6 +28,7 @@ import numpy as np
 import orjson
 
 from bento._asgi import parse_json
+from knowacq.base import Text
 from knowacq.errors import BadRequestError, InvalidInputError, PayloadTooLargeError, UnknownModelError
 
 __all__ = [
@@ -75,11 +76,12 @@ class Rendered:
 class InferRequest:
     """A checked request of any shape: the texts for the model, and how its answers are written."""
 
-    texts: list[str]
+    texts: list[Text]
+    """The texts, or the sentence pairs of a pair model."""
     render: Callable[[list[dict[str, Any]]], Rendered]
 
 
-def _check_texts(texts: Sequence[Any], max_texts: int, field: str) -> list[str]:
+def _check_texts(texts: Sequence[Any], max_texts: int, field: str) -> list[Any]:
     if not texts:
         raise InvalidInputError(f"'{field}' holds no text; send at least one", field=field)
     if len(texts) > max_texts:
@@ -87,7 +89,7 @@ def _check_texts(texts: Sequence[Any], max_texts: int, field: str) -> list[str]:
             f"{len(texts)} texts in one request; at most {max_texts} are accepted (split the request)", field=field
         )
     for i, text in enumerate(texts):
-        if not isinstance(text, str):
+        if not isinstance(text, (str, tuple)):  # a tuple is a pair, built (and checked) by the parser
             raise InvalidInputError(f"{field}[{i}] must be a string, got {type(text).__name__}", field=f"{field}[{i}]")
     return list(texts)
 
@@ -95,7 +97,7 @@ def _check_texts(texts: Sequence[Any], max_texts: int, field: str) -> list[str]:
 # ---------------------------------------------------------------------------------------------- native
 
 
-def parse_native(texts: list[str]) -> InferRequest:
+def parse_native(texts: list[Text]) -> InferRequest:
     """POST /classify (its body is checked by `bento._core.parse_classify`): the answers as they are."""
     return InferRequest(texts, lambda answers: Rendered(orjson.dumps(answers)))
 
@@ -103,12 +105,13 @@ def parse_native(texts: list[str]) -> InferRequest:
 # ------------------------------------------------------------------------------------ TEI: POST /predict
 
 
-def parse_tei(body: Any, max_texts: int) -> InferRequest:
+def parse_tei(body: Any, max_texts: int, *, pairs: bool = False) -> InferRequest:  # long: TEI's input shapes
     """A text-embeddings-inference `POST /predict` body: `{"inputs": ..., "truncate"?, "raw_scores"?}`.
 
     As TEI reads `inputs`: a string, or `[string]`, is one input, answered with one list of predictions; a
     batch is a list of one-string lists, `[[string], [string], ...]`, answered with a list of lists. A pair of
-    strings (`[a, b]`, or `[a, b]` inside a batch) is a text pair, which this model does not take (422).
+    strings (`[a, b]`, or `[a, b]` inside a batch) is a text pair: what a sentence-pair model (`pairs`) takes,
+    and nothing else does (422 either way).
     Every list of predictions holds every label, sorted by score, highest first. `truncate` is accepted either
     way: the service always truncates to the model's window (as /classify, whose `truncated` says so).
     `raw_scores: true` (logits instead of probabilities) is refused: the service answers calibrated
@@ -133,6 +136,9 @@ def parse_tei(body: Any, max_texts: int) -> InferRequest:
     if body.get("truncation_direction", "right") not in ("right", "Right"):
         raise InvalidInputError("only truncation_direction 'right' is supported", field="truncation_direction")
     inputs = body.get("inputs")
+    if pairs:
+        found, batch = _tei_pairs(inputs, "inputs" in body)
+        return InferRequest(_check_texts(found, max_texts, "inputs"), _tei_render(batch))
     pair = "a pair of texts is one text pair, which this model does not take; send a batch as [[text], [text], ...]"
     batch = False
     if isinstance(inputs, str):
@@ -155,7 +161,26 @@ def parse_tei(body: Any, max_texts: int) -> InferRequest:
             + ("" if "inputs" in body else " and is missing"),
             field="inputs",
         )
-    checked = _check_texts(texts, max_texts, "inputs")
+    return InferRequest(_check_texts(texts, max_texts, "inputs"), _tei_render(batch))
+
+
+def _tei_pairs(inputs: Any, given: bool) -> tuple[list[Any], bool]:
+    """A pair model's TEI `inputs`: `[a, b]` (one pair) or `[[a, b], ...]` (a batch), as (pairs, batch)."""
+    need = "a pair model takes 'inputs' as [first, second] or a batch [[first, second], ...]"
+    if isinstance(inputs, list) and len(inputs) == 2 and all(isinstance(x, str) for x in inputs):
+        return [(inputs[0], inputs[1])], False
+    if not (isinstance(inputs, list) and inputs and all(isinstance(x, list) for x in inputs)):
+        raise InvalidInputError(need + ("" if given else "; 'inputs' is missing"), field="inputs")
+    out: list[Any] = []
+    for i, item in enumerate(inputs):
+        if len(item) != 2 or not all(isinstance(x, str) for x in item):
+            raise InvalidInputError(f"inputs[{i}] is not a pair of strings: {need}", field=f"inputs[{i}]")
+        out.append((item[0], item[1]))
+    return out, True
+
+
+def _tei_render(batch: bool) -> Callable[[list[dict[str, Any]]], Rendered]:
+    """TEI's answer: per input every label with its score, highest first; a list of them for a batch."""
 
     def render(answers: list[dict[str, Any]]) -> Rendered:
         lists = [
@@ -164,7 +189,7 @@ def parse_tei(body: Any, max_texts: int) -> InferRequest:
         ]
         return Rendered(orjson.dumps(lists if batch else lists[0]))
 
-    return InferRequest(checked, render)
+    return render
 
 
 # -------------------------------------------------------------------------------------------- OIP v2
@@ -400,4 +425,4 @@ def parse_v2_infer(
         length = (b"inference-header-content-length", str(len(payload)).encode())
         return Rendered(payload + b"".join(blobs), OCTETS, (length,))
 
-    return InferRequest(texts, render)
+    return InferRequest(list(texts), render)

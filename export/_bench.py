@@ -83,7 +83,7 @@ def bench(
     torch.set_num_threads(threads)
     card = read_model_card(model_dir)
     data = load_tsv(data_file, label_names=card.labels)
-    texts = list(data.texts)
+    texts = list(data.single_texts("knowacq bench"))
     latency_texts = texts[: min(latency_examples, len(texts))]
 
     contenders = [_torch_contender(card.path, card.max_length)]

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypedDict
 
 import numpy as np
 
-from knowacq.base import cpu_threads, length_sorted_batches
+from knowacq.base import Text, cpu_threads, length_sorted_batches, text_chars
 from knowacq.errors import MissingDependencyError, ModelError, ProviderError
 
 if TYPE_CHECKING:
@@ -235,8 +235,9 @@ class Engine:
                 )
         return _session(ort, model_file, options, planned, disabled)
 
-    def tokenize(self, texts: Sequence[str]) -> list[Any]:
-        """Unpadded, truncated encodings of `texts` (`tokenizers.Encoding`), one call for all of them."""
+    def tokenize(self, texts: Sequence[Text]) -> list[Any]:
+        """Unpadded, truncated encodings of `texts` (`tokenizers.Encoding`), one call for all of them. A sentence
+        pair (a tuple) is encoded as a pair; truncation cuts its longer sentence first, as transformers does."""
         return list(self._unpadded.encode_batch(list(texts)))
 
     def groups(self, encodings: Sequence[Any]) -> list[np.ndarray]:
@@ -282,8 +283,8 @@ class Engine:
         feeds = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
         return {k: v for k, v in feeds.items() if k in self._inputs}
 
-    def encode(self, texts: Sequence[str]) -> tuple[dict[str, np.ndarray], np.ndarray]:
-        """Padded model inputs for `texts` (one batch) and which texts were truncated."""
+    def encode(self, texts: Sequence[Text]) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        """Padded model inputs for `texts` or sentence pairs (one batch) and which of them were truncated."""
         encodings = self._tokenizer.encode_batch(list(texts))
         feeds = {
             "input_ids": np.array([e.ids for e in encodings], dtype=np.int64),
@@ -341,14 +342,15 @@ class Engine:
             out[idx] = self.run(self.feeds([encodings[i] for i in idx]))
         return out
 
-    def logits(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-        """Raw logits (uncalibrated) and truncation flags for `texts`, in order, batched by length."""
+    def logits(self, texts: Sequence[Text]) -> tuple[np.ndarray, np.ndarray]:
+        """Raw logits (uncalibrated) and truncation flags for `texts` (or sentence pairs), in order, batched by
+        length."""
         if not texts:
             return np.zeros((0, self.num_labels), np.float32), np.zeros(0, bool)
         out = np.zeros((len(texts), self.num_labels), dtype=np.float32)
         if self.bucket_tokens is None:  # batches of texts sorted by characters, as the benchmark times them
             truncated = np.zeros(len(texts), dtype=bool)
-            for idx in length_sorted_batches(np.array([len(t) for t in texts]), self.max_batch_size):
+            for idx in length_sorted_batches(np.array([text_chars(t) for t in texts]), self.max_batch_size):
                 feeds, cut = self.encode([texts[i] for i in idx])
                 out[idx] = self.run(feeds)
                 truncated[idx] = cut

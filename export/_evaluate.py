@@ -26,6 +26,7 @@ def evaluate_variant(
 
     predictor = Predictor(path, max_batch_size=batch_size)
     data = load_tsv(data_file, label_names=predictor.labels)
+    data.require_kind(predictor.manifest.pairs, path)
     logits, _ = predictor.logits(list(data.texts))
     return report_on(
         logits, data, predictor.labels, predictor.temperature, name=Path(path).name, reliability_png=reliability_png

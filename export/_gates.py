@@ -16,6 +16,7 @@ import numpy as np
 
 from export._engine import Engine
 from export._manifest import GateResult
+from knowacq.base import Text
 from knowacq.errors import ParityError, QualityError, ShapeMismatchError
 
 __all__ = [
@@ -38,7 +39,7 @@ class Probe:
     """What each parity gate of one variant compares with: probe texts and PyTorch's logits for them."""
 
     variant: str
-    texts: list[str]
+    texts: list[Text]
     reference: np.ndarray
     """PyTorch logits of `texts`, one row per text."""
     tokenizer_dir: Path

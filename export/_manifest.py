@@ -60,6 +60,12 @@ class Manifest:
     """The reference profile the service measures drift against (`export._profile`): predicted class mix,
     calibrated-confidence and token-length histograms of this variant on held-out rows, with their count and
     file. Empty in manifests written before it existed (they still load; the service then reports no drift)."""
+    inputs: str = "text"
+    """"text" (one text per item) or "pair" (a sentence pair per item: the service takes `pairs`)."""
+
+    @property
+    def pairs(self) -> bool:
+        return self.inputs == "pair"
 
     @property
     def passed(self) -> bool:

@@ -198,6 +198,8 @@ def _load_source(
     dev = dev if dev is not None else _recorded_data(card, "dev_data", "--dev")
     if dev.label_names != card.labels:
         raise DataError(f"{dev.source} uses labels {list(dev.label_names)}, the model {list(card.labels)}")
+    if card.pairs:  # a folder from elsewhere reads what its dev file holds
+        dev.require_kind(True, card.path)
     if config.quantize:
         isa = cpu_isa() if config.isa == "auto" else config.isa
         config = dataclasses.replace(config, isa=isa)
@@ -215,6 +217,8 @@ def _load_source(
     say(f"source {card.path}: dev accuracy {accuracy:.4f} (n={len(dev)}), {params:,} parameters")
     if config.prune is not None or config.smooth is not None:
         train = train if train is not None else _recorded_data(card, "train_data", "--train")
+        if train.pairs != dev.pairs:
+            raise DataError(f"{train.source} and {dev.source} do not both hold sentence pairs (or both single texts)")
     architecture = {"model_type": model_type, "adapted": changes}
     return _Source(card, config, dev, train, tokenizer, model, logits, accuracy, params, architecture)
 
@@ -418,6 +422,7 @@ def _manifest(
         tokenizer_files=[f for f in TOKENIZER_FILES if (graph.plain / f).is_file()],
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         reference=reference,
+        inputs="pair" if source.dev.pairs else "text",
     )
 
 

@@ -11,7 +11,7 @@ import numpy as np
 
 from export._engine import Engine, RuntimeKeywords, RuntimeOptions
 from export._manifest import Manifest, read_manifest
-from knowacq.base import softmax
+from knowacq.base import Text, softmax
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
@@ -71,11 +71,11 @@ class Predictor:
     def __repr__(self) -> str:
         return f"Predictor({str(self.path)!r}, variant={self.manifest.variant!r}, provider={self.provider!r})"
 
-    def logits(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    def logits(self, texts: Sequence[Text]) -> tuple[np.ndarray, np.ndarray]:
         """Raw logits (uncalibrated) and truncation flags for `texts`, in order."""
         return self.engine.logits(texts)
 
-    def predict(self, texts: Sequence[str]) -> list[Prediction]:
+    def predict(self, texts: Sequence[Text]) -> list[Prediction]:
         """Label, calibrated score and probabilities for each text."""
         logits, truncated = self.logits(texts)
         probs = softmax(logits, self.temperature)

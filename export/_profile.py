@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from export._engine import Engine
-from knowacq.base import softmax
+from knowacq.base import Text, softmax
 from knowacq.errors import ModelError
 
 __all__ = [
@@ -105,7 +105,7 @@ def profile_from_signals(
 
 def reference_profile(
     engine: Engine,
-    texts: Sequence[str],
+    texts: Sequence[Text],
     *,
     temperature: float,
     labels: Sequence[str],

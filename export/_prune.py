@@ -238,18 +238,19 @@ def _gate_gradients(model: Any, tokenizer: Any, data: LabelledData, config: Prun
     """Sum over `data`'s rows of |dL/dgate| for each of `gates` (float64 tensors), in length-sorted batches."""
     import torch
 
-    from knowacq.base import length_sorted_batches
+    from knowacq.base import length_sorted_batches, split_pairs
 
-    texts, labels = list(data.texts), data.labels
+    (first, second), labels = split_pairs(data.texts), data.labels
     device = gates[0].device
     lengths = np.array(
-        [len(ids) for ids in tokenizer(texts, truncation=True, max_length=config.max_length)["input_ids"]]
+        [len(ids) for ids in tokenizer(first, second, truncation=True, max_length=config.max_length)["input_ids"]]
     )
     sums = [torch.zeros_like(g, dtype=torch.float64) for g in gates]
     with torch.enable_grad():
         for idx in length_sorted_batches(lengths, config.batch_size):
             batch = tokenizer(
-                [texts[i] for i in idx],
+                [first[i] for i in idx],
+                None if second is None else [second[i] for i in idx],
                 truncation=True,
                 max_length=config.max_length,
                 padding=True,

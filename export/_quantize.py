@@ -11,7 +11,7 @@ import numpy as np
 
 from export._engine import Engine
 from export._presets import OptimizeConfig
-from knowacq.base import LabelledData
+from knowacq.base import LabelledData, text_chars
 from knowacq.errors import ConfigError
 
 __all__ = ["matching_nodes", "quantize", "smooth"]
@@ -56,7 +56,7 @@ def smooth(
     engine = Engine(source, tokenizer_dir, num_labels=len(train.label_names), max_length=max_length, provider="cpu")
     batches = [
         engine.encode([texts[i] for i in idx])[0]
-        for idx in length_sorted_batches(np.array([len(t) for t in texts]), 32)
+        for idx in length_sorted_batches(np.array([text_chars(t) for t in texts]), 32)
     ]
     ops = config.quantize_ops
     skipped = set(keep)

@@ -20,7 +20,7 @@ import numpy as np
 
 from export._engine import Engine, RuntimeOptions
 from export._predictor import Predictor
-from knowacq.base import softmax
+from knowacq.base import Text, softmax
 from knowacq.errors import ModelError
 
 __all__ = ["Scored", "Scorer", "head_input"]
@@ -120,7 +120,7 @@ class Scorer:
         assert probe.embeddings is not None
         return int(probe.embeddings.shape[1])
 
-    def score(self, texts: Sequence[str]) -> Scored:
+    def score(self, texts: Sequence[Text]) -> Scored:
         """Scores for `texts`, in order."""
         engine = self.engine
         if not texts:

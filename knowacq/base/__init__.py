@@ -15,9 +15,13 @@ from knowacq.base._card import (
 )
 from knowacq.base._data import (
     LABELS_FILE,
+    PAIR_COLUMNS,
     LabelledData,
+    Text,
     load_tsv,
     read_label_names,
+    split_pairs,
+    text_chars,
     write_tsv,
 )
 from knowacq.base._machine import cpu_threads, machine_info
@@ -56,6 +60,7 @@ from knowacq.base._versions import library_versions
 
 __all__ = [
     "LABELS_FILE",
+    "PAIR_COLUMNS",
     "POOL_INPUTS",
     "POOL_OUTPUTS",
     "SCHEMA_VERSION",
@@ -73,6 +78,7 @@ __all__ = [
     "Redaction",
     "RetrainRequest",
     "ShadowRun",
+    "Text",
     "check_hf_folder",
     "count_rows",
     "cpu_threads",
@@ -95,6 +101,8 @@ __all__ = [
     "redact_for_storage",
     "require_torch",
     "softmax",
+    "split_pairs",
+    "text_chars",
     "text_sha256",
     "top_margin",
     "wilson_interval",

@@ -46,6 +46,11 @@ class ModelCard:
     calibrated: bool
     extra: dict[str, Any]
 
+    @property
+    def pairs(self) -> bool:
+        """True for a sentence-pair classifier (trained by knowacq on `sentence1`/`sentence2` data)."""
+        return self.extra.get("inputs") == "pair"
+
 
 def read_model_card(path: str | Path) -> ModelCard:
     """Label map and temperature of a fine-tuned folder (from `knowacq.json`, else from `config.json`)."""

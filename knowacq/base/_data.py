@@ -1,4 +1,5 @@
-"""Labelled text data: reading and writing `sentence<TAB>label` files and the label map that goes with them."""
+"""Labelled text data: reading and writing `sentence<TAB>label` files (or `sentence1<TAB>sentence2<TAB>label` for
+sentence pairs) and the label map that goes with them."""
 
 from __future__ import annotations
 
@@ -7,23 +8,57 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeAlias
 
 import numpy as np
 
 from knowacq.errors import DataError, MalformedDataError, RowProblem
 
-__all__ = ["LABELS_FILE", "LabelledData", "load_tsv", "read_label_names", "write_tsv"]
+__all__ = [
+    "LABELS_FILE",
+    "PAIR_COLUMNS",
+    "LabelledData",
+    "Text",
+    "load_tsv",
+    "read_label_names",
+    "split_pairs",
+    "text_chars",
+    "write_tsv",
+]
 
 _INT = re.compile(r"[+-]?\d+")
 _TEXT_COLUMNS = ("sentence", "text")
+PAIR_COLUMNS = ("sentence1", "sentence2")
+"""The columns of a sentence-pair data file (GLUE's names): each row's input is the pair (sentence1, sentence2)."""
 LABELS_FILE = "labels.txt"
+
+Text: TypeAlias = str | tuple[str, str]
+"""One classifier input: a text, or a sentence pair (first, second) that the tokenizer joins as a pair
+(`[CLS] a [SEP] b [SEP]` for BERT, its own template for other models; truncation takes the longer one first)."""
+
+
+def text_chars(text: Text) -> int:
+    """Characters in a text or in both sentences of a pair (what batching sorts by)."""
+    return len(text) if isinstance(text, str) else len(text[0]) + len(text[1])
+
+
+def split_pairs(texts: Sequence[Text]) -> tuple[list[str], list[str] | None]:
+    """`texts` as a tokenizer takes them: (texts, None), or (first sentences, second sentences) for pairs.
+
+    A mix of texts and pairs is a DataError: one model reads one kind of input."""
+    pairs = [not isinstance(t, str) for t in texts]
+    if not any(pairs):
+        return list(texts), None  # type: ignore[arg-type]  # every item is a str here
+    if not all(pairs):
+        raise DataError("texts and sentence pairs are mixed; a model reads one kind of input")
+    return [t[0] for t in texts], [t[1] for t in texts]
 
 
 @dataclass(frozen=True)
 class LabelledData:
-    """Texts with integer labels and the names of every class (index = label id)."""
+    """Texts (or sentence pairs) with integer labels and the names of every class (index = label id)."""
 
-    texts: tuple[str, ...]
+    texts: tuple[Text, ...]
     labels: np.ndarray = field(repr=False)
     label_names: tuple[str, ...]
     source: str = "<memory>"
@@ -48,6 +83,23 @@ class LabelledData:
     @property
     def num_labels(self) -> int:
         return len(self.label_names)
+
+    @property
+    def pairs(self) -> bool:
+        """True when the inputs are sentence pairs."""
+        return bool(self.texts) and not isinstance(self.texts[0], str)
+
+    def require_kind(self, pairs: bool, model: str | Path) -> None:
+        """DataError unless these rows are sentence pairs exactly when the model `model` reads pairs (`pairs`)."""
+        if len(self) and self.pairs != pairs:
+            kinds = ("single texts ('sentence' column)", "sentence pairs ('sentence1', 'sentence2')")
+            raise DataError(f"{self.source} holds {kinds[self.pairs]} but {model} classifies {kinds[pairs]}")
+
+    def single_texts(self, purpose: str) -> tuple[str, ...]:
+        """The texts, or DataError when they are sentence pairs, which `purpose` does not take."""
+        if self.pairs:
+            raise DataError(f"{self.source} holds sentence pairs; {purpose} takes single texts ('sentence' column)")
+        return self.texts  # type: ignore[return-value]  # no pair among them
 
     def subset(self, indices: Sequence[int] | np.ndarray) -> LabelledData:
         """The rows at `indices`, in that order, with the same label map."""
@@ -88,7 +140,8 @@ def load_tsv(
     label_names: Sequence[str] | None = None,
     labels_file: str | Path | None = None,
 ) -> LabelledData:
-    """Read a tab-separated file with a header naming the columns `sentence` and `label`.
+    """Read a tab-separated file with a header naming the columns `sentence` (or `text`) and `label`, or, for
+    sentence pairs, `sentence1`, `sentence2` and `label` (each row's input is then the pair).
 
     Labels may be ids (0, 1, ...) or names. The label map comes from, in this order: `label_names`;
     `labels_file`; a `labels.txt` beside the data file; otherwise the data itself (ids 0..max, or the
@@ -118,8 +171,8 @@ def load_tsv(
     return LabelledData(tuple(texts), np.asarray(ids, dtype=np.int64), names, str(path))
 
 
-def _read_rows(path: Path) -> tuple[list[str], list[str], list[int], list[RowProblem]]:
-    texts: list[str] = []
+def _read_rows(path: Path) -> tuple[list[Text], list[str], list[int], list[RowProblem]]:
+    texts: list[Text] = []
     tokens: list[str] = []
     lines: list[int] = []
     problems: list[RowProblem] = []
@@ -136,11 +189,19 @@ def _read_rows(path: Path) -> tuple[list[str], list[str], list[int], list[RowPro
         if header is None:
             raise DataError(f"{path} is empty; expected a header line 'sentence<TAB>label'")
         columns = [c.strip().lower() for c in header]
-        text_col = next((columns.index(c) for c in _TEXT_COLUMNS if c in columns), None)
-        if text_col is None or "label" not in columns:
+        pair_cols = [columns.index(c) for c in PAIR_COLUMNS if c in columns]
+        text_cols = pair_cols if len(pair_cols) == 2 else []
+        text_cols = text_cols or [next((columns.index(c) for c in _TEXT_COLUMNS if c in columns), -1)]
+        if text_cols == [-1] or "label" not in columns:
             raise MalformedDataError(
                 str(path),
-                [RowProblem(1, f"expected a header with columns 'sentence' and 'label', got {header}")],
+                [
+                    RowProblem(
+                        1,
+                        "expected a header with columns 'sentence' and 'label' (or 'sentence1', 'sentence2' and "
+                        f"'label' for sentence pairs), got {header}",
+                    )
+                ],
             )
         label_col = columns.index("label")
         width = len(columns)
@@ -165,10 +226,12 @@ def _read_rows(path: Path) -> tuple[list[str], list[str], list[int], list[RowPro
             if len(row) != width:
                 problems.append(RowProblem(start, f"expected {width} tab-separated fields, found {len(row)}{span}"))
                 continue
-            text, token = row[text_col].strip(), row[label_col].strip()
-            if not text:
-                problems.append(RowProblem(start, "empty sentence"))
+            parts, token = [row[c].strip() for c in text_cols], row[label_col].strip()
+            empty = [columns[c] for c, part in zip(text_cols, parts) if not part]
+            if empty:
+                problems.append(RowProblem(start, f"empty {' and '.join(empty)}"))
                 continue
+            text: Text = parts[0] if len(parts) == 1 else (parts[0], parts[1])
             if not token:
                 problems.append(RowProblem(start, "empty label"))
                 continue
@@ -214,10 +277,17 @@ def _ids_from_data(
     return names, [index[t] for t in tokens]
 
 
-def write_tsv(path: str | Path, texts: Sequence[str], labels: Sequence[str]) -> None:
-    """Write `sentence<TAB>label` rows that `load_tsv` reads back (whitespace in a text folded to one space)."""
+def write_tsv(path: str | Path, texts: Sequence[Text], labels: Sequence[str]) -> None:
+    """Write `sentence<TAB>label` rows (`sentence1<TAB>sentence2<TAB>label` for pairs) that `load_tsv` reads
+    back (whitespace in a text folded to one space)."""
+    first, second = split_pairs(texts)
     with Path(path).open("w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle, delimiter="\t", quoting=csv.QUOTE_MINIMAL, lineterminator="\n")
-        writer.writerow(["sentence", "label"])
-        for text, label in zip(texts, labels):
-            writer.writerow([" ".join(text.split()), label])
+        if second is None:
+            writer.writerow(["sentence", "label"])
+            for text, label in zip(first, labels):
+                writer.writerow([" ".join(text.split()), label])
+            return
+        writer.writerow([*PAIR_COLUMNS, "label"])
+        for a, b, label in zip(first, second, labels):
+            writer.writerow([" ".join(a.split()), " ".join(b.split()), label])

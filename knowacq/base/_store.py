@@ -17,6 +17,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from knowacq.base._data import Text
 from knowacq.errors import (
     ConfigError,
     MissingDependencyError,
@@ -36,7 +37,7 @@ __all__ = [
     "default_store_url",
 ]
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 """1: predictions, labels. 2: predictions.used_in_run (which retrain run consumed the label). 3: predictions.sampled
 (the unbiased live sample), the model history, shadow runs and their predictions, queued retrain requests."""
 STATUSES = ("served", "captured", "sampled", "queued", "labelled", "used")
@@ -65,6 +66,7 @@ class PredictionRecord:
     model_version: str
     text: str
     text_sha256: str
+    """SHA-256 of the text as served (of both sentences, tab-joined, for a pair)."""
     label: str
     score: float
     margin: float
@@ -78,6 +80,13 @@ class PredictionRecord:
     sampled: bool = False
     """True when the prediction is in the unbiased random sample of live traffic (KNOWACQ_SAMPLE_RATE): once
     labelled it belongs to the live evaluation set, and is never trained on. Stored with status `sampled`."""
+    text_pair: str | None = None
+    """The second sentence (redacted) when the model classifies sentence pairs; `text` is then the first."""
+
+    @property
+    def input(self) -> Text:
+        """What the model read: the text, or the pair (text, text_pair)."""
+        return self.text if self.text_pair is None else (self.text, self.text_pair)
 
 
 @dataclass(frozen=True)
@@ -198,6 +207,7 @@ class FeedbackStore:
             sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, index=True),
             sa.Column("model_version", sa.String(128), nullable=False),
             sa.Column("text", sa.Text, nullable=False),
+            sa.Column("text_pair", sa.Text, nullable=True),
             sa.Column("text_sha256", sa.String(64), nullable=False, index=True),
             sa.Column("label", sa.String(128), nullable=False),
             sa.Column("score", sa.Float, nullable=False),
@@ -305,6 +315,8 @@ class FeedbackStore:
         if found < 3:  # the new tables are made by create_all; the new column is added here
             conn.execute(sa.text("ALTER TABLE knowacq_predictions ADD COLUMN sampled BOOLEAN NOT NULL DEFAULT FALSE"))
             conn.execute(sa.text("CREATE INDEX ix_knowacq_predictions_sampled ON knowacq_predictions (sampled)"))
+        if found < 4:
+            conn.execute(sa.text("ALTER TABLE knowacq_predictions ADD COLUMN text_pair TEXT"))
         conn.execute(self.meta.update().where(self.meta.c.key == "schema_version").values(value=str(SCHEMA_VERSION)))
 
     # writes ---------------------------------------------------------------------------------------
@@ -319,6 +331,7 @@ class FeedbackStore:
                 "created_at": r.created_at,
                 "model_version": r.model_version,
                 "text": r.text,
+                "text_pair": r.text_pair,
                 "text_sha256": r.text_sha256,
                 "label": r.label,
                 "score": float(r.score),
@@ -927,6 +940,7 @@ def _to_record(row: Any) -> PredictionRecord:
         status=row["status"],
         used_in_run=row.get("used_in_run"),
         sampled=bool(row.get("sampled", False)),
+        text_pair=row.get("text_pair"),
     )
 
 

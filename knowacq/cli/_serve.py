@@ -251,7 +251,7 @@ def check_batching(
     settings = Settings.from_env({**os.environ, "KNOWACQ_MODEL": str(variant)})
     results = {}
     for path in data:
-        texts = list(load_tsv(path).texts)[:rows]
+        texts = list(load_tsv(path).single_texts("the batching-invariance check"))[:rows]
         report = batching_invariance(variant, texts, settings)
         results[str(path)] = report
         out.print(

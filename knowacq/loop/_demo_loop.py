@@ -54,7 +54,9 @@ def demo_loop(
     out_dir.mkdir(parents=True, exist_ok=True)
     store_url = f"sqlite:///{(out_dir / 'feedback.db').resolve()}"
     data = load_tsv(traffic_file, label_names=tuple(read_manifest(variant).labels))
-    rows = list(zip(data.texts, (data.label_names[i] for i in data.labels)))[skip : skip + traffic]
+    rows = list(zip(data.single_texts("the demo loop"), (data.label_names[i] for i in data.labels)))[
+        skip : skip + traffic
+    ]
     settings: dict[str, str | int | float | bool | None] = {
         "model": str(Path(variant).resolve()),
         "store_url": store_url,

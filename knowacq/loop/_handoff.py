@@ -76,12 +76,15 @@ def export_tasks(
     if fmt == "label-studio":
         out_file.write_text(json.dumps([_task(r, hint) for r in records], indent=2, ensure_ascii=False) + "\n")
     else:
+        pairs = any(r.text_pair is not None for r in records)  # a pair model's captures: both sentences shown
         with out_file.open("w", newline="", encoding="utf-8") as handle:
             writer = csv.writer(handle)
-            writer.writerow(["prediction_id", "text", "predicted", "score", "model_version", "label"])
+            second = ["text_pair"] if pairs else []
+            writer.writerow(["prediction_id", "text", *second, "predicted", "score", "model_version", "label"])
             for r in records:
                 shown = [r.label, f"{r.score:.6f}"] if hint else ["", ""]
-                writer.writerow([r.prediction_id, r.text, *shown, r.model_version, ""])
+                pair = [r.text_pair or ""] if pairs else []
+                writer.writerow([r.prediction_id, r.text, *pair, *shown, r.model_version, ""])
     store.set_status([r.prediction_id for r in records], "queued")
     return records
 
@@ -134,6 +137,8 @@ def _chosen(store: FeedbackStore, n: int, strategy_name: str, seed: int, options
 def _task(r: PredictionRecord, with_prediction: bool) -> dict[str, Any]:
     """One Label Studio task; with the model's answer as a pre-annotation when `with_prediction`."""
     task: dict[str, Any] = {"data": {"text": r.text, "prediction_id": r.prediction_id}}
+    if r.text_pair is not None:
+        task["data"]["text_pair"] = r.text_pair
     if with_prediction:
         task["predictions"] = [
             {

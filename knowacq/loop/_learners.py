@@ -131,7 +131,9 @@ class FullLearner:
         # held-out row choose the model.
         fit(model, tokenizer, train, train, config, progress=False, say=lambda _: None)
         unlabelled = np.flatnonzero(~labelled)
-        texts = [self.pool.texts[i] for i in unlabelled] + list(self.dev.texts) + list(self.held.texts)
+        purpose = "an active-learning simulation"
+        pool, dev, held = (d.single_texts(purpose) for d in (self.pool, self.dev, self.held))
+        texts = [pool[i] for i in unlabelled] + list(dev) + list(held)
         probs, vectors = _probabilities_and_embeddings(
             model, tokenizer, texts, config.max_length, config.eval_batch_size
         )

@@ -387,7 +387,7 @@ def _quiet(_line: str) -> None:
 def _accuracy(variant: Path, held: LabelledData) -> float:
     from export import Predictor
 
-    answers = Predictor(variant).predict(list(held.texts))
+    answers = Predictor(variant).predict(list(held.single_texts("the replay")))
     return float(np.mean([a.label == held.label_names[y] for a, y in zip(answers, held.labels)]))
 
 

@@ -307,7 +307,7 @@ def _gather(
             + (f"; {held_out} more are texts of the live evaluation set, never trained on" if held_out else "")
         )
     run_dir = _new_run_dir(out_dir)
-    texts = [r.text for r, _ in usable]
+    texts = [r.input for r, _ in usable]
     names = [label for _, label in usable]
     if config.replay and train_path.is_file():
         original = load_tsv(train_path, label_names=labels)
@@ -492,7 +492,7 @@ def _on_live(
         return None, f"{n} live label(s) < --min-live {config.min_live}"
     from export import Predictor
 
-    texts = [r.text for r, _ in batch.live]
+    texts = [r.input for r, _ in batch.live]
     truth = [label for _, label in batch.live]
     write_tsv(batch.run_dir / "live.tsv", texts, truth)
     correct = {}

@@ -46,6 +46,8 @@ from knowacq.train import TrainConfig
 
 __all__ = ["FULL_MODE_MAX_POOL", "FULL_MODE_TRAIN", "SPLIT_SEED", "SimulationConfig", "simulate", "split_order"]
 
+_PURPOSE = "an active-learning simulation"
+
 BANDIT = "bandit"
 SPLIT_SEED = 12345
 """Seed of the permutation of the training rows that chooses the held-out rows, the reward rows and the pool
@@ -166,7 +168,7 @@ def simulate(
         np.asarray(split.held.labels),
         np.asarray(split.reward.labels),
         near_space,
-        [hashlib.sha256(t.encode()).hexdigest() for t in split.pool.texts],
+        [hashlib.sha256(t.encode()).hexdigest() for t in split.pool.single_texts(_PURPOSE)],
         Selection(near_duplicate_cosine=config.near_duplicate_cosine),
     )
     saved = _Checkpoints(out_dir / "runs", _run_key(config, train_file, dev_file, model_dir, split))
@@ -343,10 +345,14 @@ def _learner(
         learner = FullLearner(model_dir, pool, dev, held, config.train, config.full_start)
         if config.near_duplicate_cosine is None:
             return learner, None
-        return learner, cached_embeddings(list(pool.texts), model_dir, cache, progress, log)
-    x_pool = cached_embeddings(list(pool.texts), model_dir, cache, progress, log)
-    x_dev = cached_embeddings(list(dev.texts), model_dir, cache, progress, log)
-    x_held = cached_embeddings(list(held.texts), model_dir, cache, progress, log) if len(held) else x_dev[:0]
+        return learner, cached_embeddings(list(pool.single_texts(_PURPOSE)), model_dir, cache, progress, log)
+    x_pool = cached_embeddings(list(pool.single_texts(_PURPOSE)), model_dir, cache, progress, log)
+    x_dev = cached_embeddings(list(dev.single_texts(_PURPOSE)), model_dir, cache, progress, log)
+    x_held = (
+        cached_embeddings(list(held.single_texts(_PURPOSE)), model_dir, cache, progress, log)
+        if len(held)
+        else x_dev[:0]
+    )
     return FastLearner(x_pool, np.asarray(pool.labels), x_dev, x_held, pool.num_labels, config.c), x_pool
 
 

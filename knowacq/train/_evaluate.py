@@ -38,6 +38,7 @@ def evaluate(
         )
     if len(data) == 0:
         raise DataError(f"{data.source}: nothing to evaluate")
+    data.require_kind(card.pairs, model_dir)
     logits = predict_logits(model, tokenizer, data.texts, max_length=card.max_length, batch_size=batch_size)
     return report_on(
         logits, data, card.labels, card.temperature, name=Path(model_dir).name, reliability_png=reliability_png

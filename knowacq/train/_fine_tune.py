@@ -126,6 +126,9 @@ def _check_sets(train: LabelledData, dev: LabelledData) -> None:
         raise DataError(f"{train.source}: a classifier needs at least 2 classes, found {train.num_labels}")
     if len(dev) == 0:
         raise DataError(f"{dev.source}: the dev set is empty")
+    if train.pairs != dev.pairs:
+        kinds = {True: "sentence pairs", False: "single texts"}
+        raise DataError(f"{train.source} holds {kinds[train.pairs]} but {dev.source} holds {kinds[dev.pairs]}")
 
 
 def _sample(train: LabelledData, config: TrainConfig, say: Callable[[str], None]) -> LabelledData:
@@ -158,6 +161,7 @@ def _write_records(
         "labels": list(train.label_names),
         "temperature": temperature,
         "max_length": config.max_length,
+        "inputs": "pair" if train.pairs else "text",
         "base_model": str(base),
         "train_config": config.to_dict(),
         "train_data": {"path": _absolute(train.source), "rows_used": len(train), "label_counts": train.label_counts()},

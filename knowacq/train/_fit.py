@@ -11,7 +11,7 @@ from typing import Any, cast
 
 import numpy as np
 
-from knowacq.base import LabelledData
+from knowacq.base import LabelledData, split_pairs
 from knowacq.errors import ModelError
 from knowacq.train._config import TrainConfig
 from knowacq.train._metrics import negative_log_likelihood
@@ -179,7 +179,8 @@ def _loader(tokenizer: Any, train: LabelledData, config: TrainConfig) -> Any:
     from transformers.trainer_pt_utils import LengthGroupedSampler
 
     sampler_gen = torch.Generator().manual_seed(config.seed)
-    encoded = tokenizer(list(train.texts), truncation=True, max_length=config.max_length)
+    first, second = split_pairs(train.texts)
+    encoded = tokenizer(first, second, truncation=True, max_length=config.max_length)
     features = [
         {**{k: encoded[k][i] for k in encoded.keys()}, "labels": int(train.labels[i])} for i in range(len(train))
     ]

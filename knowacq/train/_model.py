@@ -11,9 +11,12 @@ import numpy as np
 
 from knowacq.base import (
     ModelCard,
+    Text,
     length_sorted_batches,
     read_model_card,
     require_torch,
+    split_pairs,
+    text_chars,
 )
 from knowacq.errors import MissingDependencyError, ModelError
 
@@ -62,22 +65,24 @@ def load_base_classifier(base: str | Path, labels: Sequence[str], *, seed: int) 
 
 
 def predict_logits(
-    model: Any, tokenizer: Any, texts: list[str] | tuple[str, ...], *, max_length: int, batch_size: int = 128
+    model: Any, tokenizer: Any, texts: Sequence[Text], *, max_length: int, batch_size: int = 128
 ) -> np.ndarray:
-    """Logits of a PyTorch sequence classifier for `texts`, in their order, batched by length."""
+    """Logits of a PyTorch sequence classifier for `texts` (or sentence pairs), in their order, batched by length."""
     import torch
 
     if not texts:
         return np.zeros((0, model.config.num_labels), dtype=np.float32)
     # Character length orders the texts well enough and spares tokenising everything twice.
-    lengths = np.array([len(t) for t in texts])
+    lengths = np.array([text_chars(t) for t in texts])
+    first, second = split_pairs(texts)
     out = np.zeros((len(texts), model.config.num_labels), dtype=np.float32)
     was_training = model.training
     model.eval()
     with torch.inference_mode():
         for idx in length_sorted_batches(lengths, batch_size):
             batch = tokenizer(
-                [texts[i] for i in idx],
+                [first[i] for i in idx],
+                None if second is None else [second[i] for i in idx],
                 truncation=True,
                 max_length=max_length,
                 padding=True,

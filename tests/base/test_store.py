@@ -141,6 +141,11 @@ def test_a_version_1_store_is_migrated(tmp_path: Path) -> None:
     assert store.get_prediction("old").sampled is False  # type: ignore[union-attr]
     store.record_predictions([replace(record(2), sampled=True)])
     assert store.get_prediction("p2").status == "sampled"  # type: ignore[union-attr]
+    # version 4: old rows are single texts; a pair's second sentence is kept beside its first
+    assert store.get_prediction("old").text_pair is None  # type: ignore[union-attr]
+    assert store.get_prediction("old").input == "kept"  # type: ignore[union-attr]
+    store.record_predictions([replace(record(3), text_pair="the second sentence")])
+    assert store.get_prediction("p3").input == (record(3).text, "the second sentence")  # type: ignore[union-attr]
 
 
 # schema 3: the live sample, the model history, shadow runs, retrain requests ---------------------
