@@ -203,7 +203,8 @@ def test_captured_pairs_go_out_for_labels_and_come_back_into_a_retrain(
         ]
     )
     sent = tmp_path / "to-label.csv"
-    done = runner.invoke(app, ["feedback", "export", "--store", url, "--n", "24", "--format", "csv", "--out", str(sent)])
+    export = ["feedback", "export", "--store", url, "--n", "24", "--format", "csv", "--out", str(sent)]
+    done = runner.invoke(app, export)
     assert done.exit_code == 0, done.output
     with sent.open(newline="", encoding="utf-8") as handle:
         lines = list(csv.DictReader(handle))
