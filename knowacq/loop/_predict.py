@@ -82,6 +82,8 @@ def predict_file(
     data, out = Path(data), Path(out)
     total = count_rows(data)
     scorer = Scorer(model, embeddings=embeddings, options=RuntimeOptions(threads=threads, max_batch_size=batch_size))
+    if scorer.predictor.manifest.pairs:
+        raise ConfigError(f"{model} classifies sentence pairs; knowacq predict scores pools of single texts")
     writer = PoolWriter(out, scorer.labels, embedding_width=scorer.width)
     problems: list[RowProblem] = []
     skipped_file = problems_path(out)

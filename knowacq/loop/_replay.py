@@ -119,6 +119,7 @@ def replay(
     out_dir.mkdir(parents=True, exist_ok=True)
     train = load_tsv(train_file, label_names=label_names)
     dev = load_tsv(dev_file, label_names=train.label_names)
+    train.single_texts("the replay")
     held, stream, split = _split(train, dev, config)
     held_path = out_dir / "heldout.tsv"
     write_tsv(held_path, held.texts, [train.label_names[i] for i in held.labels])

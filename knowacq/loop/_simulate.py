@@ -154,6 +154,7 @@ def simulate(
     out_dir.mkdir(parents=True, exist_ok=True)
     train = load_tsv(train_file, label_names=label_names)
     dev = load_tsv(dev_file, label_names=train.label_names)
+    train.single_texts(_PURPOSE)  # before any work
     model_dir = Path(base) if base else default_base_model()
     split = _split(train, dev, config)
     log(

@@ -93,7 +93,7 @@ def test_pair_files_read_and_write_as_pairs(tmp_path: Path) -> None:
 
 
 def test_a_pair_model_records_pairs_and_refuses_single_texts(
-    pair_variant: Path, pair_sets: tuple[Path, Path], binary_sets: tuple[Path, Path]
+    pair_variant: Path, pair_sets: tuple[Path, Path], binary_sets: tuple[Path, Path], tmp_path: Path
 ) -> None:
     manifest = json.loads((pair_variant / "manifest.json").read_text())
     assert manifest["inputs"] == "pair"
@@ -101,6 +101,14 @@ def test_a_pair_model_records_pairs_and_refuses_single_texts(
     assert json.loads((source / "knowacq.json").read_text())["inputs"] == "pair"
     refused = runner.invoke(app, ["eval", str(pair_variant), "--data", str(binary_sets[1])])
     assert refused.exit_code != 0 and "classifies sentence pairs" in refused.output, refused.output
+    # the commands that take single texts only say so before any work
+    predict = ["predict", str(pair_variant), "--data", str(pair_sets[1]), "--out", str(tmp_path / "x.jsonl")]
+    pool = runner.invoke(app, predict)
+    assert pool.exit_code != 0 and "knowacq predict scores pools of single texts" in pool.output, pool.output
+    simulate = ["al", "simulate", "--data", str(pair_sets[0]), "--dev", str(pair_sets[1])]
+    simulate += ["--out", str(tmp_path / "sim")]
+    simulated = runner.invoke(app, simulate)
+    assert simulated.exit_code != 0 and "takes single texts" in simulated.output, simulated.output
 
 
 def test_the_runtime_encodes_pairs_as_the_source_tokenizer_does(pair_variant: Path) -> None:
