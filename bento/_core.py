@@ -25,11 +25,13 @@ from bento._metrics import DRIFT_SIGNALS, ServiceMetrics
 from bento._refusals import STORE_DOWN
 from bento._settings import Settings
 from knowacq.base import (
+    MULTI_LABEL_SEPARATOR,
     FeedbackStore,
     PredictionRecord,
     Text,
     mean_interval,
     redact_for_storage,
+    sigmoid,
     softmax,
     text_sha256,
     wilson_interval,
@@ -283,6 +285,8 @@ class ClassifierCore:
             return []
         m = self.metrics
         logits, truncated, lengths = self._logits(items)
+        if self.multi_label:
+            return self._classify_multilabel(items, logits, truncated)
         probs = softmax(logits, self.predictor.temperature)
         order = np.argsort(-probs, axis=1)
         top = probs[np.arange(len(items)), order[:, 0]]
@@ -340,6 +344,78 @@ class ClassifierCore:
         for answer in answers:
             answer["recorded"] = answer["prediction_id"] in stored
         self._offer_to_shadow(items, answers)
+        return answers
+
+    @property
+    def multi_label(self) -> bool:
+        """True when the model is multi-label (its manifest's problem_type)."""
+        return bool(getattr(self.predictor.manifest, "multi_label", False))
+
+    # long: one answer per item, its metrics and its record, as classify_items does for single-label models
+    def _classify_multilabel(
+        self, items: Sequence[Item], logits: np.ndarray, truncated: Sequence[bool]
+    ) -> list[dict[str, Any]]:
+        """Answers of a multi-label model: a sigmoid per label; the labels at or above their thresholds. A label is
+        uncertain when its probability is near its threshold: its margin, |p - t| / max(t, 1 - t) (0 at the
+        threshold, 1 at certainty), is under `min_margin`; a prediction with an uncertain label is captured.
+        The row's margin (stored) is its smallest label margin; its score, the top label's probability."""
+        m = self.metrics
+        probs = sigmoid(logits, self.predictor.temperature)
+        thresholds = np.asarray(self.predictor.manifest.thresholds, dtype=np.float64)
+        label_margins = np.abs(probs - thresholds) / np.maximum(thresholds, 1.0 - thresholds)
+        margins = label_margins.min(axis=1)
+        top = probs.max(axis=1)
+        sampled = self._draw_sample(len(items))
+        created = datetime.now(timezone.utc)
+        answers: list[dict[str, Any]] = []
+        records: list[PredictionRecord] = []
+        for i, item in enumerate(items):
+            chosen = [n for n, p, t in zip(self.labels, probs[i], thresholds) if p >= t]
+            uncertain = [n for n, margin in zip(self.labels, label_margins[i]) if margin < self.settings.min_margin]
+            probabilities = {name: float(p) for name, p in zip(self.labels, probs[i])}
+            captured = bool(uncertain)
+            prediction_id = self.new_id()
+            answers.append(
+                {
+                    "labels": chosen,
+                    "label": self.labels[int(probs[i].argmax())],
+                    "score": float(top[i]),
+                    "probabilities": probabilities,
+                    "uncertain_labels": uncertain,
+                    "prediction_id": prediction_id,
+                    "model_version": self.model_version,
+                    "low_confidence": captured,
+                    "truncated": bool(truncated[i]),
+                }
+            )
+            for name in chosen:
+                m.predictions.labels(label=name).inc()
+            m.confidence.observe(float(top[i]))
+            if truncated[i]:
+                m.truncated.inc()
+            if captured:
+                m.captures.inc()
+            if captured or sampled[i] or self.settings.record == "all":
+                clean, text_pair, digest = self._stored_text(item.text)
+                records.append(
+                    PredictionRecord(
+                        prediction_id=prediction_id,
+                        model_version=self.model_version,
+                        text=clean,
+                        text_pair=text_pair,
+                        text_sha256=digest,
+                        label=MULTI_LABEL_SEPARATOR.join(chosen),
+                        score=float(top[i]),
+                        margin=float(margins[i]),
+                        probabilities=probabilities,
+                        captured=captured,
+                        created_at=created,
+                        sampled=bool(sampled[i]),
+                    )
+                )
+        stored = self._record(records)
+        for answer in answers:
+            answer["recorded"] = answer["prediction_id"] in stored
         return answers
 
     def _stored_text(self, text: Text) -> tuple[str, str | None, str]:
@@ -430,7 +506,18 @@ class ClassifierCore:
     def feedback(self, prediction_id: str, label: str, annotator: str = "", *, source: str = "api") -> dict[str, Any]:
         """Record a human label for a prediction (idempotent per source and annotator). The caller has checked
         the token. `source`: "api" (POST /feedback) or "label-studio" (the ML backend's webhook)."""
-        if label not in self.labels:
+        if self.multi_label:  # a set of labels, '|'-separated (may be empty: none of them applies)
+            given = [part.strip() for part in label.split(MULTI_LABEL_SEPARATOR) if part.strip()]
+            unknown = [part for part in given if part not in self.labels]
+            label = MULTI_LABEL_SEPARATOR.join(n for n in self.labels if n in given)  # label-map order
+            if unknown or not given:
+                self.metrics.feedback.labels(outcome="unknown_label").inc()
+                raise UnknownLabelError(
+                    f"unknown label(s) {', '.join(map(repr, unknown)) or '(none given)'}; this model's labels are "
+                    f"{', '.join(self.labels)} (several separated by '{MULTI_LABEL_SEPARATOR}')",
+                    field="label",
+                )
+        elif label not in self.labels:
             self.metrics.feedback.labels(outcome="unknown_label").inc()
             raise UnknownLabelError(
                 f"unknown label {label!r}; this model's labels are {', '.join(self.labels)}", field="label"

@@ -62,6 +62,14 @@ class Manifest:
     file. Empty in manifests written before it existed (they still load; the service then reports no drift)."""
     inputs: str = "text"
     """"text" (one text per item) or "pair" (a sentence pair per item: the service takes `pairs`)."""
+    problem_type: str = "single_label_classification"
+    """Or "multi_label_classification": a sigmoid per label, a label predicted at or above its threshold."""
+    thresholds: list[float] = field(default_factory=list)
+    """A multi-label variant's per-label thresholds on the calibrated probabilities (in `labels` order)."""
+
+    @property
+    def multi_label(self) -> bool:
+        return self.problem_type == "multi_label_classification"
 
     @property
     def pairs(self) -> bool:

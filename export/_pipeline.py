@@ -7,7 +7,7 @@ import json
 import shutil
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -38,9 +38,17 @@ from knowacq.base import (
     load_tsv,
     read_model_card,
     require_torch,
+    sigmoid,
 )
 from knowacq.errors import ConfigError, DataError
-from knowacq.train import fit_temperature, predict_logits
+from knowacq.train import (
+    fit_sigmoid_temperature,
+    fit_temperature,
+    fit_thresholds,
+    multilabel_report,
+    predict_logits,
+    predicted_sets,
+)
 
 __all__ = ["TOKENIZER_FILES", "OptimizeResult", "optimize"]
 
@@ -92,6 +100,8 @@ class _Candidate:
     logits: np.ndarray
     temperature: float
     metrics: dict[str, Any]
+    thresholds: tuple[float, ...] = ()
+    """A multi-label model's per-label thresholds (empty for single-label)."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -178,7 +188,7 @@ def _recorded_data(card: ModelCard, key: str, option: str) -> LabelledData:
         raise ConfigError(
             f"{card.path} records no readable {key.split('_')[0]} file ({path or 'none'}); pass {option} TSV"
         )
-    return load_tsv(path, label_names=card.labels)
+    return load_tsv(path, label_names=card.labels, multi_label=card.multi_label)
 
 
 def _load_source(
@@ -200,6 +210,13 @@ def _load_source(
         raise DataError(f"{dev.source} uses labels {list(dev.label_names)}, the model {list(card.labels)}")
     if card.pairs:  # a folder from elsewhere reads what its dev file holds
         dev.require_kind(True, card.path)
+    if dev.multi_label != card.multi_label:
+        raise DataError(f"{dev.source}: load it with multi_label={card.multi_label} for {card.path}")
+    if card.multi_label and config.prune is not None:
+        raise ConfigError(
+            f"preset {config.name} prunes, which knowacq scores and recovers with softmax cross-entropy; for the "
+            f"multi-label model {card.path} use cpu-fp32, cpu-int8 or gpu-fp16"
+        )
     if config.quantize:
         isa = cpu_isa() if config.isa == "auto" else config.isa
         config = dataclasses.replace(config, isa=isa)
@@ -212,9 +229,10 @@ def _load_source(
     tokenizer = tokenizers.from_pretrained(card.path, local_files_only=True)
     model = load_pruned(card.path, attn_implementation="eager")
     logits = predict_logits(model, tokenizer, dev.texts, max_length=card.max_length)
-    accuracy = float(np.mean(logits.argmax(1) == dev.labels))
+    accuracy = _task_score(logits, dev, card.temperature, card.thresholds)
     params = count_parameters(model)
-    say(f"source {card.path}: dev accuracy {accuracy:.4f} (n={len(dev)}), {params:,} parameters")
+    metric = "micro-F1" if dev.multi_label else "accuracy"
+    say(f"source {card.path}: dev {metric} {accuracy:.4f} (n={len(dev)}), {params:,} parameters")
     if config.prune is not None or config.smooth is not None:
         train = train if train is not None else _recorded_data(card, "train_data", "--train")
         if train.pairs != dev.pairs:
@@ -231,6 +249,8 @@ def _prune_step(source: _Source, say: Callable[[str], None], progress: bool, sta
     config, dev, max_length = source.config, source.dev, source.card.max_length
     model, logits, temperature = source.model, source.logits, source.card.temperature
     metrics: dict[str, Any] = {"source_accuracy": source.accuracy, "params_before": source.params}
+    if dev.multi_label:  # never pruned (refused in _load_source)
+        return _multilabel_candidate(source, metrics, say)
     if not source.card.calibrated:
         # A folder from elsewhere (no knowacq.json) carries no temperature: fit one on dev, as training does.
         temperature = fit_temperature(logits, dev.labels)
@@ -253,6 +273,44 @@ def _prune_step(source: _Source, say: Callable[[str], None], progress: bool, sta
         metrics["pruned_accuracy"] = float(np.mean(logits.argmax(1) == dev.labels))
     metrics["params_after"] = count_parameters(model)
     return _Candidate(model, logits, temperature, metrics)
+
+
+def _multilabel_candidate(source: _Source, metrics: dict[str, Any], say: Callable[[str], None]) -> _Candidate:
+    """The unpruned multi-label source with its temperature and thresholds (fitted on dev when the folder
+    carries none, as training does)."""
+    from export._prune import count_parameters
+
+    card, dev, logits = source.card, source.dev, source.logits
+    temperature, thresholds = card.temperature, card.thresholds
+    if not card.calibrated or len(thresholds) != len(card.labels):
+        temperature = fit_sigmoid_temperature(logits, dev.labels) if not card.calibrated else temperature
+        thresholds = tuple(float(t) for t in fit_thresholds(sigmoid(logits, temperature), dev.labels))
+        metrics["calibration"] = {
+            "temperature": temperature,
+            "thresholds": list(thresholds),
+            "fitted_on": str(dev.source),
+            "why": "no knowacq.json" if not card.calibrated else "no thresholds in knowacq.json",
+        }
+        say(f"{card.path}: sigmoid temperature {temperature:.3f} and per-label thresholds fitted on {dev.source}")
+    metrics["params_after"] = count_parameters(source.model)
+    return _Candidate(source.model, logits, temperature, metrics, thresholds)
+
+
+def _task_score(logits: np.ndarray, dev: LabelledData, temperature: float, thresholds: Sequence[float]) -> float:
+    """What the accuracy gate compares: accuracy, or micro-F1 at `thresholds` (0.5 when none) for multi-label."""
+    if not dev.multi_label:
+        return float(np.mean(logits.argmax(1) == dev.labels))
+    report = multilabel_report(logits, dev.labels, dev.label_names, temperature, thresholds or None)
+    return report.micro_f1
+
+
+def _answers(logits: np.ndarray, temperature: float, thresholds: Sequence[float]) -> np.ndarray:
+    """One comparable answer per row: the label id, or for multi-label (`thresholds`) an id of the row's
+    predicted label set (equal ids: equal sets)."""
+    if not thresholds:
+        return np.asarray(logits.argmax(1))
+    sets = predicted_sets(sigmoid(logits, temperature), thresholds)
+    return np.asarray([int("".join(map(str, row)) or "0", 2) for row in sets])
 
 
 def _build_graph(source: _Source, candidate: _Candidate, work: Path, say: Callable[[str], None]) -> _Graph:
@@ -330,8 +388,9 @@ def _judge(
     """The variant's dev `logits` judged: every gate so far, plus label agreement with the fp32 model (reduced
     precision) and the accuracy drop; and the dev metrics for the manifest."""
     config, dev = source.config, source.dev
-    labels, reference = logits.argmax(1), candidate.logits.argmax(1)
-    accuracy = float(np.mean(labels == dev.labels))
+    labels = _answers(logits, candidate.temperature, candidate.thresholds)
+    reference = _answers(candidate.logits, candidate.temperature, candidate.thresholds)
+    accuracy = _task_score(logits, dev, candidate.temperature, candidate.thresholds)
     metrics = {
         "accuracy": accuracy,
         "agreement_with_fp32": float(np.mean(labels == reference)),
@@ -358,6 +417,9 @@ def _reference(
     """The reference profile the service measures drift against: the variant's own answers on dev (held out
     from training and recovery), calibrated with the temperature the manifest records."""
     dev = source.dev
+    if dev.multi_label:
+        say("reference profile: none for a multi-label model (the drift signals are single-label's)")
+        return {}
     profile = reference_profile(
         engine,
         dev.texts,
@@ -423,6 +485,8 @@ def _manifest(
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         reference=reference,
         inputs="pair" if source.dev.pairs else "text",
+        problem_type="multi_label_classification" if source.dev.multi_label else "single_label_classification",
+        thresholds=list(candidate.thresholds),
     )
 
 

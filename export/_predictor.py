@@ -11,7 +11,7 @@ import numpy as np
 
 from export._engine import Engine, RuntimeKeywords, RuntimeOptions
 from export._manifest import Manifest, read_manifest
-from knowacq.base import Text, softmax
+from knowacq.base import Text, sigmoid, softmax
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
@@ -28,6 +28,9 @@ class Prediction:
     probabilities: dict[str, float]
     truncated: bool
     """True when the text was longer than the model's window and was cut."""
+    labels: tuple[str, ...] = ()
+    """The labels predicted: `(label,)` for a single-label model; for a multi-label one every label whose
+    probability reaches its threshold (possibly none; `label` is then still the most probable one)."""
 
 
 class Predictor:
@@ -75,10 +78,26 @@ class Predictor:
         """Raw logits (uncalibrated) and truncation flags for `texts`, in order."""
         return self.engine.logits(texts)
 
+    @property
+    def multi_label(self) -> bool:
+        """True for a multi-label variant: independent sigmoid probabilities and per-label thresholds."""
+        return self.manifest.multi_label
+
+    def calibrated(self, logits: np.ndarray) -> np.ndarray:
+        """Calibrated probabilities of raw `logits`: softmax over labels, or a sigmoid per label (multi-label)."""
+        return sigmoid(logits, self.temperature) if self.multi_label else softmax(logits, self.temperature)
+
+    def predicted(self, probabilities: np.ndarray) -> list[tuple[str, ...]]:
+        """The labels predicted for each row of calibrated `probabilities` (see `Prediction.labels`)."""
+        if not self.multi_label:
+            return [(self.labels[int(i)],) for i in probabilities.argmax(axis=1)]
+        on = probabilities >= np.asarray(self.manifest.thresholds)[None, :]
+        return [tuple(n for n, hit in zip(self.labels, row) if hit) for row in on]
+
     def predict(self, texts: Sequence[Text]) -> list[Prediction]:
-        """Label, calibrated score and probabilities for each text."""
+        """Label, calibrated score and probabilities for each text (and, multi-label, the labels predicted)."""
         logits, truncated = self.logits(texts)
-        probs = softmax(logits, self.temperature)
+        probs = self.calibrated(logits)
         best = probs.argmax(axis=1)
         return [
             Prediction(
@@ -86,6 +105,7 @@ class Predictor:
                 score=float(p[b]),
                 probabilities={name: float(v) for name, v in zip(self.labels, p)},
                 truncated=bool(cut),
+                labels=chosen,
             )
-            for p, b, cut in zip(probs, best, truncated)
+            for p, b, cut, chosen in zip(probs, best, truncated, self.predicted(probs))
         ]

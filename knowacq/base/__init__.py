@@ -15,6 +15,7 @@ from knowacq.base._card import (
 )
 from knowacq.base._data import (
     LABELS_FILE,
+    MULTI_LABEL_SEPARATOR,
     PAIR_COLUMNS,
     LabelledData,
     Text,
@@ -25,7 +26,7 @@ from knowacq.base._data import (
     write_tsv,
 )
 from knowacq.base._machine import cpu_threads, machine_info
-from knowacq.base._numeric import entropy, length_sorted_batches, softmax, top_margin
+from knowacq.base._numeric import entropy, length_sorted_batches, sigmoid, softmax, top_margin
 from knowacq.base._pool import (
     POOL_INPUTS,
     POOL_OUTPUTS,
@@ -60,6 +61,7 @@ from knowacq.base._versions import library_versions
 
 __all__ = [
     "LABELS_FILE",
+    "MULTI_LABEL_SEPARATOR",
     "PAIR_COLUMNS",
     "POOL_INPUTS",
     "POOL_OUTPUTS",
@@ -100,6 +102,7 @@ __all__ = [
     "redact",
     "redact_for_storage",
     "require_torch",
+    "sigmoid",
     "softmax",
     "split_pairs",
     "text_chars",

@@ -45,6 +45,10 @@ class ModelCard:
     max_length: int
     calibrated: bool
     extra: dict[str, Any]
+    multi_label: bool = False
+    """config.json's `problem_type` is multi_label_classification: sigmoid per label, not a softmax."""
+    thresholds: tuple[float, ...] = ()
+    """Per-label decision thresholds of a multi-label model (from knowacq.json; empty when none was fitted)."""
 
     @property
     def pairs(self) -> bool:
@@ -55,6 +59,11 @@ class ModelCard:
 def read_model_card(path: str | Path) -> ModelCard:
     """Label map and temperature of a fine-tuned folder (from `knowacq.json`, else from `config.json`)."""
     path = check_hf_folder(path)
+    try:
+        config = json.loads((path / "config.json").read_text())
+    except ValueError as exc:
+        raise ModelError(f"{path / 'config.json'} is not valid JSON: {exc}") from exc
+    multi_label = config.get("problem_type") == "multi_label_classification"
     sidecar = path / SIDECAR
     if sidecar.is_file():
         try:
@@ -66,18 +75,16 @@ def read_model_card(path: str | Path) -> ModelCard:
                 int(data.get("max_length", 512)),
                 True,
                 data,
+                multi_label,
+                tuple(float(t) for t in data.get("thresholds", ())),
             )
         except (ValueError, KeyError, TypeError) as exc:
             raise ModelError(f"{sidecar} is damaged ({exc}); re-run 'knowacq train'") from exc
-    try:
-        config = json.loads((path / "config.json").read_text())
-    except ValueError as exc:
-        raise ModelError(f"{path / 'config.json'} is not valid JSON: {exc}") from exc
     id2label = config.get("id2label") or {}
     labels = tuple(str(id2label[k]) for k in sorted(id2label, key=int)) if id2label else ()
     if not labels:
         raise ModelError(f"{path} has no label map (id2label); it is not a sequence classifier")
-    return ModelCard(path, labels, 1.0, _window(path, config), False, {})
+    return ModelCard(path, labels, 1.0, _window(path, config), False, {}, multi_label)
 
 
 def _window(path: Path, config: dict[str, Any]) -> int:

@@ -16,6 +16,7 @@ from knowacq.errors import DataError, MalformedDataError, RowProblem
 
 __all__ = [
     "LABELS_FILE",
+    "MULTI_LABEL_SEPARATOR",
     "PAIR_COLUMNS",
     "LabelledData",
     "Text",
@@ -31,6 +32,8 @@ _TEXT_COLUMNS = ("sentence", "text")
 PAIR_COLUMNS = ("sentence1", "sentence2")
 """The columns of a sentence-pair data file (GLUE's names): each row's input is the pair (sentence1, sentence2)."""
 LABELS_FILE = "labels.txt"
+MULTI_LABEL_SEPARATOR = "|"
+"""Between the labels of one row of a multi-label file (`sports|politics`); an empty field is a row with none."""
 
 Text: TypeAlias = str | tuple[str, str]
 """One classifier input: a text, or a sentence pair (first, second) that the tokenizer joins as a pair
@@ -56,7 +59,9 @@ def split_pairs(texts: Sequence[Text]) -> tuple[list[str], list[str] | None]:
 
 @dataclass(frozen=True)
 class LabelledData:
-    """Texts (or sentence pairs) with integer labels and the names of every class (index = label id)."""
+    """Texts (or sentence pairs) with integer labels and the names of every class (index = label id).
+
+    Multi-label data holds a 0/1 matrix instead, one row per text and one column per label name."""
 
     texts: tuple[Text, ...]
     labels: np.ndarray = field(repr=False)
@@ -65,6 +70,17 @@ class LabelledData:
 
     def __post_init__(self) -> None:
         labels = np.asarray(self.labels, dtype=np.int64)
+        if labels.ndim == 2:
+            if labels.shape != (len(self.texts), len(self.label_names)):
+                raise DataError(
+                    f"{len(self.texts)} texts and {len(self.label_names)} labels but a label matrix of "
+                    f"shape {labels.shape}"
+                )
+            if labels.size and not np.isin(labels, (0, 1)).all():
+                raise DataError("a multi-label matrix holds 0 and 1 only")
+            labels.setflags(write=False)
+            object.__setattr__(self, "labels", labels)
+            return
         if labels.shape != (len(self.texts),):
             raise DataError(f"{len(self.texts)} texts but labels of shape {labels.shape}")
         if len(self.label_names) != len(set(self.label_names)):
@@ -83,6 +99,17 @@ class LabelledData:
     @property
     def num_labels(self) -> int:
         return len(self.label_names)
+
+    @property
+    def multi_label(self) -> bool:
+        """True when each row holds a set of labels (a 0/1 matrix), not one label."""
+        return self.labels.ndim == 2
+
+    def label_sets(self) -> list[tuple[str, ...]]:
+        """Each row's label names (one for single-label data), in label-map order."""
+        if not self.multi_label:
+            return [(self.label_names[i],) for i in self.labels]
+        return [tuple(n for n, on in zip(self.label_names, row) if on) for row in self.labels]
 
     @property
     def pairs(self) -> bool:
@@ -107,7 +134,11 @@ class LabelledData:
         return LabelledData(tuple(self.texts[i] for i in idx), self.labels[idx], self.label_names, self.source)
 
     def label_counts(self) -> dict[str, int]:
-        counts = np.bincount(self.labels, minlength=self.num_labels)
+        """Rows holding each label."""
+        if self.multi_label:
+            counts = self.labels.sum(axis=0)
+        else:
+            counts = np.bincount(self.labels, minlength=self.num_labels)
         return {name: int(c) for name, c in zip(self.label_names, counts)}
 
 
@@ -139,6 +170,7 @@ def load_tsv(
     *,
     label_names: Sequence[str] | None = None,
     labels_file: str | Path | None = None,
+    multi_label: bool = False,
 ) -> LabelledData:
     """Read a tab-separated file with a header naming the columns `sentence` (or `text`) and `label`, or, for
     sentence pairs, `sentence1`, `sentence2` and `label` (each row's input is then the pair).
@@ -147,6 +179,9 @@ def load_tsv(
     `labels_file`; a `labels.txt` beside the data file; otherwise the data itself (ids 0..max, or the
     sorted distinct names). Fields may use CSV-style double-quote quoting. Every malformed row is
     reported with its line number in one `MalformedDataError`.
+
+    `multi_label`: each label field holds any number of labels separated by `MULTI_LABEL_SEPARATOR` (`|`),
+    an empty field none; the labels are then a 0/1 matrix (`LabelledData.multi_label`).
     """
     path = Path(path)
     if label_names is None:
@@ -156,9 +191,11 @@ def load_tsv(
             label_names = read_label_names(labels_file)
     fixed = tuple(label_names) if label_names is not None else None
 
-    texts, tokens, lines, problems = _read_rows(path)
+    texts, tokens, lines, problems = _read_rows(path, empty_labels=multi_label)
     if not texts and not problems:
         raise DataError(f"{path}: no data rows after the header")
+    if multi_label:
+        return _multi_label(path, texts, tokens, lines, problems, fixed)
 
     if fixed is not None:
         names = fixed
@@ -171,7 +208,36 @@ def load_tsv(
     return LabelledData(tuple(texts), np.asarray(ids, dtype=np.int64), names, str(path))
 
 
-def _read_rows(path: Path) -> tuple[list[Text], list[str], list[int], list[RowProblem]]:
+def _multi_label(
+    path: Path,
+    texts: list[Text],
+    tokens: list[str],
+    lines: list[int],
+    problems: list[RowProblem],
+    fixed: tuple[str, ...] | None,
+) -> LabelledData:
+    """The rows' label sets as a 0/1 matrix over `fixed` (or the data's own names: ids 0..max, or sorted)."""
+    parts = [[t.strip() for t in token.split(MULTI_LABEL_SEPARATOR) if t.strip()] for token in tokens]
+    flat = [t for row in parts for t in row]
+    if fixed is not None:
+        names = fixed
+    elif flat and all(_INT.fullmatch(t) and int(t) >= 0 for t in flat):
+        names = tuple(str(i) for i in range(max(int(t) for t in flat) + 1))
+    else:
+        names = tuple(sorted(set(flat)))
+    matrix = np.zeros((len(texts), len(names)), dtype=np.int64)
+    for row, (labels, line) in enumerate(zip(parts, lines)):
+        ids = _ids_from_fixed_names(names, labels, [line] * len(labels), problems)
+        matrix[row, [i for i in ids if i >= 0]] = 1
+    if problems:
+        problems.sort(key=lambda p: p.line)
+        raise MalformedDataError(str(path), problems)
+    if not names:
+        raise DataError(f"{path}: no row holds a label")
+    return LabelledData(tuple(texts), matrix, names, str(path))
+
+
+def _read_rows(path: Path, *, empty_labels: bool = False) -> tuple[list[Text], list[str], list[int], list[RowProblem]]:
     texts: list[Text] = []
     tokens: list[str] = []
     lines: list[int] = []
@@ -232,7 +298,7 @@ def _read_rows(path: Path) -> tuple[list[Text], list[str], list[int], list[RowPr
                 problems.append(RowProblem(start, f"empty {' and '.join(empty)}"))
                 continue
             text: Text = parts[0] if len(parts) == 1 else (parts[0], parts[1])
-            if not token:
+            if not token and not empty_labels:
                 problems.append(RowProblem(start, "empty label"))
                 continue
             texts.append(text)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["entropy", "length_sorted_batches", "softmax", "top_margin"]
+__all__ = ["entropy", "length_sorted_batches", "sigmoid", "softmax", "top_margin"]
 
 
 def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
@@ -14,6 +14,13 @@ def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
     z = z - z.max(axis=1, keepdims=True)
     e = np.exp(z)
     out: np.ndarray = e / e.sum(axis=1, keepdims=True)
+    return out
+
+
+def sigmoid(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    """Element-wise logistic function of `logits / temperature` in float64: a multi-label model's probabilities."""
+    z = np.asarray(logits, dtype=np.float64) / float(temperature)
+    out: np.ndarray = np.exp(-np.logaddexp(0.0, -z))
     return out
 
 

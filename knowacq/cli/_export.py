@@ -61,8 +61,9 @@ def optimize(
         config = dataclasses.replace(config, gates=dataclasses.replace(config.gates, **gate_changes))
         err.print(f"gates changed from the preset's: {gate_changes}")
     card = read_model_card(model)
-    dev_data = load_tsv(dev, label_names=card.labels) if dev is not None else None
-    train_data = load_tsv(train_tsv, label_names=card.labels) if train_tsv is not None else None
+    multi = card.multi_label
+    dev_data = load_tsv(dev, label_names=card.labels, multi_label=multi) if dev is not None else None
+    train_data = load_tsv(train_tsv, label_names=card.labels, multi_label=multi) if train_tsv is not None else None
     result = run(
         model,
         config,

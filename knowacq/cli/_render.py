@@ -10,13 +10,19 @@ from knowacq.cli._app import out
 
 if TYPE_CHECKING:
     from export import OptimizeResult
-    from knowacq.train import EvalReport
+    from knowacq.train import EvalReport, MultiLabelReport
 
 __all__ = ["print_gates", "print_replay", "print_report", "print_simulation"]
 
 
-def print_report(report: EvalReport, title: str) -> None:
-    """An `EvalReport`: the summary table, then the confusion matrix with per-class recall."""
+def print_report(report: EvalReport | MultiLabelReport, title: str) -> None:
+    """An `EvalReport`: the summary table, then the confusion matrix with per-class recall (a
+    `MultiLabelReport`: micro/macro-F1, then per label its threshold, precision, recall, F1 and ECE)."""
+    from knowacq.train import MultiLabelReport
+
+    if isinstance(report, MultiLabelReport):
+        _print_multilabel(report, title)
+        return
     summary = Table(title=title, show_header=False)
     summary.add_row("examples", str(report.n))
     summary.add_row("accuracy", f"{report.accuracy:.4f}")
@@ -34,6 +40,24 @@ def print_report(report: EvalReport, title: str) -> None:
     for name, row in zip(report.labels, report.confusion_matrix):
         matrix.add_row(name, *map(str, row), f"{report.per_class_recall[name]:.4f}")
     out.print(matrix)
+
+
+def _print_multilabel(report: MultiLabelReport, title: str) -> None:
+    summary = Table(title=title, show_header=False)
+    summary.add_row("examples", str(report.n))
+    summary.add_row("micro-F1 / macro-F1", f"{report.micro_f1:.4f} / {report.macro_f1:.4f}")
+    summary.add_row("exact-set accuracy", f"{report.subset_accuracy:.4f}")
+    summary.add_row("temperature (sigmoid)", f"{report.temperature:.4f}")
+    summary.add_row("mean per-label ECE uncalibrated / calibrated", f"{report.ece_uncalibrated:.4f} / {report.ece:.4f}")
+    summary.add_row("BCE uncalibrated / calibrated", f"{report.bce_uncalibrated:.4f} / {report.bce:.4f}")
+    out.print(summary)
+    table = Table(title="per label")
+    for column in ("label", "threshold", "precision", "recall", "F1", "ECE", "support"):
+        table.add_column(column, justify="left" if column == "label" else "right")
+    for name, m in report.per_label.items():
+        figures = [f"{m[k]:.4f}" for k in ("threshold", "precision", "recall", "f1", "ece")]
+        table.add_row(name, *figures, str(int(m["support"])))
+    out.print(table)
 
 
 def print_gates(result: OptimizeResult, variant: str) -> None:

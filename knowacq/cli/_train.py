@@ -48,6 +48,14 @@ def train(
     label_names: Annotated[
         str | None, typer.Option(help="Class names for ids 0,1,..., comma-separated (instead of --labels).")
     ] = None,
+    multi_label: Annotated[
+        bool,
+        typer.Option(
+            "--multi-label",
+            help="Each row's label field holds any number of labels separated by '|' (empty: none); "
+            "one sigmoid per label, thresholds fitted on dev.",
+        ),
+    ] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace a non-empty --out folder.")] = False,
     progress: Annotated[bool, typer.Option(help="Show the progress bar.")] = True,
 ) -> None:
@@ -59,16 +67,16 @@ def train(
     if labels is not None and label_names is not None:
         raise ConfigError("give --labels or --label-names, not both")
     names = split_names(label_names) if label_names is not None else None
-    train_data = load_tsv(train_tsv, label_names=names, labels_file=labels)
-    dev_data = load_tsv(dev_tsv, label_names=train_data.label_names)
+    train_data = load_tsv(train_tsv, label_names=names, labels_file=labels, multi_label=multi_label)
+    dev_data = load_tsv(dev_tsv, label_names=train_data.label_names, multi_label=multi_label)
     result = fine_tune(train_data, dev_data, out_dir, base=base, config=config, progress=progress, overwrite=overwrite)
     print_report(result.report, title=f"dev: {dev_tsv}")
     out.print(
         f"trained in {result.seconds:.0f} s ({result.steps} steps, best at step {result.best_step}"
         f"{', stopped early' if result.stopped_early else ''})\n"
         f"model:       {result.out_dir}\n"
-        f"metrics:     {result.out_dir / 'metrics.json'}\n"
-        f"reliability: {result.out_dir / 'reliability.png'}"
+        f"metrics:     {result.out_dir / 'metrics.json'}"
+        + ("" if multi_label else f"\nreliability: {result.out_dir / 'reliability.png'}")
     )
 
 
@@ -104,7 +112,7 @@ def eval_(
         from knowacq.train import evaluate
 
         card = read_model_card(model)
-        dataset = load_tsv(data, label_names=card.labels)
+        dataset = load_tsv(data, label_names=card.labels, multi_label=card.multi_label)
         report = evaluate(model, dataset, batch_size=batch_size, reliability_png=reliability)
         if not card.calibrated and not as_json:
             err.print(f"warning: {model} has no knowacq.json; probabilities are not calibrated (T = 1)")

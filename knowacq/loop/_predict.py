@@ -84,6 +84,8 @@ def predict_file(
     scorer = Scorer(model, embeddings=embeddings, options=RuntimeOptions(threads=threads, max_batch_size=batch_size))
     if scorer.predictor.manifest.pairs:
         raise ConfigError(f"{model} classifies sentence pairs; knowacq predict scores pools of single texts")
+    if scorer.predictor.multi_label:
+        raise ConfigError(f"{model} is multi-label; knowacq predict scores pools for single-label models")
     writer = PoolWriter(out, scorer.labels, embedding_width=scorer.width)
     problems: list[RowProblem] = []
     skipped_file = problems_path(out)

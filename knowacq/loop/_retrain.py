@@ -191,6 +191,10 @@ def retrain(
     started = time.perf_counter()
     current = Path(current)
     manifest = read_manifest(current)
+    if manifest.multi_label:
+        raise ConfigError(
+            f"{current} is multi-label; knowacq retrain takes single-label models (its gates compare accuracy)"
+        )
     plan = _plan(current, manifest, config)
     batch = _gather(manifest, store, Path(out_dir), config, dev_file, train_file, log)
     log(f"{batch.run_id}: candidate by {plan.path}: {plan.why}")

@@ -19,6 +19,14 @@ from knowacq.train._metrics import (
     reliability_diagram,
 )
 from knowacq.train._model import default_base_model, load_base_classifier, load_classifier, predict_logits
+from knowacq.train._multilabel import (
+    MultiLabelReport,
+    binary_cross_entropy,
+    fit_sigmoid_temperature,
+    fit_thresholds,
+    multilabel_report,
+    predicted_sets,
+)
 
 __all__ = [
     "ECE_BINS",
@@ -27,19 +35,25 @@ __all__ = [
     "TRAIN_PRESETS",
     "EvalReport",
     "FitResult",
+    "MultiLabelReport",
     "TrainConfig",
     "TrainResult",
+    "binary_cross_entropy",
     "classification_report",
     "default_base_model",
     "evaluate",
     "expected_calibration_error",
     "fine_tune",
     "fit",
+    "fit_sigmoid_temperature",
     "fit_temperature",
+    "fit_thresholds",
     "load_base_classifier",
     "load_classifier",
+    "multilabel_report",
     "negative_log_likelihood",
     "predict_logits",
+    "predicted_sets",
     "reliability_diagram",
     "report_on",
     "train_preset",

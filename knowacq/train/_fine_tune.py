@@ -19,6 +19,7 @@ from knowacq.base import (
     check_hf_folder,
     library_versions,
     require_torch,
+    sigmoid,
     softmax,
 )
 from knowacq.errors import ConfigError, DataError
@@ -32,6 +33,12 @@ from knowacq.train._metrics import (
     reliability_diagram,
 )
 from knowacq.train._model import default_base_model, load_base_classifier, predict_logits
+from knowacq.train._multilabel import (
+    MultiLabelReport,
+    fit_sigmoid_temperature,
+    fit_thresholds,
+    multilabel_report,
+)
 
 __all__ = ["METRICS_FILE", "RELIABILITY_FILE", "TrainResult", "fine_tune"]
 
@@ -44,8 +51,8 @@ class TrainResult:
     """What one fine-tuning run produced."""
 
     out_dir: Path
-    report: EvalReport
-    """Dev metrics of the best model, with its fitted temperature."""
+    report: EvalReport | MultiLabelReport
+    """Dev metrics of the best model, with its fitted temperature (and, multi-label, its thresholds)."""
     temperature: float
     best_step: int
     steps: int
@@ -82,7 +89,7 @@ def fine_tune(
     base = check_hf_folder(base if base is not None else default_base_model())
     out_dir = _prepare_out_dir(Path(out_dir), overwrite)  # after every check: --overwrite deletes
     train = _sample(train, config, say)
-    model, tokenizer = load_base_classifier(base, train.label_names, seed=config.seed)
+    model, tokenizer = load_base_classifier(base, train.label_names, seed=config.seed, multi_label=train.multi_label)
     say(f"fine-tuning {base}")
     fitted = fit(
         model,
@@ -98,8 +105,8 @@ def fine_tune(
     logits = predict_logits(
         model, tokenizer, dev.texts, max_length=config.max_length, batch_size=config.eval_batch_size
     )
-    temperature = fit_temperature(logits, dev.labels)
-    report = classification_report(logits, dev.labels, list(train.label_names), temperature)
+    report = _calibrate(logits, dev)
+    temperature = report.temperature
     seconds = time.perf_counter() - started
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
@@ -116,6 +123,15 @@ def fine_tune(
     )
 
 
+def _calibrate(logits: np.ndarray, dev: LabelledData) -> EvalReport | MultiLabelReport:
+    """The dev report with the temperature fitted on dev (and, multi-label, each label's threshold)."""
+    if not dev.multi_label:
+        return classification_report(logits, dev.labels, list(dev.label_names), fit_temperature(logits, dev.labels))
+    temperature = fit_sigmoid_temperature(logits, dev.labels)
+    thresholds = fit_thresholds(sigmoid(logits, temperature), dev.labels)
+    return multilabel_report(logits, dev.labels, list(dev.label_names), temperature, thresholds)
+
+
 def _check_sets(train: LabelledData, dev: LabelledData) -> None:
     if train.label_names != dev.label_names:
         raise DataError(
@@ -126,6 +142,8 @@ def _check_sets(train: LabelledData, dev: LabelledData) -> None:
         raise DataError(f"{train.source}: a classifier needs at least 2 classes, found {train.num_labels}")
     if len(dev) == 0:
         raise DataError(f"{dev.source}: the dev set is empty")
+    if train.multi_label != dev.multi_label:
+        raise DataError(f"{train.source} and {dev.source} are not both multi-label (or both single-label)")
     if train.pairs != dev.pairs:
         kinds = {True: "sentence pairs", False: "single texts"}
         raise DataError(f"{train.source} holds {kinds[train.pairs]} but {dev.source} holds {kinds[dev.pairs]}")
@@ -150,7 +168,7 @@ def _write_records(
     config: TrainConfig,
     temperature: float,
     logits: np.ndarray,
-    report: EvalReport,
+    report: EvalReport | MultiLabelReport,
     fitted: FitResult,
     seconds: float,
 ) -> None:
@@ -162,6 +180,8 @@ def _write_records(
         "temperature": temperature,
         "max_length": config.max_length,
         "inputs": "pair" if train.pairs else "text",
+        **({"problem_type": "multi_label_classification"} if train.multi_label else {}),
+        **({"thresholds": report.thresholds} if isinstance(report, MultiLabelReport) else {}),
         "base_model": str(base),
         "train_config": config.to_dict(),
         "train_data": {"path": _absolute(train.source), "rows_used": len(train), "label_counts": train.label_counts()},
@@ -172,7 +192,7 @@ def _write_records(
     (out_dir / SIDECAR).write_text(json.dumps(sidecar, indent=2) + "\n")
     metrics = {
         "dev": report.to_dict(),
-        "ece_calibrated_crossfit": _crossfit_ece(logits, dev.labels, config.seed),
+        **({} if train.multi_label else {"ece_calibrated_crossfit": _crossfit_ece(logits, dev.labels, config.seed)}),
         "training": {
             "seconds": round(seconds, 1),
             "steps": fitted.steps,
@@ -184,6 +204,8 @@ def _write_records(
         "versions": versions,
     }
     (out_dir / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
+    if train.multi_label:
+        return  # per-label calibration is in the report (ece per label); the diagram is single-label's
     reliability_diagram(
         logits, dev.labels, temperature, out_dir / RELIABILITY_FILE, title=f"{dev.source} (n={len(dev)})"
     )

@@ -16,6 +16,7 @@ from knowacq.errors import ModelError
 from knowacq.train._config import TrainConfig
 from knowacq.train._metrics import negative_log_likelihood
 from knowacq.train._model import predict_logits
+from knowacq.train._multilabel import DEFAULT_THRESHOLD, binary_cross_entropy, multilabel_report
 
 __all__ = ["FitResult", "fit"]
 
@@ -138,9 +139,16 @@ class _Run:
             raise ModelError(f"training diverged at step {self.step} (loss {value}); lower the learning rate")
 
     def judge(self, model: Any, logits: np.ndarray, labels: np.ndarray, epoch: float) -> bool:
-        """Record a dev evaluation, keep the weights if they are the best so far; True: stop early."""
-        accuracy = float(np.mean(logits.argmax(1) == labels))
-        dev_loss = negative_log_likelihood(logits, labels)
+        """Record a dev evaluation, keep the weights if they are the best so far; True: stop early. For a
+        multi-label model (`labels` a 0/1 matrix) "accuracy" is micro-F1 at 0.5 and the loss is binary
+        cross-entropy."""
+        if labels.ndim == 2:
+            names = [str(k) for k in range(labels.shape[1])]
+            accuracy = multilabel_report(logits, labels, names, thresholds=[DEFAULT_THRESHOLD] * len(names)).micro_f1
+            dev_loss = binary_cross_entropy(logits, labels)
+        else:
+            accuracy = float(np.mean(logits.argmax(1) == labels))
+            dev_loss = negative_log_likelihood(logits, labels)
         record = {
             "step": self.step,
             "epoch": round(epoch, 3),
@@ -165,7 +173,7 @@ class _Run:
             self.bad_evals += 1
         self.say(
             f"step {self.step} (epoch {record['epoch']}): train loss {record['train_loss']:.4f}, "
-            f"dev accuracy {accuracy:.4f}, dev loss {dev_loss:.4f}"
+            f"dev {'micro-F1' if labels.ndim == 2 else 'accuracy'} {accuracy:.4f}, dev loss {dev_loss:.4f}"
             + (" (best)" if improved else f" ({self.bad_evals}/{self.config.patience} without improvement)")
         )
         self.stopped_early = self.bad_evals >= self.config.patience
@@ -181,9 +189,10 @@ def _loader(tokenizer: Any, train: LabelledData, config: TrainConfig) -> Any:
     sampler_gen = torch.Generator().manual_seed(config.seed)
     first, second = split_pairs(train.texts)
     encoded = tokenizer(first, second, truncation=True, max_length=config.max_length)
-    features = [
-        {**{k: encoded[k][i] for k in encoded.keys()}, "labels": int(train.labels[i])} for i in range(len(train))
-    ]
+    targets: list[Any] = (
+        [[float(v) for v in row] for row in train.labels] if train.multi_label else [int(y) for y in train.labels]
+    )
+    features = [{**{k: encoded[k][i] for k in encoded.keys()}, "labels": targets[i]} for i in range(len(train))]
     lengths = [len(ids) for ids in encoded["input_ids"]]
     return torch.utils.data.DataLoader(
         cast(Any, features),  # a list of dicts is a map-style dataset

@@ -33,8 +33,12 @@ def default_base_model() -> Path:
     return Path(next(iter(spec.submodule_search_locations))) / "model"
 
 
-def load_base_classifier(base: str | Path, labels: Sequence[str], *, seed: int) -> tuple[Any, Any]:
-    """(model, tokenizer): the encoder in the local folder `base` with a new classification head for `labels`.
+def load_base_classifier(
+    base: str | Path, labels: Sequence[str], *, seed: int, multi_label: bool = False
+) -> tuple[Any, Any]:
+    """(model, tokenizer): the encoder in the local folder `base` with a new classification head for `labels`
+    (with `multi_label`, one sigmoid per label trained by binary cross-entropy: `problem_type`
+    multi_label_classification in its config).
 
     The head's initial weights draw from torch's global generator, which is seeded with `seed` first.
     """
@@ -56,6 +60,7 @@ def load_base_classifier(base: str | Path, labels: Sequence[str], *, seed: int) 
             id2label=dict(enumerate(names)),
             label2id={n: i for i, n in enumerate(names)},
             ignore_mismatched_sizes=True,
+            **({"problem_type": "multi_label_classification"} if multi_label else {}),
         )
     except (OSError, ValueError) as exc:
         raise ModelError(f"cannot load the base model from {base}: {exc}") from exc
