@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from knowacq.base import FeedbackStore, PredictionRecord, redact_for_storage
+from knowacq.base import MULTI_LABEL_SEPARATOR, FeedbackStore, PredictionRecord, redact_for_storage
 from knowacq.errors import DataError, InvalidInputError, UnknownPredictionError
 from knowacq.loop._strategies import STRATEGIES, Selection, select, strategy
 
@@ -149,7 +149,7 @@ def _task(r: PredictionRecord, with_prediction: bool) -> dict[str, Any]:
                         "from_name": FROM_NAME,
                         "to_name": TO_NAME,
                         "type": "choices",
-                        "value": {"choices": [r.label]},
+                        "value": {"choices": r.label.split(MULTI_LABEL_SEPARATOR) if r.label else []},
                     }
                 ],
             }
@@ -183,8 +183,8 @@ def _rows_from_label_studio(data: Any) -> list[Row]:
         for annotation in reversed(annotations):  # the latest completed annotation wins
             for result in annotation.get("result") or []:
                 choices = (result.get("value") or {}).get("choices") if isinstance(result, dict) else None
-                if choices:
-                    choice = str(choices[0])
+                if choices:  # several from a multi-label (choice="multiple") control: one '|'-joined set
+                    choice = MULTI_LABEL_SEPARATOR.join(str(c) for c in choices)
                     annotator = str(annotation.get("completed_by", "") or "")
                     break
             if choice is not None:
@@ -230,12 +230,13 @@ def import_labels(
 ) -> ImportResult:
     """Store the labels of a Label Studio JSON export or a CSV; every skipped row is reported."""
     rows = _read_rows(Path(in_file))
-    known = set(
+    order = list(
         label_names
         or _label_names(
             store.predictions_with_status(("served", "captured", "sampled", "queued", "labelled", "used"), limit=1000)
         )
     )
+    known = set(order)
     if not known:
         raise DataError("the store holds no predictions to take the label set from; pass --label-names")
     counts = {"created": 0, "updated": 0, "unchanged": 0}
@@ -245,9 +246,12 @@ def import_labels(
         if label is None:
             skipped.append(who)  # the reason, from the reader
             continue
-        if label not in known:
+        parts = label.split(MULTI_LABEL_SEPARATOR)  # a multi-label model's set: each of its labels known
+        if label not in known and not (len(parts) > 1 and set(parts) <= known):
             skipped.append(f"row {i}: unknown label {label!r} (known: {', '.join(sorted(known))})")
             continue
+        if label not in known:  # a set: kept in label-map order, as POST /feedback keeps it
+            label = MULTI_LABEL_SEPARATOR.join(n for n in order if n in parts)
         if prediction_id is None:
             if not text or not text.strip():
                 skipped.append(f"row {i}: neither prediction_id nor text")

@@ -200,3 +200,41 @@ def test_a_multilabel_model_is_served_with_the_offline_answers(
         float(line.split()[-1]) for line in metrics.splitlines() if line.startswith("knowacq_predictions_total{")
     )
     assert total == counted
+
+
+def test_label_studio_hands_off_label_sets(tmp_path: Path) -> None:
+    from knowacq.base import PredictionRecord, text_sha256
+
+    url = f"sqlite:///{tmp_path / 'store.db'}"
+    store = FeedbackStore(url)
+    sets = ["bad|sport", "", "money"]
+    store.record_predictions(
+        [
+            PredictionRecord(
+                prediction_id=f"p{i}",
+                model_version="v-served",
+                text=f"text {i}",
+                text_sha256=text_sha256(f"text {i}"),
+                label=chosen,
+                score=0.6,
+                margin=0.1,
+                probabilities={"bad": 0.6, "money": 0.2, "sport": 0.55},
+                captured=True,
+            )
+            for i, chosen in enumerate(sets)
+        ]
+    )
+    tasks_file = tmp_path / "tasks.json"
+    done = runner.invoke(app, ["feedback", "export", "--store", url, "--n", "3", "--out", str(tasks_file)])
+    assert done.exit_code == 0, done.output
+    tasks = {t["data"]["prediction_id"]: t for t in json.loads(tasks_file.read_text())}
+    shown = {pid: t["predictions"][0]["result"][0]["value"]["choices"] for pid, t in tasks.items()}
+    assert shown == {"p0": ["bad", "sport"], "p1": [], "p2": ["money"]}
+    for pid, choices in (("p0", ["sport", "money"]), ("p1", ["bad"]), ("p2", ["money", "weather"])):
+        result = [{"from_name": "label", "to_name": "text", "type": "choices", "value": {"choices": choices}}]
+        tasks[pid]["annotations"] = [{"result": result, "completed_by": 7}]
+    tasks_file.write_text(json.dumps(list(tasks.values())))
+    imported = runner.invoke(app, ["feedback", "import", str(tasks_file), "--store", url])
+    assert imported.exit_code == 0, imported.output
+    assert "unknown label 'money|weather'" in " ".join(imported.output.split())
+    assert sorted((r.prediction_id, label) for r, label in store.labelled()) == [("p0", "money|sport"), ("p1", "bad")]
