@@ -42,7 +42,7 @@ from bento._asgi import Receive, Scope, Send, TooLarge, header, parse_json, read
 from bento._core import ClassifierCore
 from bento._http import State
 from bento._refusals import INTERNAL, LOADING, TOO_MANY_IN_FLIGHT, answer
-from knowacq.base import PredictionRecord, redact_for_storage
+from knowacq.base import MULTI_LABEL_SEPARATOR, PredictionRecord, redact_for_storage
 from knowacq.errors import (
     AuthError,
     InvalidInputError,
@@ -294,7 +294,7 @@ def _predict(core: ClassifierCore, body: Any) -> tuple[int, dict[str, Any]]:
             results.append({"result": [], "model_version": core.model_version})
             continue
         prediction = next(predictions)
-        choice = {"choices": [prediction.label]}
+        choice = {"choices": list(prediction.labels)}  # a multi-label model's set: every label it predicts
         result = {"from_name": config.from_name, "to_name": config.to_name, "type": "choices", "value": choice}
         results.append({"result": [result], "score": float(prediction.score), "model_version": core.model_version})
     return 200, {"results": results, "model_version": core.model_version}
@@ -381,10 +381,10 @@ def _store_annotation(
 ) -> dict[str, Any]:
     """Store one annotation's choice as the human label of its task's prediction (found or recorded)."""
     field = f"{where}." if where else ""
-    label = _chosen_label(annotation, config)
+    label = _chosen_label(annotation, config, several=core.multi_label)
     if label is None:
         return {"annotation": annotation.get("id"), "outcome": "skipped", "reason": "no single choice to store"}
-    if label not in core.labels:  # refused before anything is recorded, counted as POST /feedback counts it
+    if label not in core.labels and not core.multi_label:  # refused before anything is recorded, as /feedback does
         core.metrics.feedback.labels(outcome="unknown_label").inc()
         raise UnknownLabelError(
             f"unknown label {label!r}; this model's labels are {', '.join(core.labels)}", field=f"{field}result"
@@ -396,9 +396,10 @@ def _store_annotation(
     return {"annotation": annotation.get("id"), "matched": matched, **stored}
 
 
-def _chosen_label(annotation: dict[str, Any], config: LabelConfig) -> str | None:
+def _chosen_label(annotation: dict[str, Any], config: LabelConfig, *, several: bool = False) -> str | None:
     """The one choice of the config's Choices control (its `from_name`; another control's choices are not the
-    label) in a completed annotation; None when it was cancelled (skipped) or holds no single choice."""
+    label) in a completed annotation; None when it was cancelled (skipped) or holds no single choice. With
+    `several` (a multi-label model), every choice of the control, joined into one '|' set."""
     if annotation.get("was_cancelled"):
         return None
     results = annotation.get("result") or []
@@ -408,6 +409,8 @@ def _chosen_label(annotation: dict[str, Any], config: LabelConfig) -> str | None
         choices = value.get("choices") if isinstance(value, dict) else None
         if isinstance(choices, list) and len(choices) == 1 and isinstance(choices[0], str):
             return choices[0]
+        if several and isinstance(choices, list) and choices and all(isinstance(c, str) for c in choices):
+            return MULTI_LABEL_SEPARATOR.join(choices)
     return None
 
 
@@ -447,7 +450,7 @@ def _prediction_of(core: ClassifierCore, config: LabelConfig, data: dict[str, An
         model_version=core.model_version,
         text=clean,
         text_sha256=digest,
-        label=prediction.label,
+        label=MULTI_LABEL_SEPARATOR.join(prediction.labels) if core.multi_label else prediction.label,
         score=float(prediction.score),
         margin=float(ranked[0] - ranked[1]) if len(ranked) > 1 else float(ranked[0]),
         probabilities=dict(prediction.probabilities),

@@ -238,3 +238,28 @@ def test_label_studio_hands_off_label_sets(tmp_path: Path) -> None:
     assert imported.exit_code == 0, imported.output
     assert "unknown label 'money|weather'" in " ".join(imported.output.split())
     assert sorted((r.prediction_id, label) for r, label in store.labelled()) == [("p0", "money|sport"), ("p1", "bad")]
+
+
+def test_the_label_studio_backend_pre_annotates_and_stores_label_sets(multilabel_variant: Path, tmp_path: Path) -> None:
+    from tests.serve.test_labelstudio import Backend, annotation_event
+    from tests.serve.test_serve import make_core
+
+    core, registry = make_core(multilabel_variant, tmp_path, record="all")
+    backend = Backend(core, registry)
+    config = (
+        '<View><Text name="text" value="$text"/><Choices name="label" toName="text" choice="multiple">'
+        + "".join(f'<Choice value="{n}"/>' for n in LABELS)
+        + "</Choices></View>"
+    )
+    texts = [t for t, _ in multilabel_rows(12, seed=5)]
+    r = backend.post("predict", {"tasks": [{"data": {"text": t}} for t in texts], "label_config": config})
+    assert r.status_code == 200, r.text
+    shown = [res["result"][0]["value"]["choices"] for res in r.json()["results"]]
+    assert shown == [list(p.labels) for p in core.predictor.predict(texts)]
+    assert any(shown), "no task got a label: the comparison means nothing"
+    answer = core.classify([texts[0]])[0]
+    data = {"text": texts[0], "prediction_id": answer["prediction_id"]}
+    stored = backend.post("webhook", annotation_event(["sport", "bad"], data))
+    assert stored.status_code == 201 and stored.json()["label"] == "bad|sport", stored.text
+    refused = backend.post("webhook", annotation_event(["sport", "weather"], data))
+    assert refused.status_code == 422 and "weather" in refused.text
