@@ -263,3 +263,27 @@ def test_the_label_studio_backend_pre_annotates_and_stores_label_sets(multilabel
     assert stored.status_code == 201 and stored.json()["label"] == "bad|sport", stored.text
     refused = backend.post("webhook", annotation_event(["sport", "weather"], data))
     assert refused.status_code == 422 and "weather" in refused.text
+
+
+def test_a_multilabel_folder_from_elsewhere_gets_its_thresholds_fitted_on_the_given_dev(
+    multilabel_variant: Path, multilabel_sets: tuple[Path, Path], tmp_path: Path
+) -> None:
+    import shutil
+
+    source = Path(json.loads((multilabel_variant / "manifest.json").read_text())["source"]["path"])
+    folder = tmp_path / "from-elsewhere"
+    shutil.copytree(source, folder)
+    (folder / "knowacq.json").unlink()
+    out = tmp_path / "fp32"
+    done = runner.invoke(
+        app,
+        ["optimize", str(folder), "--preset", "cpu-fp32", "--out", str(out), "--dev", str(multilabel_sets[1])]
+        + ["--no-progress"],
+    )
+    assert done.exit_code == 0, done.output
+    manifest = json.loads((out / "manifest.json").read_text())
+    calibration = manifest["metrics"]["calibration"]
+    assert calibration["why"] == "no knowacq.json" and manifest["thresholds"] == calibration["thresholds"]
+    assert manifest["temperature"] == calibration["temperature"] != 1.0
+    # the gate compares the source and the variant at the same (fitted) thresholds: fp32 loses nothing
+    assert manifest["metrics"]["source_accuracy"] == pytest.approx(manifest["metrics"]["accuracy"], abs=1e-9)
