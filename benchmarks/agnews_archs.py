@@ -29,8 +29,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from export import evaluate_variant, optimize, preset
+from export import GateResult, evaluate_variant, optimize, preset
 from knowacq.base import load_tsv, machine_info, mean_interval, write_tsv
+from knowacq.errors import KnowacqError
 from knowacq.train import TrainConfig, evaluate, fine_tune
 from tests.export._archs import tiny_encoder
 
@@ -45,6 +46,9 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=CONFIG.epochs)
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument(
+        "--resume", type=Path, help="A log of an earlier run of the same command: its finished rows are kept"
+    )
     args = parser.parse_args()
     import torch
 
@@ -52,6 +56,8 @@ def main() -> None:
     news = load_tsv(args.data)
     order = np.random.default_rng(0).permutation(len(news))
     rows: list[dict] = []
+    if args.resume is not None:  # the JSON lines an interrupted run printed, one per (arch, seed)
+        rows = [json.loads(line) for line in args.resume.read_text().splitlines() if line.startswith("{")]
     with tempfile.TemporaryDirectory(prefix="knowacq-agnews-") as tmp:
         folder = Path(tmp)
         (folder / "labels.txt").write_text("\n".join(news.label_names) + "\n")
@@ -61,15 +67,18 @@ def main() -> None:
         train, dev = load_tsv(folder / "train.tsv"), load_tsv(folder / "dev.tsv")
         for seed in range(args.seeds):  # seeds outermost: the architectures interleave
             for arch in args.archs.split(","):
+                if any(r["arch"] == arch and r["seed"] == seed for r in rows):
+                    continue
                 rows.append(_one(arch, seed, train, dev, folder, args.epochs))
                 print(json.dumps(rows[-1]), flush=True)
     summary = {}
     for arch in args.archs.split(","):
         mine = [r for r in rows if r["arch"] == arch]
         summary[arch] = {
-            key: mean_interval([r[key] for r in mine]).as_dict()
+            key: mean_interval([r[key] for r in mine if r[key] is not None]).as_dict()
             for key in ("source_accuracy", "source_macro_f1", "int8_accuracy", "train_seconds")
         }
+        summary[arch]["int8_refused"] = sum(r["int8_accuracy"] is None for r in mine)
     result = {
         "command": " ".join(sys.argv),
         "data": {"file": str(args.data), "train_rows": len(train), "dev_rows": len(dev), "split_seed": 0},
@@ -93,19 +102,23 @@ def _one(arch: str, seed: int, train, dev, folder: Path, epochs: int) -> dict:
     fine_tune(train, dev, model, base=base, config=config, progress=False, overwrite=True, log=lambda _: None)
     seconds = time.perf_counter() - started
     source = evaluate(model, dev)
-    variant = optimize(
-        model, preset("cpu-int8"), folder / f"{arch}-{seed}-int8", overwrite=True, progress=False, log=lambda _: None
-    )
-    int8 = evaluate_variant(variant.out_dir, folder / "dev.tsv")
+    out = folder / f"{arch}-{seed}-int8"
+    try:
+        variant = optimize(model, preset("cpu-int8"), out, overwrite=True, progress=False, log=lambda _: None)
+        int8_accuracy: float | None = evaluate_variant(variant.out_dir, folder / "dev.tsv").accuracy
+    except KnowacqError:  # a gate refused the variant: the manifest written alone is the report
+        int8_accuracy = None
+    manifest = json.loads((out / "manifest.json").read_text())
     return {
         "arch": arch,
         "seed": seed,
         "source_accuracy": source.accuracy,
         "source_macro_f1": source.macro_f1,
-        "int8_accuracy": int8.accuracy,
-        "int8_gates": [str(g) for g in variant.manifest.gates],
+        "int8_accuracy": int8_accuracy,
+        "int8_variant_accuracy_if_refused": manifest["metrics"].get("accuracy") if int8_accuracy is None else None,
+        "int8_gates": [str(GateResult(**g)) for g in manifest["gates"]],
         "train_seconds": round(seconds, 1),
-        "parameters": variant.manifest.metrics.get("params_before"),
+        "parameters": manifest["metrics"].get("params_before"),
     }
 
 
