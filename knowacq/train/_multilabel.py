@@ -60,14 +60,14 @@ def fit_thresholds(probabilities: np.ndarray, targets: np.ndarray) -> np.ndarray
     for k in range(probs.shape[1]):
         if not y[:, k].any():
             continue
-        values = np.unique(probs[:, k])
-        candidates = np.concatenate([(values[:-1] + values[1:]) / 2, [DEFAULT_THRESHOLD]])
-        best = (-1.0, 0.0)
-        for t in candidates:
-            f1 = _f1(probs[:, k] >= t, y[:, k])
-            key = (f1, -abs(t - DEFAULT_THRESHOLD))
-            if key > best:
-                best, out[k] = key, t
+        order = np.argsort(-probs[:, k], kind="stable")
+        p, hits = probs[order, k], y[order, k]
+        cuts = np.flatnonzero(p[:-1] > p[1:])  # a cut after row i predicts rows 0..i: F1 from running counts
+        f1 = 2 * np.cumsum(hits)[cuts] / (cuts + 1 + hits.sum())
+        candidates = np.concatenate([(p[cuts] + p[cuts + 1]) / 2, [DEFAULT_THRESHOLD]])
+        scores = np.concatenate([f1, [_f1(probs[:, k] >= DEFAULT_THRESHOLD, y[:, k])]])
+        best = np.flatnonzero(scores == scores.max())
+        out[k] = candidates[best[np.argmin(np.abs(candidates[best] - DEFAULT_THRESHOLD))]]
     return out
 
 
