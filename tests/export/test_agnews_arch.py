@@ -1,5 +1,5 @@
 """A non-BERT architecture on real 4-class data: a tiny DistilBERT built from a config (nothing pretrained) learns
-an AG News slice through `knowacq train`, keeps it through `knowacq optimize --preset cpu-int8`, and `knowacq eval`
+an AG News slice through fine-tuning, keeps it through `knowacq optimize --preset cpu-int8`, and `knowacq eval`
 says so. The larger measurement is `benchmarks/agnews_archs.py` (docs/benchmarks/*-agnews-archs.md)."""
 
 from __future__ import annotations
@@ -24,12 +24,13 @@ def test_a_distilbert_from_a_config_learns_ag_news(shared_data: Path, tmp_path: 
     write_tsv(tmp_path / "dev.tsv", news.texts[1200:1500], names[1200:1500])
     base = tiny_encoder("distilbert", tmp_path / "base")
     model, variant = tmp_path / "model", tmp_path / "int8"
-    trained = runner.invoke(
-        app,
-        ["train", "--train", str(tmp_path / "train.tsv"), "--dev", str(tmp_path / "dev.tsv"), "--base", str(base)]
-        + ["--out", str(model), "--epochs", "8", "--batch-size", "16", "--lr", "2e-3", "--no-progress"],
+    from knowacq import TrainConfig, fine_tune
+
+    config = TrainConfig(
+        epochs=8, batch_size=16, learning_rate=2e-3, max_length=64, patience=100, save_checkpoints=False, seed=1
     )
-    assert trained.exit_code == 0, trained.output
+    train, dev = load_tsv(tmp_path / "train.tsv"), load_tsv(tmp_path / "dev.tsv")
+    fine_tune(train, dev, model, base=base, config=config, progress=False, log=lambda _: None)
     assert json.loads((model / "config.json").read_text())["model_type"] == "distilbert"
     done = runner.invoke(app, ["optimize", str(model), "--preset", "cpu-int8", "--out", str(variant), "--no-progress"])
     assert done.exit_code == 0, done.output
