@@ -258,8 +258,19 @@ def _object(body: Any, field: str, what: str) -> dict[str, Any]:
     return body
 
 
+def _single_texts(core: ClassifierCore) -> None:
+    """The backend reads one text per task: a sentence-pair model is refused rather than fed half its input."""
+    if core.pairs:
+        raise InvalidInputError(
+            "this model classifies sentence pairs; the Label Studio backend labels single texts. Hand a pair "
+            "model's captures off with 'knowacq feedback export' (text and text_pair) and 'knowacq feedback import'",
+            field="model",
+        )
+
+
 def _setup(core: ClassifierCore, body: Any) -> tuple[int, dict[str, Any]]:
     """POST /setup: the serving model's version; the project's config must label with the model's labels."""
+    _single_texts(core)
     body = _object(body, "body", "Label Studio's setup request")
     config = parse_label_config(body.get("schema"), field="schema")
     missing = [label for label in core.labels if config.choices and label not in config.choices]
@@ -276,6 +287,7 @@ def _predict(core: ClassifierCore, body: Any) -> tuple[int, dict[str, Any]]:
     """POST /predict: one pre-annotation per task, from the serving model (nothing is recorded). A task of the
     live sample (its `prediction_id` is a sampled prediction) gets an empty one: an annotator shown the model's
     answer tends to agree with it, which would flatter the model the live evaluation set judges."""
+    _single_texts(core)
     body = _object(body, "body", "with a 'tasks' list")
     tasks = body.get("tasks")
     if not isinstance(tasks, list):
@@ -428,6 +440,7 @@ def _prediction_of(core: ClassifierCore, config: LabelConfig, data: dict[str, An
     given = data.get("prediction_id")
     if isinstance(given, str) and given and _stored(core, given) is not None:
         return given, "prediction_id"
+    _single_texts(core)  # a pair model's task is found by its prediction_id only
     text = data.get(config.data_key)
     if not isinstance(text, str) or not text.strip():
         if isinstance(given, str) and given:  # the id is unknown and there is no text to find it by

@@ -237,3 +237,20 @@ def test_captured_pairs_go_out_for_labels_and_come_back_into_a_retrain(
     assert {trained_on.texts[i]: LABELS[y] for i, y in enumerate(trained_on.labels[:24])} == truth
     candidate = json.loads(next((tmp_path / "runs").glob("run-*/variant/manifest.json")).read_text())
     assert candidate["inputs"] == "pair"
+
+
+def test_the_label_studio_backend_refuses_a_pair_model_except_by_prediction_id(
+    pair_variant: Path, tmp_path: Path
+) -> None:
+    from tests.serve.test_labelstudio import Backend, annotation_event
+    from tests.serve.test_serve import make_core
+
+    core, registry = make_core(pair_variant, tmp_path, record="all")
+    backend = Backend(core, registry)
+    refused = backend.post("predict", {"tasks": [{"data": {"text": "a", "text_pair": "b"}}]})
+    assert refused.status_code == 422 and "classifies sentence pairs" in refused.text
+    answer = core.classify([("a great film", "it was awful")])[0]
+    by_id = backend.post("webhook", annotation_event(LABELS[1], {"prediction_id": answer["prediction_id"]}))
+    assert by_id.status_code == 201 and by_id.json()["label"] == LABELS[1], by_id.text
+    by_text = backend.post("webhook", annotation_event(LABELS[1], {"text": "a great film"}))
+    assert by_text.status_code == 422 and "classifies sentence pairs" in by_text.text
