@@ -316,30 +316,9 @@ class ClassifierCore:
                     "truncated": bool(truncated[i]),
                 }
             )
-            m.predictions.labels(label=label).inc()
-            m.confidence.observe(float(top[i]))
-            if truncated[i]:
-                m.truncated.inc()
-            if captured:
-                m.captures.inc()
-            if captured or sampled[i] or self.settings.record == "all":
-                clean, text_pair, digest = self._stored_text(item.text)
-                records.append(
-                    PredictionRecord(
-                        prediction_id=prediction_id,
-                        model_version=self.model_version,
-                        text=clean,
-                        text_pair=text_pair,
-                        text_sha256=digest,
-                        label=label,
-                        score=float(top[i]),
-                        margin=float(margins[i]),
-                        probabilities=probabilities,
-                        captured=captured,
-                        created_at=created,
-                        sampled=bool(sampled[i]),
-                    )
-                )
+            record = self._tally(answers[-1], item, [label], label, float(margins[i]), bool(sampled[i]), created)
+            if record is not None:
+                records.append(record)
         stored = self._record(records)
         for answer in answers:
             answer["recorded"] = answer["prediction_id"] in stored
@@ -351,7 +330,6 @@ class ClassifierCore:
         """True when the model is multi-label (its manifest's problem_type)."""
         return bool(getattr(self.predictor.manifest, "multi_label", False))
 
-    # long: one answer per item, its metrics and its record, as classify_items does for single-label models
     def _classify_multilabel(
         self, items: Sequence[Item], logits: np.ndarray, truncated: Sequence[bool]
     ) -> list[dict[str, Any]]:
@@ -359,7 +337,6 @@ class ClassifierCore:
         uncertain when its probability is near its threshold: its margin, |p - t| / max(t, 1 - t) (0 at the
         threshold, 1 at certainty), is under `min_margin`; a prediction with an uncertain label is captured.
         The row's margin (stored) is its smallest label margin; its score, the top label's probability."""
-        m = self.metrics
         probs = sigmoid(logits, self.predictor.temperature)
         thresholds = np.asarray(self.predictor.manifest.thresholds, dtype=np.float64)
         label_margins = np.abs(probs - thresholds) / np.maximum(thresholds, 1.0 - thresholds)
@@ -388,35 +365,53 @@ class ClassifierCore:
                     "truncated": bool(truncated[i]),
                 }
             )
-            for name in chosen:
-                m.predictions.labels(label=name).inc()
-            m.confidence.observe(float(top[i]))
-            if truncated[i]:
-                m.truncated.inc()
-            if captured:
-                m.captures.inc()
-            if captured or sampled[i] or self.settings.record == "all":
-                clean, text_pair, digest = self._stored_text(item.text)
-                records.append(
-                    PredictionRecord(
-                        prediction_id=prediction_id,
-                        model_version=self.model_version,
-                        text=clean,
-                        text_pair=text_pair,
-                        text_sha256=digest,
-                        label=MULTI_LABEL_SEPARATOR.join(chosen),
-                        score=float(top[i]),
-                        margin=float(margins[i]),
-                        probabilities=probabilities,
-                        captured=captured,
-                        created_at=created,
-                        sampled=bool(sampled[i]),
-                    )
-                )
+            joined = MULTI_LABEL_SEPARATOR.join(chosen)
+            record = self._tally(answers[-1], item, chosen, joined, float(margins[i]), bool(sampled[i]), created)
+            if record is not None:
+                records.append(record)
         stored = self._record(records)
         for answer in answers:
             answer["recorded"] = answer["prediction_id"] in stored
         return answers
+
+    def _tally(
+        self,
+        answer: dict[str, Any],
+        item: Item,
+        counted: Sequence[str],
+        label: str,
+        margin: float,
+        sampled: bool,
+        created: datetime,
+    ) -> PredictionRecord | None:
+        """Count one answer in the metrics (a prediction per label in `counted`) and, when it is captured, sampled
+        or every answer is recorded, the record the store keeps of it (`label` as stored)."""
+        m = self.metrics
+        for name in counted:
+            m.predictions.labels(label=name).inc()
+        m.confidence.observe(answer["score"])
+        if answer["truncated"]:
+            m.truncated.inc()
+        captured = answer["low_confidence"]
+        if captured:
+            m.captures.inc()
+        if not (captured or sampled or self.settings.record == "all"):
+            return None
+        clean, text_pair, digest = self._stored_text(item.text)
+        return PredictionRecord(
+            prediction_id=answer["prediction_id"],
+            model_version=self.model_version,
+            text=clean,
+            text_pair=text_pair,
+            text_sha256=digest,
+            label=label,
+            score=answer["score"],
+            margin=margin,
+            probabilities=answer["probabilities"],
+            captured=captured,
+            created_at=created,
+            sampled=sampled,
+        )
 
     def _stored_text(self, text: Text) -> tuple[str, str | None, str]:
         """(text, second sentence or None, text_sha256) as the store keeps them: redacted, cut to

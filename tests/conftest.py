@@ -47,13 +47,13 @@ def synthetic_rows(n: int, num_labels: int, seed: int) -> list[tuple[str, int]]:
     return rows
 
 
-def write_tsv(path: Path, rows: list[tuple[str, object]]) -> Path:
-    """A `sentence<TAB>label` file with a header row, as the kit reads it."""
+def write_tsv(path: Path, rows: list[tuple[object, ...]], header: tuple[str, ...] = ("sentence", "label")) -> Path:
+    """A `sentence<TAB>label` file (or the columns of `header`) with a header row, as the kit reads it."""
     import csv
 
     with path.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle, delimiter="\t", lineterminator="\n")
-        writer.writerow(["sentence", "label"])
+        writer.writerow(header)
         writer.writerows(rows)
     return path
 

@@ -4,7 +4,6 @@ capturing per-label uncertainty and taking label sets as feedback."""
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import json
 from pathlib import Path
@@ -20,7 +19,7 @@ from knowacq.base import FeedbackStore, load_tsv, sigmoid
 from knowacq.cli import app
 from knowacq.errors import MalformedDataError
 from knowacq.train import fit_sigmoid_temperature, fit_thresholds, multilabel_report
-from tests.conftest import CLASS_WORDS, FILLER
+from tests.conftest import CLASS_WORDS, FILLER, write_tsv
 
 runner = CliRunner()
 LABELS = ("bad", "money", "sport")
@@ -42,19 +41,11 @@ def multilabel_rows(n: int, seed: int) -> list[tuple[str, str]]:
     return rows
 
 
-def write_rows(path: Path, rows: list[tuple[str, str]]) -> Path:
-    with path.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle, delimiter="\t", lineterminator="\n")
-        writer.writerow(["sentence", "label"])
-        writer.writerows(rows)
-    return path
-
-
 @pytest.fixture(scope="module")
 def multilabel_sets(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     folder = tmp_path_factory.mktemp("multilabel")
     (folder / "labels.txt").write_text("\n".join(LABELS) + "\n")
-    return write_rows(folder / "train.tsv", multilabel_rows(400, 1)), write_rows(
+    return write_tsv(folder / "train.tsv", multilabel_rows(400, 1)), write_tsv(
         folder / "dev.tsv", multilabel_rows(120, 2)
     )
 
@@ -79,15 +70,15 @@ def multilabel_variant(
 
 
 def test_multilabel_files_read_as_label_sets(tmp_path: Path) -> None:
-    path = write_rows(tmp_path / "m.tsv", [("a goal and a profit", "sport|money"), ("nothing", ""), ("a goal", "2")])
+    path = write_tsv(tmp_path / "m.tsv", [("a goal and a profit", "sport|money"), ("nothing", ""), ("a goal", "2")])
     data = load_tsv(path, label_names=LABELS, multi_label=True)
     assert data.multi_label and data.labels.tolist() == [[0, 1, 1], [0, 0, 0], [0, 0, 1]]
     assert data.label_sets() == [("money", "sport"), (), ("sport",)]
     assert data.label_counts() == {"bad": 0, "money": 1, "sport": 2}
-    own = load_tsv(write_rows(tmp_path / "own.tsv", [("x", "b|a"), ("y", "c")]), multi_label=True)
+    own = load_tsv(write_tsv(tmp_path / "own.tsv", [("x", "b|a"), ("y", "c")]), multi_label=True)
     assert own.label_names == ("a", "b", "c") and own.labels.tolist() == [[1, 1, 0], [0, 0, 1]]
     with pytest.raises(MalformedDataError) as raised:
-        load_tsv(write_rows(tmp_path / "bad.tsv", [("x", "sport|weather")]), label_names=LABELS, multi_label=True)
+        load_tsv(write_tsv(tmp_path / "bad.tsv", [("x", "sport|weather")]), label_names=LABELS, multi_label=True)
     assert "line 2: unknown label 'weather'" in str(raised.value)
     with pytest.raises(MalformedDataError, match="empty label"):  # without --multi-label an empty field is an error
         load_tsv(tmp_path / "m.tsv", label_names=LABELS)

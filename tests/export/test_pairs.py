@@ -16,10 +16,11 @@ from bento import ServerProcess
 from bento._core import parse_classify
 from bento._protocols import parse_tei
 from export import Predictor
-from knowacq.base import FeedbackStore, load_tsv, split_pairs, write_tsv
+from knowacq.base import FeedbackStore, load_tsv, split_pairs
+from knowacq.base import write_tsv as write_inputs
 from knowacq.cli import app
 from knowacq.errors import DataError, InvalidInputError, MalformedDataError
-from tests.conftest import CLASS_WORDS, FILLER
+from tests.conftest import CLASS_WORDS, FILLER, write_tsv
 
 runner = CliRunner()
 LABELS = ("contradicts", "entails")
@@ -43,11 +44,7 @@ def pair_rows(n: int, seed: int) -> list[tuple[str, str, str]]:
 
 
 def write_pairs(path: Path, rows: list[tuple[str, str, str]]) -> Path:
-    with path.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle, delimiter="\t", lineterminator="\n")
-        writer.writerow(["sentence1", "sentence2", "label"])
-        writer.writerows(rows)
-    return path
+    return write_tsv(path, list(rows), header=("sentence1", "sentence2", "label"))
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +75,7 @@ def test_pair_files_read_and_write_as_pairs(tmp_path: Path) -> None:
     assert data.pairs and data.texts == (("a cat", "a dog"), ("one", "two"))
     assert list(data.labels) == [1, 0]
     again = tmp_path / "again.tsv"
-    write_tsv(again, data.texts, [LABELS[i] for i in data.labels])
+    write_inputs(again, data.texts, [LABELS[i] for i in data.labels])
     assert again.read_text().splitlines()[0] == "sentence1\tsentence2\tlabel"
     assert load_tsv(again, label_names=LABELS).texts == data.texts
     with pytest.raises(DataError, match="holds sentence pairs; the demo loop takes single texts"):
